@@ -1,0 +1,81 @@
+"""Writing checkpoints atomically and loading them safely (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vggtune.errors import UserError
+from vggtune.files import atomic_open
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the same folder, then rename it into place.
+
+    Lightning's own ``TorchCheckpointIO`` writes the target file directly, so a kill during a
+    save leaves a truncated ``last.ckpt``; a rename is atomic on POSIX file systems.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+
+def safe_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a UserError saying what is wrong with ``what`` at ``path``.
+
+    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
+            raise UserError(f"refused to load {what} {path}: its pickle would run code ({m.group(1)}); vggtune "
+                            "never executes code from a file: save plain tensors and containers instead") from None
+        raise UserError(f"{path} is not a PyTorch {what} (unreadable pickle)") from None
+    except Exception as e:  # noqa: BLE001 - a damaged archive raises several types
+        raise UserError(f"could not read {what} {path} ({type(e).__name__}: {str(e)[:120]}); "
+                        "is the file complete?") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a vggtune checkpoint with ``weights_only=True``, or raise a UserError saying what is wrong.
+
+    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
+    """
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass ckpt=<run folder>/checkpoints/best.ckpt")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
+    ckpt = safe_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or "vggtune" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a vggtune checkpoint (no vggtune marker): pass a checkpoint written "
+                        "by `vggtune train` (<run folder>/checkpoints/best.ckpt)")
+    ckpt["state_dict"] = {_strip_compile_prefix(k): v for k, v in ckpt["state_dict"].items()}
+    return ckpt
+
+
+def _strip_compile_prefix(key: str) -> str:
+    # A torch.compile'd module saves its keys as "..._orig_mod.<name>" (lightning #17415, #20233).
+    return key.replace("_orig_mod.", "")
+
+
+def model_from_checkpoint(path: str | os.PathLike):
+    """The VGGClassifier stored in a checkpoint, in eval mode on the CPU, without downloading weights."""
+    from vggtune.module import VGGClassifier
+
+    ckpt = load_checkpoint(path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams.update(weights="none", compile=False)
+    model = VGGClassifier(**hparams)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

@@ -1,0 +1,140 @@
+"""The ``vggtune`` command: ``vggtune <task> [key=value ...]``, each task a Hydra app over ``conf/<task>.yaml``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vggtune import __version__
+from vggtune.errors import UserError
+
+CONFIG_MODULE = "vggtune.conf"
+
+# task word -> (module with a run(cfg) function, one-line description)
+TASKS = {
+    "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+}
+
+USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
+
+Tasks:
+{tasks}
+
+Examples:
+  vggtune train experiment=demo                  # offline demo on generated images
+  vggtune train data.root=~/pictures/flowers     # one folder per class
+  vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
+  vggtune train --cfg job                        # print the composed config
+  vggtune train --help                           # config groups and keys
+
+Add --debug to see full tracebacks. Version {version}."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``vggtune`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"vggtune {__version__}")
+        return
+    task, args = argv[0], argv[1:]
+    if task not in TASKS:
+        _fail(f"unknown task '{task}': choose one of {', '.join(TASKS)} (vggtune --help lists them)")
+    debug = "--debug" in args or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    args = [a for a in args if a != "--debug"]
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    from vggtune.preflight import prepare
+
+    try:
+        args = prepare(task, args)
+    except UserError as e:
+        _fail(str(e))
+    _run_hydra(task, args, debug)
+
+
+def _usage() -> str:
+    width = max(map(len, TASKS))
+    tasks = "\n".join(f"  {name.ljust(width)}  {desc}" for name, (_, desc) in TASKS.items())
+    return USAGE.format(tasks=tasks, version=__version__)
+
+
+def _fail(message: str, status: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _run_hydra(task: str, args: list[str], debug: bool) -> None:
+    original_argv = list(sys.argv)
+
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")
+    def entry(cfg: DictConfig):
+        # Lightning's DDP launcher re-runs sys.argv for ranks 1..N: give it the task word back.
+        sys.argv = [original_argv[0], task, *args]
+        try:
+            return _call_task(task, cfg)
+        except Exception as e:  # noqa: BLE001 - turned into one line when it is the user's to fix
+            user_error = _find_user_error(e)
+            if user_error is None or debug:
+                raise
+            _discard_empty_run()
+            _fail(str(user_error))
+
+    sys.argv = [original_argv[0], *args]
+    try:
+        entry()
+    finally:
+        sys.argv = original_argv
+
+
+def _discard_empty_run() -> None:
+    """Remove the run folder of a run refused before it produced anything (only Hydra's files in it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _call_task(task: str, cfg: DictConfig):
+    module = importlib.import_module(TASKS[task][0])
+    _quiet_lightning()
+    return module.run(cfg)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Lightning adds its own console handler on import; Hydra's root handlers already print and log it."""
+    logging.getLogger("lightning").handlers.clear()
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
+
+def _find_user_error(e: BaseException) -> UserError | None:
+    """The UserError behind ``e``, also when Hydra's instantiate wrapped it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UserError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

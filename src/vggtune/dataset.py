@@ -1,0 +1,156 @@
+"""Finding the images of a class-folder data set and splitting them into train/val/test.
+
+Two layouts are understood: a folder of class folders (split here, stratified and seeded),
+and a folder holding ``train/`` and ``val/`` (and optionally ``test/``) with the same class
+folders in each. We do not use torchvision's ``ImageFolder`` for discovery because it takes
+hidden folders such as ``.ipynb_checkpoints`` for classes and has no notion of a split.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vggtune.errors import UserError
+from vggtune.images import IMAGE_EXTENSIONS, list_images
+from vggtune.scan import BadImage, scan_images
+
+SUBSETS = ("train", "val", "test")
+MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), "
+                "or try the demo with experiment=demo")
+
+
+@dataclass
+class DataSplit:
+    """The images of each subset as (path, class index) pairs, and the class names."""
+
+    root: Path
+    classes: list[str]
+    subsets: dict[str, list[tuple[Path, int]]]
+    layout: str
+    skipped: list[BadImage] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class for each subset."""
+        out = {}
+        for subset, items in self.subsets.items():
+            n = Counter(label for _, label in items)
+            out[subset] = {name: n[i] for i, name in enumerate(self.classes)}
+        return out
+
+    def write_csv(self, path: Path) -> None:
+        """One row per image: path relative to the data root, class name, subset."""
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class", "subset"])
+            for subset in SUBSETS:
+                for p, label in self.subsets.get(subset, []):
+                    w.writerow([p.relative_to(self.root).as_posix(), self.classes[label], subset])
+
+
+def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]]:
+    """The (absolute path, class name) rows of ``subset`` in a split file written by a training run."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(root / r["path"], r["class"]) for r in csv.DictReader(f) if r["subset"] == subset]
+
+
+def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
+             verify: str = "header", on_bad_image: str = "skip") -> DataSplit:
+    """Find classes and images under ``root`` and split them (see the module docstring)."""
+    root = _check_root(root)
+    check_fractions(val_split, test_split)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return _discover_presplit(root, verify, on_bad_image)
+    classes, files, skipped = _class_files(root, verify, on_bad_image)
+    subsets = {s: [] for s in SUBSETS}
+    for label, name in enumerate(classes):
+        rng = random.Random(f"{seed}/{name}")
+        for subset, paths in zip(SUBSETS, _split_one_class(name, files[name], val_split, test_split, rng)):
+            subsets[subset].extend((p, label) for p in paths)
+    if not subsets["test"]:
+        del subsets["test"]
+    return DataSplit(root, classes, subsets, "class_folders", skipped)
+
+
+def check_fractions(val_split: float, test_split: float) -> None:
+    """val_split in (0, 1), test_split in [0, 1), and room left for training images."""
+    for name, v, low in (("val_split", val_split, 0.0), ("test_split", test_split, 0.0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (low <= v < 1):
+            raise UserError(f"data.{name} must be a fraction in [0, 1), got {v!r}")
+    if val_split <= 0:
+        raise UserError("data.val_split must be above 0: the best checkpoint is chosen on the validation images")
+    if val_split + test_split >= 1:
+        raise UserError(f"data.val_split + data.test_split = {val_split + test_split:g} leaves no training "
+                        "images: keep their sum below 1 (e.g. data.val_split=0.2 data.test_split=0.1)")
+
+
+def _check_root(root: str | Path | None) -> Path:
+    if root is None or str(root).strip() in ("", "???"):
+        raise UserError(MISSING_ROOT)
+    path = Path(str(root)).expanduser()
+    if not path.exists():
+        raise UserError(f"data.root {path} does not exist: pass a folder of class folders")
+    if not path.is_dir():
+        raise UserError(f"data.root {path} is a file, not a folder: pass a folder of class folders")
+    return path.resolve()
+
+
+def _class_files(root: Path, verify: str, on_bad_image: str):
+    classes = _class_folders(root)
+    if not classes:
+        raise UserError(f"data.root {root} has no class folders: put each class's images in a folder "
+                        "named after the class (e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)".replace("{root}", str(root)))
+    if len(classes) < 2:
+        raise UserError(f"data.root {root} has a single class folder ({classes[0]}): a classifier needs at "
+                        "least two classes, one folder each")
+    files, skipped = {}, []
+    for name in classes:
+        good, bad = scan_images(list_images(root / name), verify, on_bad_image)
+        skipped += bad
+        if not good:
+            raise UserError(f"class folder {root / name} has no usable images ({', '.join(IMAGE_EXTENSIONS)}): "
+                            "add images or remove the folder")
+        files[name] = good
+    return classes, files, skipped
+
+
+def _split_one_class(name: str, paths: list[Path], val_frac: float, test_frac: float, rng: random.Random):
+    paths = list(paths)
+    rng.shuffle(paths)
+    n = len(paths)
+    n_val = max(1, round(n * val_frac))
+    n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
+    if n - n_val - n_test < 1:
+        raise UserError(f"class '{name}' has only {n} image(s), too few to split into train, val"
+                        f"{' and test' if n_test else ''}: add images, or lower data.val_split/data.test_split")
+    return paths[n_val + n_test:], paths[:n_val], paths[n_val:n_val + n_test]
+
+
+def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
+    present = [s for s in SUBSETS if (root / s).is_dir()]
+    classes = _class_folders(root / "train")
+    if len(classes) < 2:
+        raise UserError(f"{root / 'train'} needs at least two class folders, found {len(classes)}")
+    subsets, skipped = {}, []
+    for subset in present:
+        names = _class_folders(root / subset)
+        if names != classes:
+            missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+            raise UserError(f"{root / subset} does not hold the same class folders as {root / 'train'} "
+                            f"(missing: {missing or 'none'}, extra: {extra or 'none'}): make them match")
+        items = []
+        for label, name in enumerate(classes):
+            good, bad = scan_images(list_images(root / subset / name), verify, on_bad_image)
+            skipped += bad
+            if not good and subset != "test":
+                raise UserError(f"class folder {root / subset / name} has no usable images: add images")
+            items += [(p, label) for p in good]
+        subsets[subset] = items
+    return DataSplit(root, classes, subsets, "presplit", skipped)
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))

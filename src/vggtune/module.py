@@ -1,0 +1,125 @@
+"""The LightningModule: torchvision's VGG with a new head, its metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from vggtune import __version__
+from vggtune.arch import build_vgg
+from vggtune.finetune import Schedule, param_groups
+
+DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
+DEFAULT_SCHEDULER = {"_target_": "vggtune.schedulers.warmup_cosine", "_partial_": True}
+CHECKPOINT_FORMAT = 1
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 accuracy, macro F1 and (with at least 5 classes) top-5 accuracy."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
+               "f1": MulticlassF1Score(num_classes, average="macro")}
+    if num_classes >= 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class VGGClassifier(pl.LightningModule):
+    """A VGG classifier over ``class_names``; every argument is a plain value, saved as a hyperparameter.
+
+    ``optim`` and ``scheduler`` are Hydra configs (``_target_`` + ``_partial_``) instantiated in
+    :meth:`configure_optimizers`; ``finetune`` holds the :class:`~vggtune.finetune.Schedule` fields;
+    ``preprocessing`` is what a later ``eval``/``predict``/``export`` needs to feed the model.
+    """
+
+    def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
+                 preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
+                 finetune: dict | None = None, channels_last: bool = False, compile: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.schedule = Schedule(**(finetune or {}))
+        self.model = build_vgg(arch, len(self.class_names), weights, dropout)
+        self.frozen_bn: list[torch.nn.Module] = []
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()  # in place: state-dict keys keep their names (no "_orig_mod.")
+        n = len(self.class_names)
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_metrics = classification_metrics(n, "val/")
+        self.test_metrics = classification_metrics(n, "test/")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalised image batch."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def train(self, mode: bool = True):
+        """Like ``nn.Module.train``, but BatchNorm layers of frozen groups stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for m in self.frozen_bn:
+                m.eval()
+        return self
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # forget the sanity check's validation
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_metrics, "val/loss")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_metrics, "test/loss")
+
+    def _eval_step(self, batch, metrics: MetricCollection, loss_name: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(loss_name, F.cross_entropy(logits, y), on_epoch=True, prog_bar=loss_name == "val/loss",
+                 sync_dist=True)
+        metrics.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(values["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=1)
+
+    def configure_optimizers(self):
+        optim = dict(self.hparams.optim or DEFAULT_OPTIM)
+        groups = param_groups(self.model, self.schedule, float(optim["lr"]))
+        optimizer = instantiate(optim)(groups)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        sched = instantiate(dict(self.hparams.scheduler or DEFAULT_SCHEDULER))(
+            optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {**sched, "name": "lr"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Marks the file as ours, so that eval/predict/export can refuse other projects' checkpoints.
+        checkpoint["vggtune"] = {"format": CHECKPOINT_FORMAT, "version": __version__}

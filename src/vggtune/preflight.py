@@ -1,0 +1,189 @@
+"""Checks before Hydra starts a run: overrides, the run folder, ``resume=``.
+
+Hydra reports a misspelt key or group option in several lines (and a wrong type not at all,
+since plain YAML has no schema), and it writes ``.hydra/`` into the run folder before the task
+starts, overwriting an earlier run that used the same folder. We compose the config once with
+Hydra's compose API, turn its errors into a single line with the fix, type-check each override
+against its key's default, and fix a run folder that is new before Hydra creates it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vggtune.dataset import MISSING_ROOT
+from vggtune.errors import UserError
+
+CONFIG_MODULE = "vggtune.conf"
+_MISSING_HINTS = {"data.root": MISSING_ROOT}
+
+
+def _parse(args: list[str]):
+    return get_args_parser().parse_args(args)
+
+
+def _compose(task: str, overrides: list[str], hydra_node: bool = False) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return compose(task, overrides=overrides, return_hydra_config=hydra_node)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def prepare(task: str, args: list[str]) -> list[str]:
+    """Check the command line and return it with ``resume=`` expanded and the run folder fixed."""
+    args = expand_resume(task, args)
+    parsed = _parse(args)
+    if parsed.multirun or parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return args  # sweeps are checked by Hydra, job by job; the others run nothing
+    cfg = check_overrides(task, list(parsed.overrides))
+    if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
+        return args  # printing the config only; or a DDP rank started inside rank zero's run
+    _check_missing(cfg)
+    run_dir, explicit = _run_dir(cfg, parsed.overrides)
+    if explicit:
+        check_run_dir(run_dir, cfg.get("ckpt_path"))
+        return args
+    return [*args, f"hydra.run.dir='{_fresh(run_dir)}'"]
+
+
+def _run_dir(cfg: DictConfig, overrides: list[str]) -> tuple[Path, bool]:
+    explicit = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in overrides)
+    return Path(str(OmegaConf.select(cfg, "hydra.run.dir"))), explicit
+
+
+def _fresh(run_dir: Path) -> Path:
+    """``run_dir``, or ``run_dir_1``, ``_2`` ... if runs started in the same second."""
+    candidate, n = run_dir, 0
+    while candidate.exists():
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}_{n}")
+    return candidate
+
+
+def check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
+    """Refuse a run folder that already holds files, unless resuming from a checkpoint inside it."""
+    taken = run_dir.is_dir() and any(run_dir.iterdir())
+    resuming = ckpt_path is not None and Path(str(ckpt_path)).resolve().is_relative_to(run_dir.resolve())
+    if taken and not resuming:
+        raise UserError(f"run folder {run_dir} already holds files; nothing was changed. Choose another "
+                        f"hydra.run.dir, or continue that run with resume={run_dir}")
+
+
+def check_overrides(task: str, overrides: list[str]) -> DictConfig:
+    """The composed config (with Hydra's node); a UserError for an unknown key, option or wrong type."""
+    try:
+        cfg = _compose(task, overrides, hydra_node=True)
+    except MissingConfigException as e:
+        raise UserError(_missing_option(e)) from None
+    except OverrideParseException as e:
+        raise UserError(f"could not read the override: {_first_line(e)}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(_composition_error(task, e)) from None
+    _check_types(task, overrides)
+    return cfg
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    flat = _flat_items(OmegaConf.to_container(cfg, resolve=False))
+    missing = sorted(k for k, v in flat.items() if v == "???" and not k.startswith("hydra."))
+    if missing:
+        raise UserError(_MISSING_HINTS.get(missing[0], f"{missing[0]} has no value: pass {missing[0]}=..."))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _missing_option(e: MissingConfigException) -> str:
+    missing = e.missing_cfg_file or ""
+    group, _, option = missing.rpartition("/")
+    if e.options and group:
+        hint = difflib.get_close_matches(option, e.options, n=1)
+        did_you_mean = f" (did you mean {group}={hint[0]}?)" if hint else ""
+        return f"unknown {group} '{option}'{did_you_mean}: choose one of {', '.join(e.options)}"
+    return _first_line(e)
+
+
+def _composition_error(task: str, e: BaseException) -> str:
+    m = re.search(r"Could not override '([^']+)'", str(e))
+    if m:
+        key = m.group(1)
+        known = list(_flat_items(OmegaConf.to_container(_compose(task, []), resolve=False)))
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        did_you_mean = f"did you mean {hint[0]}? " if hint else ""
+        return (f"unknown config key '{key}': {did_you_mean}`vggtune {task} --cfg job` lists every key "
+                f"(+{key}=... adds a new one)")
+    return _first_line(e)
+
+
+def _flat_items(cfg: dict, prefix: str = "") -> dict:
+    """Every key of a nested dict as a dotted name (nodes too), with its value."""
+    items = {}
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        items[name] = v
+        if isinstance(v, dict):
+            items.update(_flat_items(v, f"{name}."))
+    return items
+
+
+def _check_types(task: str, overrides: list[str]) -> None:
+    """An override must keep the type of a key whose default is a number or a boolean."""
+    groups = {p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__"}
+    defaults = _compose(task, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups])
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if override.package is not None or key.startswith("hydra") or "/" in key or override.is_delete():
+            continue
+        default = OmegaConf.select(defaults, key, throw_on_missing=False, default=None)
+        value = override.value()
+        if default is None or value is None or isinstance(value, (list, dict)):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}[type(default)]
+            raise UserError(f"{key} must be {kind} (its default is {default}), got {value!r}")
+
+
+def expand_resume(task: str, args: list[str]) -> list[str]:
+    """Turn ``resume=<run folder>`` into that run's own overrides plus its folder and last checkpoint."""
+    overrides = list(_parse(args).overrides)
+    resume = [a for a in overrides if a.split("=", 1)[0] == "resume"]
+    if task != "train" or not resume:
+        return args
+    run_dir = Path(resume[-1].split("=", 1)[1].strip("'\"")).expanduser()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UserError(f"cannot resume {run_dir}: {last} does not exist (resume=<run folder> of a run that "
+                        "saved at least one epoch)")
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = list(OmegaConf.load(saved_file)) if saved_file.is_file() else []
+    ours = {"resume", "ckpt_path", "hydra.run.dir"}
+    merged = {}
+    for a in [*saved, *overrides]:
+        key = a.split("=", 1)[0].lstrip("+~")
+        if key not in ours:
+            merged[key] = a
+    flags = [a for a in args if a not in overrides]
+    return [*flags, *merged.values(), f"resume='{run_dir}'", f"ckpt_path='{last}'", f"hydra.run.dir='{run_dir}'"]

@@ -1,0 +1,1 @@
+"""One module per ``vggtune`` task word, each with a ``run(cfg)`` function."""

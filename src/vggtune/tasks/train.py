@@ -1,0 +1,138 @@
+"""``vggtune train``: fine-tune a VGG on a folder of class folders, top to bottom in :func:`train`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vggtune.callbacks import EpochSeed
+from vggtune.checkpoint import AtomicCheckpointIO
+from vggtune.datamodule import ClassFolderDataModule
+from vggtune.errors import UserError
+from vggtune.finetune import FreezeSchedule, Schedule
+from vggtune.module import VGGClassifier
+from vggtune.runs import report_run, write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune as ``cfg`` says; write checkpoints, logs and ``metrics.json`` to the run folder.
+
+    Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
+    """
+    run_dir = Path(cfg.paths.run_dir)
+    schedule = Schedule(**cfg.finetune)
+    _warn_schedule(schedule, cfg.trainer.max_epochs)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: ClassFolderDataModule = instantiate(cfg.data)
+    split = datamodule.split
+    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
+    trainer = build_trainer(cfg)
+    _describe_data(split, run_dir)  # only now, when every input has been checked, write to the run folder
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = _final_metrics(trainer)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test_after_fit and "test" in split.subsets and best:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    summary = {
+        "metrics": metrics,
+        "monitor": cfg.monitor,
+        "best_checkpoint": best,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "epochs": trainer.current_epoch,
+        "class_names": split.classes,
+        "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
+                 "skipped": len(split.skipped)},
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", summary)
+        report_run(run_dir, summary)
+    return summary
+
+
+def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -> VGGClassifier:
+    """The LightningModule, from plain containers only (so checkpoints load with weights_only=True)."""
+    model = cfg.model
+    if str(model.weights).lower() == "none":
+        log.warning("Training %s from random init (model.weights=none): no pretrained weights. For a real "
+                    "fine-tune, use model.weights=imagenet (downloaded once) or model.weights=/path/to/%s.pth",
+                    model.arch, model.arch)
+    channels_last = model.channels_last
+    if channels_last == "auto":
+        channels_last = _uses_gpu(cfg)
+    return VGGClassifier(
+        arch=model.arch, class_names=list(class_names), weights=str(model.weights), dropout=float(model.dropout),
+        preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
+        finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile))
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """A Trainer from the trainer, callbacks and logger config groups, plus the callbacks every run needs."""
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed)]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    kwargs = {}
+    if cfg.trainer.precision == "auto":
+        kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
+    if _uses_gpu(cfg):
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: VGG's classifier is most of its weights
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+                       default_root_dir=cfg.paths.run_dir, **kwargs)
+
+
+def _uses_gpu(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def _plain(node) -> dict | None:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def _warn_schedule(schedule: Schedule, max_epochs: int) -> None:
+    change = schedule.last_change_epoch()
+    if schedule.name in ("freeze_unfreeze", "gradual") and change >= max_epochs:
+        log.warning("finetune.%s: the schedule needs %d epochs to unfreeze everything but trainer.max_epochs=%d;"
+                    " the lower layers stay frozen for part or all of the run (raise trainer.max_epochs or lower "
+                    "finetune.unfreeze_at_epoch / finetune.every_n_epochs)", schedule.name, change, max_epochs)
+
+
+@rank_zero_only
+def _describe_data(split, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split.write_csv(run_dir / "split.csv")
+    counts = split.counts()
+    log.info("Data: %s (%s), %d classes: %s", split.root, split.layout, len(split.classes), ", ".join(split.classes))
+    log.info("Images: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    if split.skipped:
+        with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
+            for bad in split.skipped:
+                f.write(f"{bad.path}\t{bad.reason}\n")
+        log.warning("Skipped %d unusable image file(s), listed in %s:", len(split.skipped),
+                    run_dir / "skipped_images.txt")
+        for bad in split.skipped[:10]:
+            log.warning("  %s: %s", bad.path, bad.reason)
+
+
+def _final_metrics(trainer: pl.Trainer) -> dict:
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        if k.startswith(("val/", "train/")) and not k.endswith("_step"):
+            out[k.removesuffix("_epoch")] = float(v)
+    if not out:
+        raise UserError("training ended before any validation ran: raise trainer.max_epochs")
+    return out
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The ``vggtune train`` task: train, and return the monitored metric (what sweeps optimise)."""
+    return train(cfg)["metrics"].get(cfg.monitor)

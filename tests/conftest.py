@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny generated class folders, the real CLI in a subprocess, one trained tiny run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vggtune.demo_data import PATTERNS, draw_pattern
+
+# The smallest honest training run: 32 px, vgg11 from random init, CPU, one epoch, no workers.
+TINY = ["model=vgg11", "model.weights=none", "data.image_size=32", "data.batch_size=8", "data.num_workers=0",
+        "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+        "finetune=full"]
+
+
+def make_class_folders(root: Path, classes: int = 3, per_class: int = 10, size: int = 40, seed: int = 0) -> Path:
+    """``classes`` folders of ``per_class`` small PNG/JPEG images of distinct shapes."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / (PATTERNS[c] if c < len(PATTERNS) else f"class{c}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = ".jpg" if i % 2 else ".png"
+            draw_pattern(PATTERNS[c % len(PATTERNS)], size, rng).save(folder / f"img_{i:03d}{ext}")
+    return root
+
+
+def vggtune_command() -> list[str]:
+    """The installed console script next to this Python, as a user would run it."""
+    script = Path(sys.executable).parent / "vggtune"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vggtune"]
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``vggtune <args>`` in ``cwd`` and return the finished process (output captured as text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([*vggtune_command(), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The process failed with status 2 and one ``error:`` line containing each needle; no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Three class folders of ten 40 px images each (shared, read-only)."""
+    return make_class_folders(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> Path:
+    """One finished tiny training run through the real CLI; returns its run folder."""
+    work = tmp_path_factory.mktemp("work")
+    run_dir = work / "outputs" / "tiny"
+    proc = run_cli("train", f"data.root={tiny_data}", *TINY, f"hydra.run.dir={run_dir}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir

@@ -1,0 +1,87 @@
+"""Building VGGs: weights from a local file or torchvision's cache, the new head, the layer groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vggtune.arch import GROUPS, build_vgg, guess_arch, layer_groups, preprocessing
+from vggtune.errors import UserError
+
+
+def _saved_vgg(path, arch="vgg11", seed=0):
+    torch.manual_seed(seed)
+    state = torchvision.models.get_model(arch).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_local_weights_file_fills_every_backbone_tensor(tmp_path):
+    state = _saved_vgg(tmp_path / "w.pth")
+    model = build_vgg("vgg11", num_classes=5, weights=str(tmp_path / "w.pth"))
+    got = model.state_dict()
+    backbone = [k for k in state if not k.startswith("classifier.6.")]
+    assert backbone and all(torch.equal(got[k], state[k]) for k in backbone)
+    assert got["classifier.6.weight"].shape == (5, 4096)
+
+
+def test_imagenet_weights_come_from_torchvision_cache_without_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    state = _saved_vgg(cache / "vgg11-8a719046.pth", seed=7)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("must not download when the file is cached")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    model = build_vgg("vgg11", num_classes=3, weights="imagenet")
+    assert torch.equal(model.state_dict()["features.0.weight"], state["features.0.weight"])
+
+
+def test_pickle_that_runs_code_is_refused_as_weights(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"features.0.weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="refused"):
+        build_vgg("vgg11", num_classes=3, weights=str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg13_bn", "vgg16", "vgg19_bn"])
+def test_guess_arch_from_a_state_dict(arch):
+    assert guess_arch(torchvision.models.get_model(arch).state_dict()) == arch
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+def test_layer_groups_cover_the_model_once(arch):
+    model = build_vgg(arch, num_classes=4, weights="none")
+    groups = layer_groups(model)
+    assert tuple(groups) == GROUPS
+    ids = [id(p) for g in groups.values() for p in g.parameters()]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    for name in ("block1", "block5"):
+        assert isinstance(list(groups[name])[-1], nn.MaxPool2d)
+    assert groups["head"].out_features == 4
+
+
+def test_vgg16_has_torchvisions_parameter_count():
+    model = build_vgg("vgg16", num_classes=1000, weights="none")
+    assert sum(p.numel() for p in model.parameters()) == torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta[
+        "num_params"]
+
+
+def test_preprocessing_from_weights_metadata_and_override():
+    p = preprocessing("vgg16")
+    assert (p.image_size, p.resize_size) == (224, 256)
+    assert p.mean == pytest.approx((0.485, 0.456, 0.406))
+    small = preprocessing("vgg16", 112)
+    assert (small.image_size, small.resize_size) == (112, 128)
+    with pytest.raises(UserError, match="image_size"):
+        preprocessing("vgg16", 8)

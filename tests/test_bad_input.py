@@ -1,0 +1,116 @@
+"""Each bad input to `vggtune train` gets one clear line, exit status 2, and leaves outputs/ alone."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torchvision
+
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A working folder whose outputs/ already holds an earlier run that must survive."""
+    old = tmp_path / "outputs" / "train" / "earlier"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text('{"metrics": {}}')
+    return tmp_path
+
+
+def _outputs(work):
+    return sorted(p.relative_to(work).as_posix() for p in (work / "outputs").rglob("*"))
+
+
+def _train(work, *args, env=None):
+    before = _outputs(work)
+    proc = run_cli("train", *TINY, *args, cwd=work, env=env)
+    assert _outputs(work) == before, "a refused run must not leave or change anything in outputs/"
+    return proc
+
+
+def test_missing_data_root(work):
+    assert_one_line_error(_train(work), "data.root", "experiment=demo")
+
+
+def test_data_root_does_not_exist(work):
+    assert_one_line_error(_train(work, f"data.root={work / 'nope'}"), "does not exist")
+
+
+def test_data_root_is_a_file(work):
+    (work / "f.txt").write_text("x")
+    assert_one_line_error(_train(work, f"data.root={work / 'f.txt'}"), "is a file")
+
+
+def test_no_class_folders(work):
+    (work / "flat").mkdir()
+    (work / "flat" / "a.jpg").write_bytes(b"")
+    assert_one_line_error(_train(work, f"data.root={work / 'flat'}"), "no class folders")
+
+
+def test_single_class(work):
+    make_class_folders(work / "one", classes=1)
+    assert_one_line_error(_train(work, f"data.root={work / 'one'}"), "single class", "at least two")
+
+
+def test_class_folder_without_images(work):
+    root = make_class_folders(work / "d", classes=2)
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    assert_one_line_error(_train(work, f"data.root={root}"), "empty", "no usable images")
+
+
+def test_too_few_images_to_split(work):
+    root = make_class_folders(work / "d", classes=2, per_class=2)
+    assert_one_line_error(_train(work, f"data.root={root}"), "too few to split")
+
+
+def test_unknown_model_lists_valid_ones(work, tiny_data):
+    err = assert_one_line_error(_train(work, f"data.root={tiny_data}", "model=vgg17"), "unknown model 'vgg17'")
+    for arch in ("vgg11", "vgg16_bn", "vgg19"):
+        assert arch in err
+
+
+def test_unknown_key_suggests_the_right_one(work, tiny_data):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", "data.batch_sise=4"), "did you mean data.batch_size")
+
+
+def test_wrong_type(work, tiny_data):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", "trainer.max_epochs=many"), "trainer.max_epochs",
+                          "whole number")
+
+
+def test_weights_file_missing(work, tiny_data):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={work / 'no.pth'}"),
+                          "does not exist")
+
+
+def test_weights_file_of_another_architecture(work, tiny_data):
+    path = work / "vgg13.pth"
+    torch.save(torchvision.models.vgg13().state_dict(), path)
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={path}"),
+                          "do not fit vgg11", "model=vgg13")
+
+
+def test_weights_file_that_is_not_a_checkpoint(work, tiny_data):
+    path = work / "junk.pth"
+    path.write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={path}"), "not a PyTorch weights file")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny_data):
+    # A proxy on a closed loopback port makes the download fail at once, without touching the network.
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = {"TORCH_HOME": str(work / "torch"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    err = assert_one_line_error(_train(work, f"data.root={tiny_data}", "model.weights=imagenet", env=env),
+                                "vgg11-8a719046.pth", "model.weights=none", "model.weights=/path/to/")
+    assert str(work / "torch" / "hub" / "checkpoints") in err

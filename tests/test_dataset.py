@@ -1,0 +1,83 @@
+"""Class discovery and the seeded, stratified split."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_class_folders
+from vggtune.dataset import discover
+from vggtune.errors import UserError
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return make_class_folders(tmp_path / "d", classes=4, per_class=13)
+
+
+def _as_sets(split):
+    return {s: {p for p, _ in items} for s, items in split.subsets.items()}
+
+
+def test_same_seed_same_split_and_another_seed_another(data):
+    a, b = discover(data, 0.2, 0.15, seed=1), discover(data, 0.2, 0.15, seed=1)
+    assert a.subsets == b.subsets
+    c = discover(data, 0.2, 0.15, seed=2)
+    assert _as_sets(c) != _as_sets(a)
+
+
+def test_every_image_in_exactly_one_subset(data):
+    split = discover(data, 0.2, 0.15, seed=3)
+    subsets = _as_sets(split)
+    all_files = {p for p in data.rglob("img_*")}
+    assert subsets["train"] | subsets["val"] | subsets["test"] == all_files
+    assert not (subsets["train"] & subsets["val"] or subsets["train"] & subsets["test"]
+                or subsets["val"] & subsets["test"])
+
+
+def test_every_class_in_every_subset_with_stratified_counts(data):
+    split = discover(data, 0.2, 0.15, seed=4)
+    counts = split.counts()
+    for name in split.classes:
+        assert counts["train"][name] >= 1 and counts["val"][name] >= 1 and counts["test"][name] >= 1
+        assert counts["val"][name] == round(13 * 0.2) and counts["test"][name] == round(13 * 0.15)
+
+
+def test_labels_follow_sorted_class_names(data):
+    split = discover(data, 0.2, 0.0, seed=0)
+    assert split.classes == sorted(split.classes)
+    assert "test" not in split.subsets
+    for path, label in split.subsets["train"]:
+        assert path.parent.name == split.classes[label]
+
+
+def test_hidden_files_and_folders_and_other_extensions_are_ignored(data):
+    (data / ".ipynb_checkpoints").mkdir()
+    (data / "checks" / ".hidden.jpg").write_bytes(b"x")
+    (data / "checks" / "notes.txt").write_text("x")
+    (data / "checks" / "UPPER.JPG").write_bytes((data / "checks" / "img_001.jpg").read_bytes())
+    split = discover(data, 0.2, 0.0, seed=0)
+    assert ".ipynb_checkpoints" not in split.classes
+    names = {p.name for items in split.subsets.values() for p, _ in items}
+    assert "UPPER.JPG" in names and ".hidden.jpg" not in names and "notes.txt" not in names
+
+
+def test_presplit_layout_uses_its_folders(tmp_path):
+    for subset, n in (("train", 6), ("val", 3), ("test", 2)):
+        make_class_folders(tmp_path / "p" / subset, classes=3, per_class=n, seed=len(subset))
+    split = discover(tmp_path / "p", 0.2, 0.1, seed=0)
+    assert split.layout == "presplit"
+    assert {s: len(v) for s, v in split.subsets.items()} == {"train": 18, "val": 9, "test": 6}
+    assert all(p.parts[-3] == "val" for p, _ in split.subsets["val"])
+
+
+def test_presplit_with_mismatched_classes_is_refused(tmp_path):
+    make_class_folders(tmp_path / "p" / "train", classes=3, per_class=4)
+    make_class_folders(tmp_path / "p" / "val", classes=2, per_class=2)
+    with pytest.raises(UserError, match="same class folders"):
+        discover(tmp_path / "p")
+
+
+@pytest.mark.parametrize("val, test", [(0.0, 0.1), (1.2, 0.0), (0.6, 0.5), (-0.1, 0.1)])
+def test_impossible_fractions_are_refused(data, val, test):
+    with pytest.raises(UserError, match="val_split|test_split"):
+        discover(data, val, test)

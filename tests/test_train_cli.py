@@ -1,0 +1,96 @@
+"""`vggtune train` end to end through the installed command, on tiny generated class folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, run_cli
+
+
+def test_run_folder_has_every_promised_file(tiny_run):
+    for name in ("metrics.json", "split.csv", "train.log", ".hydra/config.yaml", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_best_checkpoint_loads_weights_only_and_carries_what_inference_needs(tiny_run, tiny_data):
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["class_names"] == sorted(p.name for p in tiny_data.iterdir())
+    assert hp["arch"] == "vgg11"
+    assert hp["preprocessing"]["image_size"] == 32
+    assert len(hp["preprocessing"]["mean"]) == 3 and len(hp["preprocessing"]["std"]) == 3
+    assert ckpt["state_dict"]["model.classifier.6.weight"].shape == (3, 4096)
+    assert ckpt["vggtune"]["format"] == 1
+
+
+def test_metrics_json_has_final_metrics_and_paths(tiny_run):
+    summary = json.loads((tiny_run / "metrics.json").read_text())
+    metrics = summary["metrics"]
+    for key in ("val/acc", "val/f1", "val/loss", "val/acc_best", "train/loss", "test/acc"):
+        assert key in metrics, key
+        assert metrics[key] == metrics[key]  # not NaN
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    assert summary["best_checkpoint"].endswith("checkpoints/best.ckpt")
+    assert summary["class_names"] == ["checks", "hstripes", "vstripes"]
+
+
+def test_split_file_lists_every_image_once(tiny_run, tiny_data):
+    with open(tiny_run / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    on_disk = sorted(p.relative_to(tiny_data).as_posix() for p in tiny_data.rglob("*.*"))
+    assert sorted(paths) == on_disk
+    assert {r["subset"] for r in rows} == {"train", "val", "test"}
+
+
+def test_tensorboard_event_file_has_the_loss(tiny_run):
+    acc = EventAccumulator(str(tiny_run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss_step" in tags or "train/loss_epoch" in tags, tags
+    assert "val/acc" in tags and "lr/head" in tags
+
+
+def test_runs_never_overwrite_an_existing_run(tiny_run, tmp_path, tiny_data):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
+    proc = run_cli("train", f"data.root={tiny_data}", "model=vgg11", "model.weights=none",
+                   f"hydra.run.dir={tiny_run}", cwd=tmp_path)
+    assert proc.returncode == 2 and "already holds files" in proc.stderr
+    after = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and p.suffix != ".log"}
+    assert all(before[p] == t for p, t in after.items())
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_cli("train", "--cfg", "job", "model=vgg19", "optim.lr=3e-4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "arch: vgg19" in proc.stdout and "lr: 0.0003" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_lists_tasks(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_training_from_a_local_weights_file_starts_from_its_tensors(tmp_path, tiny_data):
+    torch.manual_seed(3)
+    import torchvision
+
+    state = torchvision.models.vgg11().state_dict()
+    torch.save(state, tmp_path / "vgg11-local.pth")
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", f"data.root={tiny_data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
+                   f"model.weights={tmp_path / 'vgg11-local.pth'}", "finetune=linear_probe",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    # With a linear probe the backbone never changes, so the checkpoint shows what was loaded.
+    for key, value in state.items():
+        if not key.startswith("classifier.6."):
+            assert torch.equal(trained[f"model.{key}"], value), key
+    assert not torch.equal(trained["model.classifier.6.weight"], state["classifier.6.weight"][:3])
