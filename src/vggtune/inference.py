@@ -1,0 +1,117 @@
+"""What the tasks after training share: a model from a checkpoint, its device, and batches of images.
+
+A checkpoint carries the architecture, class names and preprocessing, so nothing here needs
+the training data folder or config.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vggtune.arch import Preprocessing
+from vggtune.checkpoint import model_from_checkpoint
+from vggtune.errors import UserError
+from vggtune.images import is_image_name, load_rgb
+from vggtune.module import VGGClassifier
+from vggtune.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A trained classifier ready for inference, with what is needed to feed it."""
+
+    module: VGGClassifier
+    class_names: list[str]
+    preprocessing: Preprocessing
+    device: torch.device
+    path: Path
+
+    @property
+    def transform(self):
+        """The evaluation transform the model was trained with."""
+        return eval_transform(self.preprocessing)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (a GPU if there is one), ``cpu``, ``cuda`` or ``cuda:N``; a UserError if it is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}': use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no GPU is available: use device=cpu or device=auto")
+    return device
+
+
+def load_model(ckpt: str | Path, device: str = "auto") -> LoadedModel:
+    """The checkpoint's model in eval mode on ``device`` (checkpoint loaded with ``weights_only=True``)."""
+    module = model_from_checkpoint(ckpt)
+    dev = pick_device(device)
+    module.to(dev).eval()
+    prep = Preprocessing.from_dict(module.hparams["preprocessing"])
+    return LoadedModel(module, list(module.class_names), prep, dev, Path(str(ckpt)).expanduser())
+
+
+def find_images(input_path: str | Path) -> list[Path]:
+    """One image file, or every file under a folder (recursively, hidden ones skipped), sorted.
+
+    A folder yields all visible files, not only those with image extensions, so that callers
+    can report the ones that are not images instead of passing over them in silence.
+    """
+    path = Path(str(input_path)).expanduser()
+    if not path.exists():
+        raise UserError(f"input {path} does not exist: pass input=<an image file or a folder of images>")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise UserError(f"input folder {path} holds no files")
+    return files
+
+
+class _PathDataset(Dataset):
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        if not is_image_name(path.name):
+            return None, index, f"not an image file name ({path.suffix or 'no extension'})"
+        try:
+            return self.transform(load_rgb(path)), index, ""
+        except Exception as e:  # noqa: BLE001 - report the file and go on with the others
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return None, index, f"not a readable image ({text})"
+
+
+def _collate(items):
+    good = [(x, i) for x, i, err in items if x is not None]
+    bad = [(i, err) for x, i, err in items if x is None]
+    x = torch.stack([t for t, _ in good]) if good else None
+    return x, [i for _, i in good], bad
+
+
+def image_batches(paths: list[Path], transform, batch_size: int = 64, num_workers: int = 0
+                  ) -> Iterator[tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]]:
+    """Yield ``(images, indices, failures)``: a batch of the readable images and why the others failed.
+
+    ``indices`` and the failure indices point into ``paths``; a batch with no readable image
+    yields ``None`` for the images.
+    """
+    loader = DataLoader(_PathDataset(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    yield from loader
