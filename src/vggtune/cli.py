@@ -112,6 +112,11 @@ def _discard_empty_run() -> None:
 def _call_task(task: str, cfg: DictConfig):
     module = importlib.import_module(TASKS[task][0])
     _quiet_lightning()
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # DDP ranks started by Lightning share rank zero's terminal: only warnings from them.
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
     return module.run(cfg)
 
 
@@ -125,6 +130,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.finetune).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.callbacks import EpochSeed
+from vggtune.callbacks import EpochSeed, ReplicaCheck
 from vggtune.checkpoint import AtomicCheckpointIO
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
@@ -54,6 +54,9 @@ def train(cfg: DictConfig) -> dict:
         "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
                  "skipped": len(split.skipped)},
     }
+    replicas = next((c.result for c in trainer.callbacks if isinstance(c, ReplicaCheck)), None)
+    if replicas:
+        summary["replicas"] = replicas
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
@@ -79,7 +82,7 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """A Trainer from the trainer, callbacks and logger config groups, plus the callbacks every run needs."""
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed)]
+    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     kwargs = {}
     if cfg.trainer.precision == "auto":
@@ -124,11 +127,10 @@ def _describe_data(split, run_dir: Path) -> None:
 
 
 def _final_metrics(trainer: pl.Trainer) -> dict:
-    out = {}
-    for k, v in trainer.callback_metrics.items():
-        if k.startswith(("val/", "train/")) and not k.endswith("_step"):
-            out[k.removesuffix("_epoch")] = float(v)
-    if not out:
+    """The last epoch's validation and training metrics; an epoch mean wins over a step value."""
+    items = sorted(trainer.callback_metrics.items(), key=lambda kv: kv[0].endswith("_epoch"))
+    out = {k.removesuffix("_epoch"): float(v) for k, v in items if k.startswith(("val/", "train/"))}
+    if not any(k.startswith("val/") for k in out):
         raise UserError("training ended before any validation ran: raise trainer.max_epochs")
     return out
 
