@@ -93,6 +93,8 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
     sys.argv = [original_argv[0], *args]
     try:
         entry()
+    except KeyboardInterrupt:
+        _fail("interrupted", status=130)
     finally:
         sys.argv = original_argv
 

@@ -173,10 +173,11 @@ def expand_resume(task: str, args: list[str]) -> list[str]:
     if task != "train" or not resume:
         return args
     run_dir = Path(resume[-1].split("=", 1)[1].strip("'\"")).expanduser()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise UserError(f"cannot resume {run_dir}: {last} does not exist (resume=<run folder> of a run that "
-                        "saved at least one epoch)")
+    found = [p for p in (run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
+    if not found:
+        raise UserError(f"cannot resume {run_dir}: it has no checkpoints/last.ckpt or interrupted.ckpt "
+                        "(resume=<run folder> of a run that saved at least one epoch or was interrupted)")
+    last = max(found, key=lambda p: p.stat().st_mtime)  # the latest state
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.is_file() else []
     ours = {"resume", "ckpt_path", "hydra.run.dir"}
