@@ -21,6 +21,7 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -34,6 +35,7 @@ Examples:
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
   vggtune train --help                           # config groups and keys
+  vggtune summary model=vgg19 finetune=linear_probe
 
 Add --debug to see full tracebacks. Version {version}."""
 
