@@ -22,6 +22,7 @@ CONFIG_MODULE = "vggtune.conf"
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
+    "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -36,6 +37,7 @@ Examples:
   vggtune train --cfg job                        # print the composed config
   vggtune train --help                           # config groups and keys
   vggtune summary model=vgg19 finetune=linear_probe
+  vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
 
 Add --debug to see full tracebacks. Version {version}."""
 
