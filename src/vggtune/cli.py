@@ -23,6 +23,7 @@ TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
     "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
+    "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -38,6 +39,7 @@ Examples:
   vggtune train --help                           # config groups and keys
   vggtune summary model=vgg19 finetune=linear_probe
   vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
+  vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3
 
 Add --debug to see full tracebacks. Version {version}."""
 

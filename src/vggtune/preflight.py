@@ -31,6 +31,7 @@ CONFIG_MODULE = "vggtune.conf"
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
     ("embed", "data.root"): "no data folder given: pass data.root=/path/to/images (a folder of class folders)",
+    ("explain", "input"): "no image given: pass input=/path/to/image.jpg (or a folder of images)",
 }
 
 
