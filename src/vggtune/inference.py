@@ -87,6 +87,7 @@ def load_model_or_pretrained(ckpt: str | None, arch: str, weights: str = "imagen
     ``arch``, ``weights`` and ``image_size`` matter only without a checkpoint, which brings its own.
     """
     if not ckpt:
+        log.info("No ckpt given: using torchvision's ImageNet %s (model.weights=%s)", arch, weights)
         return load_pretrained(arch, weights, image_size, device)
     loaded = load_model(ckpt, device)
     if image_size is not None and image_size != loaded.preprocessing.image_size:
