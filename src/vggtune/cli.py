@@ -21,6 +21,9 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
+    "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
+    "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -34,6 +37,9 @@ Examples:
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
   vggtune train --help                           # config groups and keys
+  vggtune summary model=vgg19 finetune=linear_probe
+  vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
+  vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3
 
 Add --debug to see full tracebacks. Version {version}."""
 
@@ -105,10 +111,13 @@ def _discard_empty_run() -> None:
 
     if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.name == hydra_cfg.job.name and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()  # outputs/<task>/ that this run created
 
 
 def _call_task(task: str, cfg: DictConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -17,6 +18,14 @@ def write_json(path: Path, data) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    """Write a header and ``rows`` as CSV (``\\n`` line ends), atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _rel(path: str | Path) -> str:
@@ -39,4 +48,11 @@ def report_run(run_dir: Path, summary: dict) -> None:
               f"  TensorBoard: tensorboard --logdir {_rel(run_dir)}"]
     if summary.get("best_checkpoint"):
         lines.append(f"  next:        vggtune eval ckpt={_rel(summary['best_checkpoint'])}")
+    log.info("\n".join(lines))
+
+
+def report_files(run_dir: Path, files: dict[str, str]) -> None:
+    """Print the run folder and what each of its files (names relative to it) holds."""
+    width = max(map(len, files))
+    lines = [f"Run folder: {_rel(run_dir)}", *(f"  {name.ljust(width)}  {what}" for name, what in files.items())]
     log.info("\n".join(lines))
