@@ -94,6 +94,9 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
             if user_error is None or debug:
                 raise
             _discard_empty_run()
+            if _in_sweep():  # one failed job must not end the others: record it and go on
+                print(f"error: {user_error}", file=sys.stderr)
+                return float("nan")
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
@@ -103,6 +106,13 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
         _fail("interrupted", status=130)
     finally:
         sys.argv = original_argv
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _discard_empty_run() -> None:

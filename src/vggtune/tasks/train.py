@@ -41,27 +41,33 @@ def train(cfg: DictConfig) -> dict:
     _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
-    metrics = _final_metrics(trainer)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    summary = _summarize_fit(trainer, cfg, split, run_dir)
+    best = summary["best_checkpoint"]
     if cfg.test_after_fit and "test" in split.subsets and best:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
-        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+        summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", summary)
+        report_run(run_dir, summary)
+    return summary
+
+
+def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -> dict:
+    """What metrics.json says about the fit, read from what Lightning keeps (also after ddp_spawn)."""
+    done = trainer.callback_metrics
     summary = {
-        "metrics": metrics,
+        "metrics": _final_metrics(trainer),
         "monitor": cfg.monitor,
-        "best_checkpoint": best,
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "",
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-        "epochs": trainer.current_epoch,
+        "epochs": int(done.get("run/epochs", trainer.current_epoch)),
         "class_names": split.classes,
         "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
                  "skipped": len(split.skipped)},
     }
-    replicas = next((c.result for c in trainer.callbacks if isinstance(c, ReplicaCheck)), None)
-    if replicas:
-        summary["replicas"] = replicas
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", summary)
-        report_run(run_dir, summary)
+    if "replicas/identical" in done:
+        summary["replicas"] = {"world_size": int(done["replicas/world_size"]),
+                               "identical": bool(done["replicas/identical"])}
     return summary
 
 
