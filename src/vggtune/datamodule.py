@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from vggtune.arch import Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
 from vggtune.errors import UserError
+from vggtune.features import cache_key, cached_datasets, frozen_trunk
 from vggtune.images import load_rgb
 from vggtune.transforms import eval_transform, train_transform
 
@@ -78,13 +79,15 @@ class ClassFolderDataModule(pl.LightningDataModule):
     """Images from ``root`` (class folders, or train/val[/test] folders of class folders).
 
     ``batch_size`` is per device. ``num_workers`` and ``pin_memory`` accept ``auto``: up to 8
-    workers (one per core) and pinned memory when a GPU is present.
+    workers (one per core) and pinned memory when a GPU is present. With ``cache_features`` the
+    train task calls :meth:`use_cached_features` and batches hold backbone outputs, not images.
     """
 
     def __init__(self, root: str | None = None, val_split: float = 0.2, test_split: float = 0.1,
                  image_size: int | None = None, batch_size: int = 32, num_workers: int | str = "auto",
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
-                 on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16"):
+                 on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
+                 cache_dir: str = "~/.cache/vggtune"):
         super().__init__()
         _check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
@@ -93,10 +96,12 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.num_workers = _auto_workers() if num_workers == "auto" else _check_positive_int(
             "data.num_workers", num_workers, allow_zero=True)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
         self.train_transform = train_transform(self.preprocessing, augment)
         self.eval_transform = eval_transform(self.preprocessing)
-        self.datasets: dict[str, ImageListDataset] = {}
+        self.cache_features, self.cache_dir = bool(cache_features), cache_dir
+        self.datasets: dict[str, Dataset] = {}
 
     @cached_property
     def split(self) -> DataSplit:
@@ -113,6 +118,14 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order (sorted folder names)."""
         return self.split.classes
+
+    def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
+                            device: torch.device) -> None:
+        """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
+        images = {s: ImageListDataset(items, self.eval_transform) for s, items in self.split.subsets.items()}
+        key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets)
+        trunk, _ = frozen_trunk(model, train_fc)
+        self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has."""

@@ -16,6 +16,7 @@ from vggtune.callbacks import EpochSeed, ReplicaCheck
 from vggtune.checkpoint import AtomicCheckpointIO
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
+from vggtune.features import weights_identity
 from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
@@ -38,6 +39,8 @@ def train(cfg: DictConfig) -> dict:
     split = datamodule.split
     module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
     trainer = build_trainer(cfg)
+    if datamodule.cache_features:
+        _use_feature_cache(cfg, datamodule, module, schedule)
     _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
@@ -69,6 +72,19 @@ def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -
         summary["replicas"] = {"world_size": int(done["replicas/world_size"]),
                                "identical": bool(done["replicas/identical"])}
     return summary
+
+
+def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, module: VGGClassifier,
+                       schedule: Schedule) -> None:
+    if schedule.name != "linear_probe":
+        raise UserError(f"data.cache_features=true needs a backbone that stays frozen for the whole run: use "
+                        f"finetune=linear_probe (not {schedule.name}), or data.cache_features=false")
+    if cfg.data.augment != "none":
+        log.warning("data.cache_features=true: each image's features are computed once from the evaluation "
+                    "transform, so augmentation (data.augment=%s) is off", cfg.data.augment)
+    device = torch.device("cuda" if _uses_gpu(cfg) else "cpu")
+    datamodule.use_cached_features(module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed),
+                                   device)
 
 
 def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
