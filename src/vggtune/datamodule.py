@@ -9,70 +9,17 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from vggtune.arch import Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
 from vggtune.errors import UserError
 from vggtune.features import cache_key, cached_datasets, frozen_trunk
-from vggtune.images import load_rgb
+from vggtune.image_cache import CachedImageDataset, build_cache, device_transform
+from vggtune.samples import EpochSampler, ImageListDataset
 from vggtune.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
-
-
-class ImageListDataset(Dataset):
-    """(image tensor, class index) for a list of (path, class index) pairs.
-
-    With a ``seed``, the random transform of item ``i`` in epoch ``e`` is seeded from
-    (seed, e, i): augmentation is then the same whatever the number of workers, and a resumed
-    run replays its epochs exactly. The epoch lives in shared memory, so that persistent
-    workers see :meth:`set_epoch` too.
-    """
-
-    def __init__(self, items: list[tuple[Path, int]], transform, seed: int | None = None):
-        self.items = items
-        self.transform = transform
-        self.seed = seed
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the dataset (and its workers) which epoch's augmentation to draw."""
-        self._epoch.fill_(epoch)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        path, label = self.items[index]
-        try:
-            image = load_rgb(path)
-        except Exception as e:  # noqa: BLE001 - name the file, whatever PIL raised
-            raise UserError(f"could not decode {path} during training ({type(e).__name__}: {e}); "
-                            "run with data.verify=full to find such files before training starts") from None
-        if self.seed is None:
-            return self.transform(image), label
-        sample_seed = (self.seed * 1_000_003 + int(self._epoch) * 65_537 + index) % 2**63
-        if get_worker_info() is not None:  # a worker process owns its RNG
-            torch.manual_seed(sample_seed)
-            return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):  # leave the main process's RNG (dropout) alone
-            torch.manual_seed(sample_seed)
-            return self.transform(image), label
-
-
-class EpochSampler(DistributedSampler):
-    """torch's DistributedSampler (order from seed + epoch, one shard per rank), also on one device.
-
-    Lightning calls ``set_epoch`` before every epoch, a resumed one too, so the order and the
-    dataset's per-sample augmentation seeds depend on nothing but (seed, epoch): a run resumed
-    from a checkpoint replays its epochs exactly. Lightning keeps a DistributedSampler as it is.
-    """
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
@@ -87,7 +34,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  image_size: int | None = None, batch_size: int = 32, num_workers: int | str = "auto",
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
                  on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
-                 cache_dir: str = "~/.cache/vggtune"):
+                 cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune"):
         super().__init__()
         _check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
@@ -100,7 +47,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
         self.train_transform = train_transform(self.preprocessing, augment)
         self.eval_transform = eval_transform(self.preprocessing)
-        self.cache_features, self.cache_dir = bool(cache_features), cache_dir
+        self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
+        self._on_device_transform = False
         self.datasets: dict[str, Dataset] = {}
 
     @cached_property
@@ -126,6 +74,26 @@ class ClassFolderDataModule(pl.LightningDataModule):
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets)
         trunk, _ = frozen_trunk(model, train_fc)
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
+
+    def use_image_cache(self) -> None:
+        """Read pre-resized images from a one-time cache and crop, flip and normalise them on the device."""
+        if self.augment == "strong":
+            raise UserError("data.cache_images=true supports data.augment=light or none (its crops and flips run "
+                            "on the device); use data.cache_images=false for data.augment=strong")
+        size = self.preprocessing.resize_size
+        for subset, items in self.split.subsets.items():
+            path = build_cache([p for p, _ in items], self.preprocessing, self.cache_dir, max(1, self.num_workers))
+            train = subset == "train" and self.augment == "light"
+            self.datasets[subset] = CachedImageDataset(path, [label for _, label in items], size, train,
+                                                       seed=self.seed if train else None)
+        self._on_device_transform = True
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With the image cache: crop, flip (training) and normalise the batch where it now is."""
+        if not self._on_device_transform:
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        return device_transform(batch, self.preprocessing, train=training and self.augment == "light")
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has."""

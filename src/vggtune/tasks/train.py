@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,12 +36,14 @@ def train(cfg: DictConfig) -> dict:
     _warn_schedule(schedule, cfg.trainer.max_epochs)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule: ClassFolderDataModule = instantiate(cfg.data)
+    datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
     split = datamodule.split
     module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
     trainer = build_trainer(cfg)
     if datamodule.cache_features:
         _use_feature_cache(cfg, datamodule, module, schedule)
+    elif datamodule.cache_images:
+        datamodule.use_image_cache()
     _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
@@ -72,6 +75,17 @@ def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -
         summary["replicas"] = {"world_size": int(done["replicas/world_size"]),
                                "identical": bool(done["replicas/identical"])}
     return summary
+
+
+def _cache_images(cfg: DictConfig) -> bool:
+    """``auto``: the pre-resized image cache when training on a GPU with augmentation it supports."""
+    value = cfg.data.get("cache_images", False)
+    if value != "auto":
+        return bool(value)
+    use = _uses_gpu(cfg) and cfg.data.augment in ("light", "none") and not cfg.data.cache_features
+    if _uses_gpu(cfg) and not use:
+        log.info("data.cache_images=auto: not caching images (data.augment=%s or features cached)", cfg.data.augment)
+    return use
 
 
 def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, module: VGGClassifier,
@@ -125,6 +139,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
     if _uses_gpu(cfg):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: VGG's classifier is most of its weights
+        if cfg.trainer.benchmark is None:
+            kwargs["benchmark"] = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    if not cfg.trainer.enable_progress_bar:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
                        default_root_dir=cfg.paths.run_dir, **kwargs)
 
