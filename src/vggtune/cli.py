@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vggtune import __version__
 from vggtune.errors import UserError
@@ -87,7 +87,7 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
             user_error = _find_user_error(e)
             if user_error is None or debug:
                 raise
-            _discard_empty_run()
+            _discard_empty_run(OmegaConf.select(cfg, "paths.output_dir"))
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
@@ -97,8 +97,12 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
         sys.argv = original_argv
 
 
-def _discard_empty_run() -> None:
-    """Remove the run folder of a run refused before it produced anything (only Hydra's files in it)."""
+def _discard_empty_run(output_dir: str | None) -> None:
+    """Remove the run folder of a run refused before it produced anything (only Hydra's files in it).
+
+    Also ``outputs/<task>/`` and ``outputs/`` when that leaves them empty, so that a first command
+    that fails leaves the folder it ran in as it was.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -107,6 +111,19 @@ def _discard_empty_run() -> None:
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+        if output_dir is not None:
+            _remove_empty_parents(run_dir, Path(output_dir))
+
+
+def _remove_empty_parents(run_dir: Path, output_dir: Path) -> None:
+    top = output_dir.resolve()
+    for parent in run_dir.resolve().parents:
+        if not parent.is_relative_to(top):
+            return
+        try:
+            parent.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
 
 
 def _call_task(task: str, cfg: DictConfig):
