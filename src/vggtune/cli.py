@@ -21,6 +21,9 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
+    "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
+    "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -34,6 +37,9 @@ Examples:
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
   vggtune train --help                           # config groups and keys
+  vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
+  vggtune predict ckpt=... input=~/pictures/unsorted output=predictions.csv top_k=3
+  vggtune export ckpt=... format=onnx output=model.onnx
 
 Add --debug to see full tracebacks. Version {version}."""
 

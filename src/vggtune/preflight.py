@@ -27,7 +27,11 @@ from vggtune.dataset import MISSING_ROOT
 from vggtune.errors import UserError
 
 CONFIG_MODULE = "vggtune.conf"
-_MISSING_HINTS = {"data.root": MISSING_ROOT}
+_MISSING_HINTS = {
+    "data.root": MISSING_ROOT,
+    "ckpt": "no checkpoint given: pass ckpt=<train run folder>/checkpoints/best.ckpt",
+    "input": "no input given: pass input=<an image file or a folder of images>",
+}
 
 
 def _parse(args: list[str]):
