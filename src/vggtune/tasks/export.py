@@ -20,6 +20,9 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     fmt = export.check_format(cfg.format)
     out = output_path(cfg.output, run_dir, "model" + export.FORMATS[fmt])
+    suffix = out.suffix.lower()
+    if suffix in (".onnx", ".pt", ".pth") and (suffix == ".onnx") != (fmt == "onnx"):  # a likely slip, not an error
+        log.warning("output=%s ends in %s, but format=%s writes a %s file", out.name, out.suffix, fmt, fmt)
     loaded = load_model(cfg.ckpt, "cpu")  # exported and checked on the CPU, where onnxruntime runs by default
     net = loaded.module.model.to(memory_format=torch.contiguous_format)
     model = export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits)).eval()
@@ -48,5 +51,5 @@ def export_checkpoint(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig) -> str:
-    """The ``vggtune export`` task: returns the path of the exported file."""
-    return str(Path(export_checkpoint(cfg)["file"]))
+    """The ``vggtune export`` task: returns the name of the exported file."""
+    return export_checkpoint(cfg)["file"]
