@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from vggtune.arch import GROUPS, build_vgg, guess_arch, layer_groups, preprocessing
+from vggtune.arch import GROUPS, build_vgg, guess_arch, layer_groups, load_weights, preprocessing, split_at_fc7
 from vggtune.errors import UserError
 
 
@@ -85,3 +85,29 @@ def test_preprocessing_from_weights_metadata_and_override():
     assert (small.image_size, small.resize_size) == (112, 128)
     with pytest.raises(UserError, match="image_size"):
         preprocessing("vgg16", 8)
+
+
+def test_split_at_fc7_is_the_model_cut_after_fc7s_relu():
+    torch.manual_seed(0)
+    model = build_vgg("vgg11", num_classes=3, weights="none").eval()
+    to_fc7, rest = split_at_fc7(model)
+    seen = {}
+    model.classifier[4].register_forward_hook(lambda m, i, out: seen.update(fc7=out.clone()))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        fc7 = to_fc7(x)
+        assert torch.allclose(rest(fc7), logits, atol=1e-5)
+    assert fc7.shape == (2, 4096) and (fc7 >= 0).all()
+    assert torch.allclose(fc7, seen["fc7"], atol=1e-6)
+
+
+def test_load_weights_with_head_keeps_the_imagenet_classifier(tmp_path):
+    state = _saved_vgg(tmp_path / "w.pth")
+    model = torchvision.models.vgg11()
+    load_weights(model, "vgg11", str(tmp_path / "w.pth"), head=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    state["classifier.6.weight"], state["classifier.6.bias"] = torch.zeros(5, 4096), torch.zeros(5)
+    torch.save(state, tmp_path / "five.pth")
+    with pytest.raises(UserError, match="no 1000-class ImageNet head"):
+        load_weights(torchvision.models.vgg11(), "vgg11", str(tmp_path / "five.pth"), head=True)

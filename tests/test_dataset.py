@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_class_folders
-from vggtune.dataset import discover
+from vggtune.dataset import discover, labelled_images
 from vggtune.errors import UserError
 
 
@@ -81,3 +81,14 @@ def test_presplit_with_mismatched_classes_is_refused(tmp_path):
 def test_impossible_fractions_are_refused(data, val, test):
     with pytest.raises(UserError, match="val_split|test_split"):
         discover(data, val, test)
+
+
+def test_labelled_images_keeps_every_image_unsplit_and_allows_one_class(tmp_path):
+    root = make_class_folders(tmp_path / "one", classes=1, per_class=3)
+    found = labelled_images(root)
+    assert list(found.subsets) == ["all"] and len(found.classes) == 1
+    assert sorted(p for p, _ in found.subsets["all"]) == sorted(root.rglob("*.*"))
+    presplit = tmp_path / "pre"
+    for subset in ("train", "val"):
+        make_class_folders(presplit / subset, classes=2, per_class=2)
+    assert set(labelled_images(presplit).subsets) == {"train", "val"}

@@ -52,7 +52,7 @@ def test_tensorboard_event_file_has_the_loss(tiny_run):
     acc = EventAccumulator(str(tiny_run / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert "train/loss_step" in tags or "train/loss_epoch" in tags, tags
+    assert "train/loss" in tags and "train/loss_epoch" in tags, tags
     assert "val/acc" in tags and "lr/head" in tags
 
 

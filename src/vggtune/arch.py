@@ -23,6 +23,7 @@ ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
 # Layer groups from the top of the network down; a group's index is its depth, which sets its
 # learning rate (base * lr_decay ** depth) and the order in which gradual unfreezing reaches it.
 GROUPS = ("head", "fc", "block5", "block4", "block3", "block2", "block1")
+BLOCKS = ("block1", "block2", "block3", "block4", "block5")  # the conv blocks, input side first
 
 _CONV_LAYERS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
 _FEATURE_DIM = 4096  # fc7 output, the input of the head
@@ -80,13 +81,31 @@ def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: f
     # torchvision refuses weights together with num_classes != 1000: build the ImageNet shape,
     # load, then swap the head.
     model = torchvision.models.get_model(check_arch(arch), weights=None, dropout=dropout)
-    source = str(weights)
-    if source.lower() == "imagenet":
-        _load_backbone(model, arch, _imagenet_state_dict(arch), "torchvision's ImageNet weights")
-    elif source.lower() != "none":
-        _load_backbone(model, arch, load_state_dict_file(Path(source).expanduser()), source)
+    load_weights(model, arch, weights)
     reset_classifier(model, num_classes)
     return model
+
+
+def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False) -> None:
+    """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
+
+    Everything but the head is loaded; ``head=True`` loads the 1000-class ImageNet head too, for
+    using the pretrained network as it was trained (its predictions are ImageNet categories).
+    """
+    source = str(weights)
+    if source.lower() == "none":
+        return
+    if source.lower() == "imagenet":
+        state, source = _imagenet_state_dict(arch), "torchvision's ImageNet weights"
+    else:
+        state = load_state_dict_file(Path(source).expanduser())
+    _load_backbone(model, arch, state, source)
+    if head:
+        head_state = {k.removeprefix("classifier.6."): v for k, v in state.items() if k.startswith("classifier.6.")}
+        if head_state.keys() != {"weight", "bias"} or head_state["weight"].shape != model.classifier[6].weight.shape:
+            raise UserError(f"weights {source} have no 1000-class ImageNet head: for a checkpoint written by "
+                            "`vggtune train` pass ckpt=<file> instead of model.weights")
+        model.classifier[6].load_state_dict(head_state)
 
 
 def reset_classifier(model: nn.Module, num_classes: int) -> None:
@@ -106,12 +125,22 @@ def layer_groups(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def feature_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Named layers a user can point at (``block1`` ... ``block5``, ``fc``): each block's last conv layer."""
+    """Named layers a user can point at (``block1`` ... ``block5``): each block's last conv layer."""
     convs = {}
-    for name in ("block1", "block2", "block3", "block4", "block5"):
+    for name in BLOCKS:
         conv = [m for m in layer_groups(model)[name] if isinstance(m, nn.Conv2d)]
         convs[name] = conv[-1]
     return convs
+
+
+def split_at_fc7(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(to_fc7, rest)``: image -> fc7 output after its ReLU (4096 values), and fc7 -> logits.
+
+    ``rest(to_fc7(x))`` is ``model(x)``; both parts share the model's layers (nothing is copied).
+    In eval mode the dropout between them is the identity, so fc7 is exactly what the head sees.
+    """
+    to_fc7 = nn.Sequential(model.features, model.avgpool, nn.Flatten(1), model.classifier[:5])
+    return to_fc7, model.classifier[5:]
 
 
 def _imagenet_state_dict(arch: str) -> dict:
@@ -131,7 +160,7 @@ def _imagenet_state_dict(arch: str) -> dict:
             f"could not get the ImageNet weights for {arch}: {filename} is not in {cached.parent} "
             f"(torch hub dir; set TORCH_HOME to move it) and the download failed ({reason}). "
             f"Copy the file there, or pass model.weights=/path/to/{filename}, "
-            f"or train from random init with model.weights=none"
+            f"or start from random init with model.weights=none"
         ) from None
 
 

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class EpochSeed(pl.Callback):
     """Re-seed every RNG at the start of each training epoch from (seed, epoch).
 
-    The shuffle order and dropout of an epoch then depend only on the seed and the epoch
-    number, and the training dataset is told the epoch for its per-sample augmentation seeds,
-    so a run resumed from a checkpoint replays the same epochs as an uninterrupted one
-    (Lightning does not checkpoint RNG states).
+    Dropout in an epoch then depends only on the seed and the epoch number (shuffling and
+    augmentation are seeded by :class:`~vggtune.datamodule.EpochSampler`), so a run resumed from
+    a checkpoint replays the same epochs as an uninterrupted one: Lightning does not checkpoint
+    RNG states.
     """
 
     def __init__(self, seed: int):
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        seed_everything((self.seed * 1000 + epoch) % 2**32, workers=True, verbose=False)
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        seed_everything((self.seed * 1000 + trainer.current_epoch) % 2**32, workers=True, verbose=False)
+
+
+class ReplicaCheck(pl.Callback):
+    """Under DDP, compare every rank's weights at the end of training and say whether they agree.
+
+    Replicas that drift apart (for instance gradients of a layer left out of DDP's reduction)
+    fail silently otherwise; ``result`` goes into ``metrics.json``.
+    """
+
+    def __init__(self):
+        self.result: dict | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size < 2 or not dist.is_initialized():
+            return
+        h = hashlib.sha256()
+        for p in pl_module.parameters():
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        digests = [None] * trainer.world_size
+        dist.all_gather_object(digests, h.hexdigest()[:16])
+        self.result = {"world_size": trainer.world_size, "identical": len(set(digests)) == 1, "digests": digests}
+        if not self.result["identical"]:
+            rank_zero_warn(f"the {trainer.world_size} DDP replicas ended with different weights: {digests}")

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vggtune import __version__
 from vggtune.errors import UserError
@@ -24,6 +24,9 @@ TASKS = {
     "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
     "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
     "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
+    "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
+    "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
+    "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]
@@ -40,6 +43,9 @@ Examples:
   vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
   vggtune predict ckpt=... input=~/pictures/unsorted output=predictions.csv top_k=3
   vggtune export ckpt=... format=onnx output=model.onnx
+  vggtune summary model=vgg19 finetune=linear_probe
+  vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
+  vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3
 
 Add --debug to see full tracebacks. Version {version}."""
 
@@ -93,17 +99,19 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
             user_error = _find_user_error(e)
             if user_error is None or debug:
                 raise
-            _discard_empty_run(OmegaConf.select(cfg, "paths.output_dir"))
+            _discard_empty_run()
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
     try:
         entry()
+    except KeyboardInterrupt:
+        _fail("interrupted", status=130)
     finally:
         sys.argv = original_argv
 
 
-def _discard_empty_run(output_dir: str | None) -> None:
+def _discard_empty_run() -> None:
     """Remove the run folder of a run refused before it produced anything (only Hydra's files in it).
 
     Also ``outputs/<task>/`` and ``outputs/`` when that leaves them empty, so that a first command
@@ -113,28 +121,26 @@ def _discard_empty_run(output_dir: str | None) -> None:
 
     if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
-        if output_dir is not None:
-            _remove_empty_parents(run_dir, Path(output_dir))
-
-
-def _remove_empty_parents(run_dir: Path, output_dir: Path) -> None:
-    top = output_dir.resolve()
-    for parent in run_dir.resolve().parents:
-        if not parent.is_relative_to(top):
-            return
-        try:
-            parent.rmdir()  # only succeeds on an empty folder
-        except OSError:
-            return
+        if run_dir.parent.name == hydra_cfg.job.name:  # outputs/<task>/<time>: this run may have made both
+            for folder in (run_dir.parent, run_dir.parent.parent):
+                if not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def _call_task(task: str, cfg: DictConfig):
     module = importlib.import_module(TASKS[task][0])
     _quiet_lightning()
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # DDP ranks started by Lightning share rank zero's terminal: only warnings from them.
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
     return module.run(cfg)
 
 
@@ -148,6 +154,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.finetune).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from vggtune.arch import Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
@@ -58,6 +58,20 @@ class ImageListDataset(Dataset):
         with torch.random.fork_rng(devices=[]):  # leave the main process's RNG (dropout) alone
             torch.manual_seed(sample_seed)
             return self.transform(image), label
+
+
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (order from seed + epoch, one shard per rank), also on one device.
+
+    Lightning calls ``set_epoch`` before every epoch, a resumed one too, so the order and the
+    dataset's per-sample augmentation seeds depend on nothing but (seed, epoch): a run resumed
+    from a checkpoint replays its epochs exactly. Lightning keeps a DistributedSampler as it is.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
@@ -110,8 +124,15 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 self.datasets[subset] = ImageListDataset(items, self.eval_transform)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader("train", shuffle=True)
+        """Training batches, shuffled by (seed, epoch) and split across DDP ranks."""
+        dataset = self.datasets["train"]
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        # A private generator: creating the iterator must not draw from the global RNG (dropout's).
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, in split order."""
@@ -121,8 +142,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         """Test batches; empty when the split has no test subset."""
         return self._loader("test") if "test" in self.datasets else []
 
-    def _loader(self, subset: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[subset], batch_size=self.batch_size, shuffle=shuffle,
+    def _loader(self, subset: str) -> DataLoader:
+        return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

@@ -75,6 +75,20 @@ def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, 
     return DataSplit(root, classes, subsets, "class_folders", skipped)
 
 
+def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str = "skip") -> DataSplit:
+    """Every usable image under ``root`` with its class, unsplit: for looking at a data set, not training.
+
+    A folder of class folders gives one subset, ``all`` (a single class is allowed); a folder
+    with ``train/`` and ``val/`` keeps its subsets.
+    """
+    root = _check_root(root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return _discover_presplit(root, verify, on_bad_image)
+    classes, files, skipped = _class_files(root, verify, on_bad_image, min_classes=1)
+    items = [(p, label) for label, name in enumerate(classes) for p in files[name]]
+    return DataSplit(root, classes, {"all": items}, "class_folders", skipped)
+
+
 def check_fractions(val_split: float, test_split: float) -> None:
     """val_split in (0, 1), test_split in [0, 1), and room left for training images."""
     for name, v, low in (("val_split", val_split, 0.0), ("test_split", test_split, 0.0)):
@@ -98,12 +112,12 @@ def _check_root(root: str | Path | None) -> Path:
     return path.resolve()
 
 
-def _class_files(root: Path, verify: str, on_bad_image: str):
+def _class_files(root: Path, verify: str, on_bad_image: str, min_classes: int = 2):
     classes = class_folders(root)
     if not classes:
         raise UserError(f"data.root {root} has no class folders: put each class's images in a folder "
                         "named after the class (e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)".replace("{root}", str(root)))
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise UserError(f"data.root {root} has a single class folder ({classes[0]}): a classifier needs at "
                         "least two classes, one folder each")
     files, skipped = {}, []

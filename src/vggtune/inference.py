@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vggtune.arch import Preprocessing
+from vggtune.arch import Preprocessing, imagenet_weights, load_weights, preprocessing
 from vggtune.checkpoint import model_from_checkpoint
 from vggtune.errors import UserError
 from vggtune.images import is_image_name, load_rgb
@@ -61,6 +61,40 @@ def load_model(ckpt: str | Path, device: str = "auto") -> LoadedModel:
     module.to(dev).eval()
     prep = Preprocessing.from_dict(module.hparams["preprocessing"])
     return LoadedModel(module, list(module.class_names), prep, dev, Path(str(ckpt)).expanduser())
+
+
+def load_pretrained(arch: str, weights: str = "imagenet", image_size: int | None = None,
+                    device: str = "auto") -> LoadedModel:
+    """torchvision's ImageNet VGG as it was trained (1000-class head, category names), in eval mode.
+
+    ``weights`` is ``imagenet``, a state-dict file in torchvision's layout, or ``none`` (random
+    init, useful only for trying the pipeline: its outputs mean nothing).
+    """
+    dev = pick_device(device)
+    prep = preprocessing(arch, image_size)
+    categories = list(imagenet_weights(arch).meta["categories"])
+    module = VGGClassifier(arch, categories, weights="none", preprocessing=prep.to_dict())
+    load_weights(module.model, arch, weights, head=True)
+    if str(weights).lower() == "none":
+        log.warning("model.weights=none: a randomly initialised %s; its outputs mean nothing", arch)
+    module.to(dev).eval()
+    return LoadedModel(module, categories, prep, dev, Path(str(weights)))
+
+
+def load_model_or_pretrained(ckpt: str | None, arch: str, weights: str = "imagenet", image_size: int | None = None,
+                             device: str = "auto") -> LoadedModel:
+    """The checkpoint's classifier when ``ckpt`` is given, else torchvision's ImageNet VGG ``arch``.
+
+    ``arch``, ``weights`` and ``image_size`` matter only without a checkpoint, which brings its own.
+    """
+    if not ckpt:
+        log.info("No ckpt given: using torchvision's ImageNet %s (model.weights=%s)", arch, weights)
+        return load_pretrained(arch, weights, image_size, device)
+    loaded = load_model(ckpt, device)
+    if image_size is not None and image_size != loaded.preprocessing.image_size:
+        log.warning("data.image_size=%s ignored: the checkpoint was trained on %d px and keeps its preprocessing",
+                    image_size, loaded.preprocessing.image_size)
+    return loaded
 
 
 def find_images(input_path: str | Path) -> list[Path]:

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from vggtune import __version__
@@ -51,6 +51,7 @@ class VGGClassifier(pl.LightningModule):
             self.model.compile()  # in place: state-dict keys keep their names (no "_orig_mod.")
         n = len(self.class_names)
         self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.train_loss = MeanMetric()
         self.val_metrics = classification_metrics(n, "val/")
         self.test_metrics = classification_metrics(n, "test/")
         self.val_acc_best = MaxMetric()
@@ -77,7 +78,10 @@ class VGGClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_loss(loss.detach())
+        # The step loss is this rank's; the epoch values are torchmetrics metrics, reduced across ranks.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 

@@ -27,8 +27,11 @@ from vggtune.dataset import MISSING_ROOT
 from vggtune.errors import UserError
 
 CONFIG_MODULE = "vggtune.conf"
+# key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
+    ("embed", "data.root"): "no data folder given: pass data.root=/path/to/images (a folder of class folders)",
+    ("explain", "input"): "no image given: pass input=/path/to/image.jpg (or a folder of images)",
     "ckpt": "no checkpoint given: pass ckpt=<train run folder>/checkpoints/best.ckpt",
     "input": "no input given: pass input=<an image file or a folder of images>",
 }
@@ -56,7 +59,7 @@ def prepare(task: str, args: list[str]) -> list[str]:
     cfg = check_overrides(task, list(parsed.overrides))
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
-    _check_missing(cfg)
+    _check_missing(cfg, task)
     run_dir, explicit = _run_dir(cfg, parsed.overrides)
     if explicit:
         check_run_dir(run_dir, cfg.get("ckpt_path"))
@@ -101,11 +104,13 @@ def check_overrides(task: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _check_missing(cfg: DictConfig) -> None:
+def _check_missing(cfg: DictConfig, task: str) -> None:
     flat = _flat_items(OmegaConf.to_container(cfg, resolve=False))
     missing = sorted(k for k, v in flat.items() if v == "???" and not k.startswith("hydra."))
     if missing:
-        raise UserError(_MISSING_HINTS.get(missing[0], f"{missing[0]} has no value: pass {missing[0]}=..."))
+        key = missing[0]
+        hint = _MISSING_HINTS.get((task, key)) or _MISSING_HINTS.get(key)
+        raise UserError(hint or f"{key} has no value: pass {key}=...")
 
 
 def _first_line(e: BaseException) -> str:
@@ -177,10 +182,11 @@ def expand_resume(task: str, args: list[str]) -> list[str]:
     if task != "train" or not resume:
         return args
     run_dir = Path(resume[-1].split("=", 1)[1].strip("'\"")).expanduser()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise UserError(f"cannot resume {run_dir}: {last} does not exist (resume=<run folder> of a run that "
-                        "saved at least one epoch)")
+    found = [p for p in (run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
+    if not found:
+        raise UserError(f"cannot resume {run_dir}: it has no checkpoints/last.ckpt or interrupted.ckpt "
+                        "(resume=<run folder> of a run that saved at least one epoch or was interrupted)")
+    last = max(found, key=lambda p: p.stat().st_mtime)  # the latest state
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = list(OmegaConf.load(saved_file)) if saved_file.is_file() else []
     ours = {"resume", "ckpt_path", "hydra.run.dir"}

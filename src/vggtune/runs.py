@@ -24,9 +24,9 @@ def write_json(path: Path, data) -> None:
 
 
 def write_csv(path: Path, header: list[str], rows) -> None:
-    """Write a header and rows as CSV, atomically (temporary file, then rename)."""
+    """Write a header and ``rows`` as CSV (``\\n`` line ends), atomically."""
     with atomic_open(path, "w", encoding="utf-8") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 
@@ -86,3 +86,10 @@ def keep_copy(path: Path, run_dir: Path, name: str) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, run_dir / name)
     return True
+
+
+def report_files(run_dir: Path, files: dict[str, str]) -> None:
+    """Print the run folder and what each of its files (names relative to it) holds."""
+    width = max(map(len, files))
+    lines = [f"Run folder: {rel(run_dir)}", *(f"  {name.ljust(width)}  {what}" for name, what in files.items())]
+    log.info("\n".join(lines))

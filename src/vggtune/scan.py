@@ -104,4 +104,6 @@ def _describe(e: Exception) -> str:
     if isinstance(e, PermissionError):
         return "cannot be read (permission denied)"
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "truncated" in text.lower():
+        return f"truncated file, cannot be decoded ({text})"
     return f"cannot be decoded ({text})"

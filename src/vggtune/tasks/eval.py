@@ -13,7 +13,7 @@ from vggtune.evaluation import (EvalResult, LabelledImages, check_subset, comput
                                 images_from_folder, images_from_run)
 from vggtune.errors import UserError
 from vggtune.inference import load_model, predict_probabilities
-from vggtune.runs import rel, write_csv, write_json
+from vggtune.runs import rel, report_files, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,12 @@ def evaluate(cfg: DictConfig) -> dict:
     mistakes = _write_misclassified(run_dir / "misclassified.csv", [paths[i] for i in pred.indices], pred.probs,
                                     targets, names)
     _plot_confusion(run_dir / "confusion_matrix.png", result.confusion, names)
-    log.info(_report(run_dir, summary, mistakes))
+    log.info(_summary_table(summary))
+    report_files(run_dir, {
+        "metrics.json": "accuracy, macro F1, per-class scores, which images (and which were left out)",
+        "per_class.csv": "precision, recall, F1, images and predictions per class",
+        "confusion_matrix.png": "true class down, predicted class across (counts also in confusion_matrix.csv)",
+        "misclassified.csv": f"the {mistakes} misclassified images: path, true, predicted, confidence"})
     return summary
 
 
@@ -117,7 +122,7 @@ def _plot_confusion(path: Path, matrix: torch.Tensor, names: list[str]) -> None:
     plt.close(fig)
 
 
-def _report(run_dir: Path, summary: dict, mistakes: int) -> str:
+def _summary_table(summary: dict) -> str:
     m, data = summary["metrics"], summary["data"]
     top5 = f"   top-5 accuracy {m['acc_top5']:.4f}" if "acc_top5" in m else ""
     lines = [f"{data['images']} images: accuracy {m['acc']:.4f}{top5}   macro F1 {m['f1']:.4f}", ""]
@@ -130,9 +135,6 @@ def _report(run_dir: Path, summary: dict, mistakes: int) -> str:
         lines.append(f"  not evaluated (unknown to the model): {', '.join(data['unknown_classes'])}")
     if data["unreadable"]:
         lines.append(f"  not evaluated (unreadable): {len(data['unreadable'])} files, listed in metrics.json")
-    lines += ["", f"Run folder: {rel(run_dir)}",
-              "  metrics.json, per_class.csv, confusion_matrix.png, confusion_matrix.csv, "
-              f"misclassified.csv ({mistakes} images)"]
     return "\n".join(lines)
 
 

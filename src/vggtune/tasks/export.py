@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from vggtune import export
 from vggtune.inference import load_model
-from vggtune.runs import keep_copy, output_path, rel, write_json
+from vggtune.runs import keep_copy, output_path, rel, report_files, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,16 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     info["check"] = check
     sidecar = out.with_name(out.name + ".json")
     write_json(sidecar, info)
-    keep_copy(sidecar, run_dir, "export.json")
+    copied = keep_copy(sidecar, run_dir, "export.json")
     size = out.stat().st_size / 2**20
     log.info("\n".join([
         f"Exported: {rel(out)} ({size:.0f} MiB)  input {info['input_name']}: float32 {info['input_shape']}, "
         f"RGB in [0, 1], normalised inside; output: {info['output']}",
         f"  checked with {check['runtime']} on {check['batch']} random images: max abs difference "
         f"{check['max_abs_diff']:.2g} from PyTorch",
-        f"  {rel(sidecar)}: class names, input size, mean and std",
-        f"Run folder: {rel(run_dir)}"]))
+        f"  {rel(sidecar)}: class names, input size, mean and std"]))
+    report_files(run_dir, {"export.json": f"a copy of {rel(sidecar)}"} if copied else
+                 {out.name: "the exported model", sidecar.name: "class names, input size, mean and std"})
     return info
 
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from vggtune.datamodule import check_positive_int, resolve_workers
 from vggtune.errors import UserError
 from vggtune.inference import Predictions, find_images, load_model, predict_probabilities
-from vggtune.runs import keep_copy, output_path, rel, write_csv
+from vggtune.runs import keep_copy, output_path, rel, report_files, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def predict(cfg: DictConfig) -> Path:
     header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
     write_csv(out, header, _rows(paths, pred, names, top_k))
     copied = keep_copy(out, run_dir, "predictions.csv")
-    log.info(_report(paths, pred, names, top_k, out, run_dir if copied else None))
+    log.info(_report(paths, pred, names, top_k, out))
+    report_files(run_dir, {"predictions.csv": f"a copy of {rel(out)}" if copied else
+                           f"one row per file: path, top-{top_k} classes and probabilities, or the error"})
     return out
 
 
@@ -61,8 +63,7 @@ def _rows(paths: list[Path], pred: Predictions, names: list[str], top_k: int):
             yield [str(path.absolute()), *([""] * (2 * top_k)), pred.failures[i]]
 
 
-def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, out: Path,
-            copy_in: Path | None) -> str:
+def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, out: Path) -> str:
     lines = []
     if len(paths) == 1:  # one image: the answer belongs on the terminal
         probs, classes = pred.probs[0].topk(top_k)
@@ -76,8 +77,6 @@ def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, 
         if len(pred.failures) > 10:
             lines.append(f"  ... and {len(pred.failures) - 10} more")
     lines.append(f"Predictions: {rel(out)}")
-    if copy_in is not None:
-        lines.append(f"Run folder:  {rel(copy_in)} (a copy of the CSV, the config and the log)")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,10 +12,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.callbacks import EpochSeed
+from vggtune.callbacks import EpochSeed, ReplicaCheck
 from vggtune.checkpoint import AtomicCheckpointIO
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
+from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
 from vggtune.runs import report_run, write_json
@@ -36,9 +38,9 @@ def train(cfg: DictConfig) -> dict:
     split = datamodule.split
     module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
     trainer = build_trainer(cfg)
-    _describe_data(split, run_dir)  # only now, when every input has been checked, write to the run folder
+    _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    _fit(trainer, module, datamodule, cfg.ckpt_path)
     metrics = _final_metrics(trainer)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit and "test" in split.subsets and best:
@@ -54,10 +56,24 @@ def train(cfg: DictConfig) -> dict:
         "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
                  "skipped": len(split.skipped)},
     }
+    replicas = next((c.result for c in trainer.callbacks if isinstance(c, ReplicaCheck)), None)
+    if replicas:
+        summary["replicas"] = replicas
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
     return summary
+
+
+def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
+    """``trainer.fit``, exiting 128 + signal number after an interruption saved its checkpoint."""
+    interrupt = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:  # Lightning turns Ctrl-C and SIGTERM into SystemExit once callbacks have run
+        if interrupt.signal is None:
+            raise
+        sys.exit(interrupt.exit_status)
 
 
 def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -> VGGClassifier:
@@ -79,7 +95,8 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """A Trainer from the trainer, callbacks and logger config groups, plus the callbacks every run needs."""
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed)]
+    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(), SaveOnInterrupt(),
+                  StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps)]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     kwargs = {}
     if cfg.trainer.precision == "auto":
@@ -107,8 +124,11 @@ def _warn_schedule(schedule: Schedule, max_epochs: int) -> None:
 
 
 @rank_zero_only
-def _describe_data(split, run_dir: Path) -> None:
+def _prepare_run_folder(split, run_dir: Path) -> None:
+    """Write the split and the skipped files, log what the data holds, clear temp files of a killed save."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "checkpoints").glob(".*.ckpt.*.tmp"):  # left by a kill during a save
+        stale.unlink(missing_ok=True)
     split.write_csv(run_dir / "split.csv")
     counts = split.counts()
     log.info("Data: %s (%s), %d classes: %s", split.root, split.layout, len(split.classes), ", ".join(split.classes))
@@ -124,11 +144,10 @@ def _describe_data(split, run_dir: Path) -> None:
 
 
 def _final_metrics(trainer: pl.Trainer) -> dict:
-    out = {}
-    for k, v in trainer.callback_metrics.items():
-        if k.startswith(("val/", "train/")) and not k.endswith("_step"):
-            out[k.removesuffix("_epoch")] = float(v)
-    if not out:
+    """The last epoch's validation and training metrics; an epoch mean wins over a step value."""
+    items = sorted(trainer.callback_metrics.items(), key=lambda kv: kv[0].endswith("_epoch"))
+    out = {k.removesuffix("_epoch"): float(v) for k, v in items if k.startswith(("val/", "train/"))}
+    if not any(k.startswith("val/") for k in out):
         raise UserError("training ended before any validation ran: raise trainer.max_epochs")
     return out
 

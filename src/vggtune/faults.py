@@ -1,0 +1,86 @@
+"""Callbacks that keep a run safe when it goes wrong: a non-finite loss, Ctrl-C, SIGTERM (pre-emption)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vggtune.errors import UserError
+
+INTERRUPTED_CKPT = "interrupted.ckpt"
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop the run, naming the epoch and step, when the training loss becomes NaN or infinite.
+
+    The check costs no host sync per step: the first bad step is recorded on the device and
+    looked at every ``check_every_n_steps`` steps and before each epoch's checkpoints are
+    written (this callback's epoch-end hook runs before ModelCheckpoint's), so no checkpoint
+    is ever written from a diverged model and the last good ``last.ckpt`` stays.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50):
+        self.every = max(1, int(check_every_n_steps))
+        self._where: torch.Tensor | None = None  # (epoch, batch, global step) of the first bad loss, or -1s
+        self._bad_value: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        loss = loss.detach()
+        if self._where is None:
+            self._where = torch.full((3,), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        new = (~torch.isfinite(loss)) & (self._where[0] < 0)
+        here = torch.tensor([trainer.current_epoch, batch_idx, trainer.global_step], device=loss.device)
+        self._where = torch.where(new, here, self._where)
+        self._bad_value = torch.where(new, loss, self._bad_value)
+        if trainer.global_step % self.every == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._where is None:
+            return
+        epoch, batch, step = self._where.tolist()  # the host sync, once every `every` steps
+        if epoch >= 0:
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise UserError(f"the training loss became {float(self._bad_value)} at epoch {epoch}, batch {batch} "
+                            f"(global step {step}); training stopped and {kept}. Lower optim.lr, or set "
+                            "trainer.gradient_clip_val=1.0")
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, save ``checkpoints/interrupted.ckpt`` and say how to resume."""
+
+    def __init__(self):
+        self.signal: signal.Signals | None = None
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.signal = signal.SIGINT
+        elif isinstance(exception, SIGTERMException):
+            self.signal = signal.SIGTERM
+        else:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        self.saved = run_dir / "checkpoints" / INTERRUPTED_CKPT
+        trainer.save_checkpoint(self.saved)
+        rank_zero_info(f"\nInterrupted by {self.signal.name} at epoch {trainer.current_epoch}, step "
+                       f"{trainer.global_step}; saved {self.saved}.\nResume with: vggtune train resume={run_dir}")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention: 128 + the signal number."""
+        return 128 + int(self.signal) if self.signal is not None else 1

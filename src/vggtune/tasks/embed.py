@@ -1,0 +1,149 @@
+"""``vggtune embed``: every image of a data set as its 4096-d fc7 vector, and maps of those vectors.
+
+The vector is fc7's output after its ReLU, in eval mode. After the ReLU because that is what
+the head reads (and what the classic "CNN codes" are: the ReLU thresholds them at zero, as in
+training); in eval mode because dropout is then off, so an image always gets the same vector.
+It is computed by running the network up to fc7 (:func:`vggtune.arch.split_at_fc7`) and then
+the rest of it for the prediction, in one pass and without hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from vggtune.arch import split_at_fc7
+from vggtune.datamodule import check_positive_int, resolve_workers
+from vggtune.dataset import labelled_images
+from vggtune.errors import UserError
+from vggtune.files import atomic_open
+from vggtune.inference import LoadedModel, image_batches, load_model_or_pretrained
+from vggtune.maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
+from vggtune.runs import rel, report_files, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """fc7 vectors of the images that could be read, with their predictions and thumbnails."""
+
+    vectors: np.ndarray  # (N, 4096) float32
+    predicted: list[int]
+    kept: list[int]  # index into the input paths of each row
+    thumbnails: torch.Tensor  # (N, 3, t, t) uint8
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def encode(net: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
+           thumb_size: int = 32) -> Encoded:
+    """Run every image through the network once: its fc7 vector, its predicted class, a thumbnail."""
+    to_fc7, rest = split_at_fc7(net.module.model)
+    mean = torch.tensor(net.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(net.preprocessing.std).view(1, 3, 1, 1)
+    vectors, predicted, kept, thumbs, failures = [], [], [], [], []
+    for x, indices, bad in image_batches(paths, net.transform, batch_size, num_workers):
+        failures += bad
+        if x is None:
+            continue
+        fc7 = to_fc7(x.to(net.device))
+        predicted += rest(fc7).argmax(dim=1).tolist()
+        vectors.append(fc7.float().cpu().numpy())
+        kept += indices
+        # The projector's thumbnails are the crops the network saw, un-normalised.
+        small = F.interpolate(x * std + mean, size=(thumb_size, thumb_size), mode="bilinear", antialias=True)
+        thumbs.append((small.clamp(0, 1) * 255).round().to(torch.uint8))
+    if not kept:
+        raise UserError(f"none of the {len(paths)} images could be read (first: {paths[failures[0][0]]}: "
+                        f"{failures[0][1]})")
+    return Encoded(np.concatenate(vectors), predicted, kept, torch.cat(thumbs), failures)
+
+
+def run(cfg: DictConfig) -> dict:
+    """The ``vggtune embed`` task: vectors, CSV, maps, projector files and the silhouette score."""
+    data = cfg.data
+    batch_size = check_positive_int("data.batch_size", data.batch_size)
+    workers = resolve_workers(data.num_workers)
+    projector_max = check_positive_int("projector_max", cfg.projector_max)
+    check_metric(cfg.metric)
+    split = labelled_images(data.root, data.verify, data.on_bad_image)  # the folder is checked before the model loads
+    items = [item for subset in split.subsets.values() for item in subset]
+    net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, data.image_size, cfg.device)
+    source = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
+    log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes), split.root,
+             source, net.device)
+    start = time.perf_counter()
+    thumb = max(8, min(48, 8192 // math.ceil(math.sqrt(min(len(items), projector_max)))))  # sprite <= 8192 px
+    enc = encode(net, [p for p, _ in items], batch_size, workers, thumb)
+    log.info("fc7 vectors of %d images in %.1f s", len(enc.kept), time.perf_counter() - start)
+
+    run_dir = Path(cfg.paths.run_dir)
+    rows = [(items[i][0].relative_to(split.root).as_posix(), split.classes[items[i][1]], net.class_names[p])
+            for i, p in zip(enc.kept, enc.predicted)]
+    labels = np.array([items[i][1] for i in enc.kept])
+    skipped = [(str(b.path), b.reason) for b in split.skipped] + [(str(items[i][0]), r) for i, r in enc.failures]
+    with atomic_open(run_dir / "embeddings.npy", "wb") as f:
+        np.save(f, enc.vectors)
+    write_csv(run_dir / "embeddings.csv", ["path", "class", "predicted"], rows)
+    summary = {"images": len(rows), "dimensions": int(enc.vectors.shape[1]), "data_root": str(split.root),
+               "network": source, "classes": split.classes, "metric": cfg.metric,
+               "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    files = {"embeddings.npy": f"{enc.vectors.shape[0]} x {enc.vectors.shape[1]} fc7 vectors (float32)",
+             "embeddings.csv": "path, class, predicted: one row per vector, in the same order"}
+    files.update(_maps(enc.vectors, labels, split.classes, cfg, run_dir, summary))
+    files.update(_projector(enc, rows, cfg, run_dir, projector_max))
+    write_json(run_dir / "embed.json", summary)
+    files["embed.json"] = "counts, silhouette score, skipped files"
+    for path, reason in skipped[:10]:
+        log.warning("Skipped %s: %s", path, reason)
+    if len(skipped) > 10:
+        log.warning("... and %d more skipped files, listed in embed.json", len(skipped) - 10)
+    score = summary["silhouette"]
+    log.info("Silhouette score by class: %s", f"{score:.3f} ({cfg.metric}, on the {enc.vectors.shape[1]}-d vectors; "
+             "-1 to 1, higher: classes better separated)" if score is not None else
+             "undefined (needs at least two classes and more images than classes)")
+    report_files(run_dir, files)
+    return summary
+
+
+def _maps(vectors: np.ndarray, labels: np.ndarray, classes: list[str], cfg: DictConfig, run_dir: Path,
+          summary: dict) -> dict[str, str]:
+    """PCA and t-SNE scatter plots and the silhouette score; what was written."""
+    summary["silhouette"] = silhouette(vectors, labels, cfg.metric, cfg.seed)
+    if len(vectors) < 2:
+        log.warning("Only one image: no 2-D maps")
+        return {}
+    n = len(vectors)
+    points, ratio = pca_2d(vectors)
+    scatter_png(points, labels, classes, f"PCA of fc7 vectors ({n} images)", run_dir / "pca.png",
+                (f"PC1 ({ratio[0]:.1%} of variance)", f"PC2 ({ratio[1]:.1%} of variance)"))
+    log.info("t-SNE of %d vectors ...", n)
+    points, perplexity = tsne_2d(vectors, float(cfg.tsne.perplexity), cfg.metric, cfg.seed)
+    scatter_png(points, labels, classes, f"t-SNE of fc7 vectors ({n} images, perplexity {perplexity:.3g})",
+                run_dir / "tsne.png")
+    summary.update(pca_explained_variance=[float(r) for r in ratio], tsne_perplexity=perplexity)
+    return {"pca.png": "the vectors' first two principal components, coloured by class",
+            "tsne.png": "t-SNE map of the vectors, coloured by class"}
+
+
+def _projector(enc: Encoded, rows: list[tuple[str, str, str]], cfg: DictConfig, run_dir: Path,
+               limit: int) -> dict[str, str]:
+    """TensorBoard projector files for the vectors (a random sample of ``limit`` when there are more)."""
+    keep = np.arange(len(rows))
+    if len(rows) > limit:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), limit, replace=False))
+        log.info("TensorBoard projector: a random sample of %d of the %d vectors (projector_max)", limit, len(rows))
+    metadata = [[rows[i][1], rows[i][2], rows[i][0]] for i in keep]
+    write_projector(run_dir / "projector", enc.vectors[keep], metadata, ["class", "predicted", "path"],
+                    enc.thumbnails[torch.from_numpy(keep)])
+    return {"projector/": f"vectors, labels and thumbnails: tensorboard --logdir {rel(run_dir / 'projector')}, "
+                          "tab Projector"}

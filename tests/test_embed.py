@@ -1,0 +1,121 @@
+"""`vggtune embed`: one fc7 vector per image, the CSV, both maps, the projector files, the silhouette score."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from sklearn.metrics import silhouette_score
+
+from conftest import assert_one_line_error, make_class_folders, run_cli
+from vggtune.arch import Preprocessing
+from vggtune.checkpoint import model_from_checkpoint
+from vggtune.images import load_rgb
+from vggtune.inference import load_pretrained
+from vggtune.transforms import eval_transform
+
+
+@pytest.fixture(scope="module")
+def embed_run(tiny_run, tiny_data, tmp_path_factory):
+    """`vggtune embed` of the tiny data set with the tiny run's checkpoint: (run folder, process)."""
+    work = tmp_path_factory.mktemp("embed")
+    run_dir = work / "run"
+    proc = run_cli("embed", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_data}",
+                   "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+
+
+def test_one_fc7_vector_and_one_csv_row_per_image(embed_run, tiny_data):
+    run_dir, _ = embed_run
+    vectors = np.load(run_dir / "embeddings.npy")
+    rows = _rows(run_dir / "embeddings.csv")
+    images = sorted(p.relative_to(tiny_data).as_posix() for p in tiny_data.rglob("*.*"))
+    assert vectors.shape == (len(images), 4096) and vectors.dtype == np.float32
+    assert sorted(r["path"] for r in rows) == images
+    assert all(r["class"] == r["path"].split("/")[0] for r in rows)
+    assert (vectors >= 0).all() and np.isfinite(vectors).all()  # taken after fc7's ReLU
+
+
+def test_vectors_and_predictions_are_the_checkpoints_fc7_and_argmax(embed_run, tiny_run, tiny_data):
+    run_dir, _ = embed_run
+    vectors = np.load(run_dir / "embeddings.npy")
+    rows = _rows(run_dir / "embeddings.csv")
+    module = model_from_checkpoint(tiny_run / "checkpoints" / "best.ckpt")
+    transform = eval_transform(Preprocessing.from_dict(module.hparams["preprocessing"]))
+    seen = {}
+    module.model.classifier[4].register_forward_hook(lambda m, i, out: seen.update(fc7=out.clone()))
+    for k in (0, len(rows) - 1):
+        with torch.no_grad():
+            logits = module.model(transform(load_rgb(tiny_data / rows[k]["path"]))[None])
+        np.testing.assert_allclose(vectors[k], seen["fc7"][0].numpy(), rtol=1e-4, atol=1e-5)
+        assert rows[k]["predicted"] == module.class_names[int(logits.argmax())]
+
+
+def test_both_maps_and_the_projector_files(embed_run):
+    run_dir, _ = embed_run
+    n = len(np.load(run_dir / "embeddings.npy"))
+    for name in ("pca.png", "tsne.png"):
+        with Image.open(run_dir / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    projector = run_dir / "projector"
+    assert "embeddings" in (projector / "projector_config.pbtxt").read_text()
+    tensors = list(projector.rglob("tensors.tsv"))
+    assert len(tensors) == 1
+    lines = tensors[0].read_text().splitlines()
+    assert len(lines) == n and all(len(line.split("\t")) == 4096 for line in lines)
+    metadata = _rows(tensors[0].with_name("metadata.tsv"))
+    csv_rows = _rows(run_dir / "embeddings.csv")
+    assert [(m["class"], m["predicted"], m["path"]) for m in metadata] == \
+        [(r["class"], r["predicted"], r["path"]) for r in csv_rows]
+    with Image.open(tensors[0].with_name("sprite.png")) as sprite:
+        assert sprite.size[0] > 0
+
+
+def test_silhouette_by_class_is_printed_and_saved(embed_run):
+    run_dir, proc = embed_run
+    summary = json.loads((run_dir / "embed.json").read_text())
+    vectors = np.load(run_dir / "embeddings.npy")
+    labels = [r["class"] for r in _rows(run_dir / "embeddings.csv")]
+    assert summary["silhouette"] == pytest.approx(silhouette_score(vectors, labels), abs=1e-5)
+    assert f"Silhouette score by class: {summary['silhouette']:.3f}" in proc.stdout
+    assert str(run_dir / "embeddings.npy").split("/")[-1] in proc.stdout
+
+
+def test_without_checkpoint_embeds_with_the_imagenet_network(tmp_path):
+    data = make_class_folders(tmp_path / "few", classes=2, per_class=3)  # 6 images: t-SNE's perplexity must drop
+    run_dir = tmp_path / "run"
+    proc = run_cli("embed", f"data.root={data}", "model=vgg11", "model.weights=none", "data.image_size=32",
+                   "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(run_dir / "embeddings.npy").shape == (6, 4096)
+    assert (run_dir / "pca.png").is_file() and (run_dir / "tsne.png").is_file()
+    assert json.loads((run_dir / "embed.json").read_text())["tsne_perplexity"] < 6
+    categories = set(torchvision.models.VGG11_Weights.IMAGENET1K_V1.meta["categories"])
+    assert {r["predicted"] for r in _rows(run_dir / "embeddings.csv")} <= categories
+
+
+def test_pretrained_network_keeps_the_weights_files_head(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg11().eval()
+    torch.save(reference.state_dict(), tmp_path / "vgg11.pth")
+    net = load_pretrained("vgg11", str(tmp_path / "vgg11.pth"), image_size=32, device="cpu")
+    assert net.class_names == torchvision.models.VGG11_Weights.IMAGENET1K_V1.meta["categories"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net.module.model(x), reference(x), atol=1e-5)
+
+
+def test_missing_data_folder_gives_one_line(tmp_path):
+    err = assert_one_line_error(run_cli("embed", cwd=tmp_path), "data.root")
+    assert "experiment=demo" not in err  # that hint is for train

@@ -1,0 +1,136 @@
+"""Faults: SIGKILL and resume, a kill during a checkpoint save, Ctrl-C and SIGTERM, a diverging loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import TINY, make_class_folders, run_cli, vggtune_command
+from vggtune.checkpoint import AtomicCheckpointIO
+from vggtune.datamodule import ClassFolderDataModule
+from vggtune.errors import UserError
+from vggtune.faults import StopOnNonFiniteLoss
+from vggtune.module import VGGClassifier
+
+# Three epochs of a few steps each, long enough to kill inside one. Plain SGD keeps no optimizer
+# state, so checkpoints stay at the model's 0.5 GB and the tests spend their time training.
+RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
+    "trainer.max_epochs=3", "data.batch_size=4", "trainer.deterministic=true", "data.test_split=0",
+    "optim=sgd", "optim.lr=0.001", "optim.momentum=0", "optim.nesterov=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("faults") / "d", classes=2, per_class=10)
+
+
+def _start(cwd, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([*vggtune_command(), "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout=300.0, every=0.005):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data):
+    whole = tmp_path / "whole"
+    proc = run_cli("train", f"data.root={data}", *RUN, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = tmp_path / "again"  # the same seed twice gives the same metrics
+    proc = run_cli("train", f"data.root={data}", *RUN, f"hydra.run.dir={again}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((again / "metrics.json").read_text())["metrics"] == \
+        json.loads((whole / "metrics.json").read_text())["metrics"]
+
+    killed = tmp_path / "killed"
+    child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={killed}")
+    last = killed / "checkpoints" / "last.ckpt"
+    _wait_for(last.exists)
+    time.sleep(2.0)  # well into the next epoch
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+
+    proc = run_cli("train", f"resume={killed}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed_metrics = json.loads((killed / "metrics.json").read_text())["metrics"]
+    assert resumed_metrics == json.loads((whole / "metrics.json").read_text())["metrics"]
+    a, b = _weights(whole / "checkpoints" / "last.ckpt"), _weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_path, data):
+    run = tmp_path / "run"
+    child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={run}")
+    ckpts = run / "checkpoints"
+    _wait_for(lambda: (ckpts / "last.ckpt").exists())
+    _wait_for(lambda: any(ckpts.glob(".last.ckpt.*.tmp")), every=0.001)  # the next save has begun
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert any(ckpts.glob(".last.ckpt.*.tmp")), "the kill should have landed inside the save"
+    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["state_dict"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, data, sig):
+    run = tmp_path / "run"
+    child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={run}")
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if "Epoch 0: training" in line:
+            break
+    time.sleep(1.0)
+    child.send_signal(sig)
+    out = "".join(lines) + child.stdout.read()
+    child.wait(timeout=300)
+    assert child.returncode == 128 + sig, out[-3000:]
+    assert f"resume={run}" in out
+    saved = torch.load(run / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 0 and saved["state_dict"]
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    dm = ClassFolderDataModule(data, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0,
+                               arch="vgg11")
+    module = VGGClassifier("vgg11", dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(),
+                           optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+                           finetune={"name": "full"})
+
+    class BlowUpInEpoch1(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                for group in trainer.optimizers[0].param_groups:
+                    group["lr"] = 1e30
+
+    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last",
+                                        enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
+                         callbacks=[BlowUpInEpoch1(), StopOnNonFiniteLoss(check_every_n_steps=1), last])
+    with pytest.raises(UserError, match=r"became (nan|inf).* at epoch 1, batch \d+ .*last good checkpoint"):
+        trainer.fit(module, datamodule=dm)
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert kept["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
