@@ -36,12 +36,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
                  cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune"):
         super().__init__()
-        _check_positive_int("data.batch_size", batch_size)
+        check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
         self.batch_size, self.augment = batch_size, augment
         self.verify, self.on_bad_image = verify, on_bad_image
-        self.num_workers = _auto_workers() if num_workers == "auto" else _check_positive_int(
-            "data.num_workers", num_workers, allow_zero=True)
+        self.num_workers = resolve_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
@@ -130,12 +129,18 @@ class ClassFolderDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
 
+def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:
+    """``auto`` (one loader process per core, up to 8) or a whole number of at least 0."""
+    return _auto_workers() if value == "auto" else check_positive_int(name, value, allow_zero=True)
+
+
 def _auto_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cores)
 
 
-def _check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+def check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+    """``value`` if it is a whole number of at least 1 (or 0 with ``allow_zero``), else a UserError naming ``name``."""
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{name} must be an integer of at least {low}, got {value!r}")

@@ -35,6 +35,8 @@ _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
     ("embed", "data.root"): "no data folder given: pass data.root=/path/to/images (a folder of class folders)",
     ("explain", "input"): "no image given: pass input=/path/to/image.jpg (or a folder of images)",
+    "ckpt": "no checkpoint given: pass ckpt=<train run folder>/checkpoints/best.ckpt",
+    "input": "no input given: pass input=<an image file or a folder of images>",
 }
 
 
