@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
+import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,38 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
                           timeout=timeout)
 
 
+def run_cli_here(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``vggtune <args>`` inside the test process: the same ``cli.main``, without paying for a new
+    Python that imports torch and Lightning again (seconds per call). Use it where the point is the
+    message and the exit status; :func:`run_cli` tests the installed command itself."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vggtune import cli
+
+    saved_cwd, saved_env, root = os.getcwd(), dict(os.environ), logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    os.chdir(cwd)
+    os.environ.update(env or {})
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main(list(args))
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception:  # what the interpreter does with an uncaught exception
+        traceback.print_exc(file=err)
+        status = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        root.handlers[:] = saved_handlers  # Hydra configured logging for its run
+        root.setLevel(saved_level)
+    return subprocess.CompletedProcess(["vggtune", *args], status, out.getvalue(), err.getvalue())
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """The process failed with status 2 and one ``error:`` line containing each needle; no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
@@ -56,6 +93,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+@pytest.fixture(autouse=True)
+def _free_models():
+    """Collect each test's models now: a Trainer and its module keep each other alive in reference
+    cycles, and 0.5 GB models waiting for Python's occasional full collection add up to an OOM kill."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
 from vggtune.scan import scan_images
 
 BAD = {"empty.jpg", "truncated.jpg", "random.jpg", "text.png", "bomb.png", "loop.jpg", "unreadable.png"}
@@ -64,7 +64,7 @@ def test_bad_files_are_left_out_and_listed_and_valid_odd_ones_are_used(tmp_path)
 def test_fail_mode_stops_before_training_naming_the_file(tmp_path):
     data = make_class_folders(tmp_path / "d", classes=2, per_class=6)
     (data / "checks" / "zz_empty.jpg").write_bytes(b"")
-    proc = run_cli("train", f"data.root={data}", *TINY, "data.on_bad_image=fail", cwd=tmp_path)
+    proc = run_cli_here("train", f"data.root={data}", *TINY, "data.on_bad_image=fail", cwd=tmp_path)
     assert_one_line_error(proc, "zz_empty.jpg", "empty file", "data.on_bad_image=skip")
     assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
 
@@ -98,10 +98,10 @@ def test_a_file_without_read_permission_is_reported(tmp_path, monkeypatch):
     ("data.augment=wild", "data.augment"),
 ])
 def test_bad_configuration_values(tmp_path, tiny_data, override, needle):
-    proc = run_cli("train", f"data.root={tiny_data}", *TINY, "data.test_split=0.3", override, cwd=tmp_path)
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.test_split=0.3", override, cwd=tmp_path)
     assert_one_line_error(proc, needle)
 
 
 def test_debug_flag_shows_the_full_traceback(tmp_path):
-    proc = run_cli("train", *TINY, f"data.root={tmp_path / 'missing'}", "--debug", cwd=tmp_path)
+    proc = run_cli_here("train", *TINY, f"data.root={tmp_path / 'missing'}", "--debug", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_here
 from vggtune.errors import UserError
 from vggtune.inference import load_model
 
@@ -63,5 +63,5 @@ def test_a_bad_checkpoint_gets_one_line_saying_what_is_wrong(make, needle, tmp_p
 @pytest.mark.parametrize("task, needle", [("eval", "ckpt=<train run folder>"), ("predict", "input=<an image")])
 def test_missing_arguments_say_what_to_pass(task, needle, tmp_path):
     extra = ["ckpt=best.ckpt"] if task == "predict" else []  # checked before any file is opened
-    assert_one_line_error(run_cli(task, *extra, cwd=tmp_path), needle)
+    assert_one_line_error(run_cli_here(task, *extra, cwd=tmp_path), needle)
     assert not (tmp_path / "outputs").exists()

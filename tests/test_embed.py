@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 from sklearn.metrics import silhouette_score
 
-from conftest import assert_one_line_error, make_class_folders, run_cli
+from conftest import assert_one_line_error, make_class_folders, run_cli, run_cli_here
 from vggtune.arch import Preprocessing
 from vggtune.checkpoint import model_from_checkpoint
 from vggtune.images import load_rgb
@@ -117,5 +117,5 @@ def test_pretrained_network_keeps_the_weights_files_head(tmp_path):
 
 
 def test_missing_data_folder_gives_one_line(tmp_path):
-    err = assert_one_line_error(run_cli("embed", cwd=tmp_path), "data.root")
+    err = assert_one_line_error(run_cli_here("embed", cwd=tmp_path), "data.root")
     assert "experiment=demo" not in err  # that hint is for train

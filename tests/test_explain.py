@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_here
 from vggtune.arch import preprocessing
 from vggtune.gradcam import CropBox
 
@@ -113,7 +113,7 @@ def test_a_folder_explains_every_image_and_reports_the_other_files(explain_run, 
 
 def test_bad_inputs_give_one_line_each(ckpt, tmp_path, inputs):
     def explain(*args):
-        return run_cli("explain", f"ckpt={ckpt}", *args, cwd=tmp_path)
+        return run_cli_here("explain", f"ckpt={ckpt}", *args, cwd=tmp_path)
 
     assert_one_line_error(explain(f"input={tmp_path / 'missing.jpg'}"), "missing.jpg", "does not exist")
     (tmp_path / "bad.jpg").write_bytes(b"this is not a JPEG")

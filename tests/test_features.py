@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
 from vggtune.callbacks import EpochSeed
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.features import frozen_trunk, weights_identity
@@ -86,6 +86,6 @@ def test_the_cache_is_reused_and_invalidated_when_an_input_changes(tmp_path, cap
 
 
 def test_cached_features_need_a_backbone_frozen_for_the_whole_run(tmp_path, tiny_data):
-    proc = run_cli("train", f"data.root={tiny_data}", *TINY, "data.cache_features=true",
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.cache_features=true",
                    f"data.cache_dir={tmp_path / 'c'}", cwd=tmp_path)
     assert_one_line_error(proc, "finetune=linear_probe")

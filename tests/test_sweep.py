@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import TINY, assert_one_line_error, run_cli
+from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
 from vggtune.sweep import launcher_overrides
 
 # Only the head trains: each job is a few seconds.
@@ -45,7 +45,7 @@ def test_two_job_multirun_has_two_job_folders_and_a_sorted_summary(tmp_path, tin
 
 
 def test_sweep_with_ddp_relaunching_is_refused_before_anything_starts(tmp_path, tiny_data):
-    proc = run_cli("train", "-m", f"data.root={tiny_data}", *SWEEP, "trainer=cpu,ddp_cpu", cwd=tmp_path)
+    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "trainer=cpu,ddp_cpu", cwd=tmp_path)
     assert_one_line_error(proc, "trainer.strategy=ddp", "ddp_spawn", "nothing was started")
     assert not (tmp_path / "outputs").exists()
 
