@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import TINY, assert_one_line_error, run_cli
 from vggtune.figures import row_normalised
 from vggtune.finetune import GROUPS
-from vggtune.tensorboard import HPARAM_METRICS, flat_config, images_per_class_table
+from vggtune.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
 from vggtune.val_images import ConfusionMatrixImage, PredictionGrid
 
 # Every scalar the README promises (the tiny run trains every group: finetune=full).
@@ -164,6 +164,34 @@ def test_prediction_grid_with_fewer_images_than_slots_shows_only_real_ones():
     grid.update(torch.tensor([[0.7, 0.3], [0.2, 0.8]]), torch.tensor([0, 0]), torch.zeros(2, 3, 2, 2))
     data = grid.collect(SimpleNamespace(world_size=1), module)
     assert data["target"] == [0, 0] and data["pred"] == [1, 0]
+
+
+def test_per_batch_hooks_never_read_tensor_values():
+    """Meta tensors have shapes but no data: reading a value (a host sync on a GPU) would raise."""
+    images, labels = torch.empty(8, 3, 32, 32, device="meta"), torch.empty(8, dtype=torch.long, device="meta")
+    speed = EpochSpeed()
+    speed.on_train_epoch_start(None, None)
+    for i in range(3):
+        speed.on_train_batch_end(None, None, None, (images, labels), i)
+    assert speed._stretch_images == 24
+    grid = PredictionGrid(every_n_epochs=1, n_images=4)
+    grid.reset(None)
+    for _ in range(3):
+        grid.update(torch.empty(8, 5, device="meta").softmax(dim=1), labels, images)
+    assert grid._best["image"].shape == (4, 3, 32, 32)
+
+
+def test_confusion_matrix_counts_true_class_by_predicted_class_over_batches():
+    module = SimpleNamespace(class_names=["a", "b", "c"], device=torch.device("cpu"))
+    callback = ConfusionMatrixImage(every_n_epochs=1)
+    callback.reset(module)
+    callback.update(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]]), torch.tensor([0, 2]), torch.empty(2, 3, 4, 4))
+    callback.update(torch.tensor([[0.1, 0.2, 0.7]]), torch.tensor([2]), torch.empty(1, 3, 4, 4))
+    counts = callback.collect(SimpleNamespace(world_size=1), module)
+    assert counts.tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 1]]  # rows: true class; columns: predicted
+    callback.reset(module)  # the next validation epoch starts from zero
+    callback.update(torch.tensor([[0.1, 0.8, 0.1]]), torch.tensor([1]), torch.empty(1, 3, 4, 4))
+    assert callback.collect(SimpleNamespace(world_size=1), module).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
 
 
 def test_confusion_matrix_rows_are_fractions_of_the_true_class():
