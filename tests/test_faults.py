@@ -19,11 +19,10 @@ from vggtune.errors import UserError
 from vggtune.faults import StopOnNonFiniteLoss
 from vggtune.module import VGGClassifier
 
-# Three epochs of a few steps each, long enough to kill inside one. Plain SGD keeps no optimizer
-# state, so checkpoints stay at the model's 0.5 GB and the tests spend their time training.
+# Three epochs of a few steps each, long enough to kill inside one.
 RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
     "trainer.max_epochs=3", "data.batch_size=4", "trainer.deterministic=true", "data.test_split=0",
-    "optim=sgd", "optim.lr=0.001", "optim.momentum=0", "optim.nesterov=false"]
+    "optim.lr=0.001"]
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ class Snapshots(pl.Callback):
     """Copies of the weights and buffers before training and at the end of every epoch, and BN modes seen."""
 
     def __init__(self):
-        self.states, self.bn_training = [], []
+        self.states, self.bn_training, self.dropout_training = [], [], []
 
     def on_train_start(self, trainer, pl_module):
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
@@ -52,6 +52,8 @@ class Snapshots(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.bn_training.append({name: m.training for name, m in pl_module.model.named_modules()
                                  if isinstance(m, nn.BatchNorm2d)})
+        self.dropout_training.append({name: m.training for name, m in pl_module.model.named_modules()
+                                      if isinstance(m, nn.Dropout)})
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
@@ -99,10 +101,20 @@ def test_frozen_groups_stay_bit_identical_until_unfrozen(data, optim):
 def test_linear_probe_creates_no_optimizer_state_for_the_backbone(data):
     dm = _datamodule(data)
     module = _module(dm, optim=ADAMW, name="linear_probe", train_fc=False)
-    trainer = _fit(module, dm, 1)
+    snaps = Snapshots()
+    trainer = _fit(module, dm, 1, snaps)
     state = trainer.optimizers[0].state
     head = set(map(id, layer_groups(module.model)["head"].parameters()))
     assert {id(p) for p in state if state[p]} == head
+    # The frozen fc6/fc7 are a fixed feature extractor: their dropout is off, as at inference.
+    assert snaps.dropout_training and not any(any(m.values()) for m in snaps.dropout_training)
+
+
+def test_dropout_of_trained_groups_stays_on(data):
+    dm = _datamodule(data)
+    snaps = Snapshots()
+    _fit(_module(dm, name="freeze_unfreeze", unfreeze_at_epoch=1, train_fc=True), dm, 1, snaps)
+    assert all(all(m.values()) for m in snaps.dropout_training)
 
 
 @pytest.mark.parametrize("schedule", ["linear_probe", "freeze_unfreeze"])

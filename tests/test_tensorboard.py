@@ -166,6 +166,13 @@ def test_prediction_grid_with_fewer_images_than_slots_shows_only_real_ones():
     assert data["target"] == [0, 0] and data["pred"] == [1, 0]
 
 
+def test_prediction_grid_is_left_out_when_batches_hold_features_not_images():
+    grid = PredictionGrid(every_n_epochs=1, n_images=4)
+    grid.reset(None)
+    grid.update(torch.tensor([[0.7, 0.3]]), torch.tensor([1]), torch.zeros(1, 4096))  # data.cache_features
+    assert grid.collect(SimpleNamespace(world_size=1), None) is None
+
+
 def test_per_batch_hooks_never_read_tensor_values():
     """Meta tensors have shapes but no data: reading a value (a host sync on a GPU) would raise."""
     images, labels = torch.empty(8, 3, 32, 32, device="meta"), torch.empty(8, dtype=torch.long, device="meta")

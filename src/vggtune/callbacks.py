@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import lightning.pytorch as pl
+import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
@@ -27,16 +28,15 @@ class EpochSeed(pl.Callback):
 
 
 class ReplicaCheck(pl.Callback):
-    """Under DDP, compare every rank's weights at the end of training and say whether they agree.
+    """At the end of training, say how many epochs ran and, under DDP, whether every rank's weights agree.
 
     Replicas that drift apart (for instance gradients of a layer left out of DDP's reduction)
-    fail silently otherwise; ``result`` goes into ``metrics.json``.
+    fail silently otherwise. The results go into ``trainer.callback_metrics`` because that is
+    what Lightning copies back to the main process from ``ddp_spawn`` workers.
     """
 
-    def __init__(self):
-        self.result: dict | None = None
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.callback_metrics["run/epochs"] = torch.tensor(float(trainer.current_epoch))
         if trainer.world_size < 2 or not dist.is_initialized():
             return
         h = hashlib.sha256()
@@ -44,6 +44,8 @@ class ReplicaCheck(pl.Callback):
             h.update(p.detach().float().cpu().numpy().tobytes())
         digests = [None] * trainer.world_size
         dist.all_gather_object(digests, h.hexdigest()[:16])
-        self.result = {"world_size": trainer.world_size, "identical": len(set(digests)) == 1, "digests": digests}
-        if not self.result["identical"]:
+        identical = len(set(digests)) == 1
+        trainer.callback_metrics["replicas/identical"] = torch.tensor(float(identical))
+        trainer.callback_metrics["replicas/world_size"] = torch.tensor(float(trainer.world_size))
+        if not identical:
             rank_zero_warn(f"the {trainer.world_size} DDP replicas ended with different weights: {digests}")

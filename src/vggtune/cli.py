@@ -21,6 +21,9 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
+    "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
+    "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
     "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
     "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
@@ -37,6 +40,9 @@ Examples:
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
   vggtune train --help                           # config groups and keys
+  vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
+  vggtune predict ckpt=... input=~/pictures/unsorted output=predictions.csv top_k=3
+  vggtune export ckpt=... format=onnx output=model.onnx
   vggtune summary model=vgg19 finetune=linear_probe
   vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
   vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3
@@ -94,6 +100,9 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
             if user_error is None or debug:
                 raise
             _discard_empty_run()
+            if _in_sweep():  # one failed job must not end the others: record it and go on
+                print(f"error: {user_error}", file=sys.stderr)
+                return float("nan")
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
@@ -105,8 +114,19 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
         sys.argv = original_argv
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _discard_empty_run() -> None:
-    """Remove the run folder of a run refused before it produced anything (only Hydra's files in it)."""
+    """Remove the run folder of a run refused before it produced anything (only Hydra's files in it).
+
+    Also ``outputs/<task>/`` and ``outputs/`` when that leaves them empty, so that a first command
+    that fails leaves the folder it ran in as it was.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -116,8 +136,11 @@ def _discard_empty_run() -> None:
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.parent.name == hydra_cfg.job.name and not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()  # outputs/<task>/ that this run created
+        if run_dir.parent.name == hydra_cfg.job.name:  # outputs/<task>/<time>: this run may have made both
+            for folder in (run_dir.parent, run_dir.parent.parent):
+                if not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def _call_task(task: str, cfg: DictConfig):

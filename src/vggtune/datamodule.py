@@ -9,94 +9,46 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from vggtune.arch import Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
 from vggtune.errors import UserError
-from vggtune.images import load_rgb
+from vggtune.features import cache_key, cached_datasets, frozen_trunk
+from vggtune.image_cache import CachedImageDataset, build_cache, device_transform
+from vggtune.samples import EpochSampler, ImageListDataset
 from vggtune.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
-
-
-class ImageListDataset(Dataset):
-    """(image tensor, class index) for a list of (path, class index) pairs.
-
-    With a ``seed``, the random transform of item ``i`` in epoch ``e`` is seeded from
-    (seed, e, i): augmentation is then the same whatever the number of workers, and a resumed
-    run replays its epochs exactly. The epoch lives in shared memory, so that persistent
-    workers see :meth:`set_epoch` too.
-    """
-
-    def __init__(self, items: list[tuple[Path, int]], transform, seed: int | None = None):
-        self.items = items
-        self.transform = transform
-        self.seed = seed
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the dataset (and its workers) which epoch's augmentation to draw."""
-        self._epoch.fill_(epoch)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        path, label = self.items[index]
-        try:
-            image = load_rgb(path)
-        except Exception as e:  # noqa: BLE001 - name the file, whatever PIL raised
-            raise UserError(f"could not decode {path} during training ({type(e).__name__}: {e}); "
-                            "run with data.verify=full to find such files before training starts") from None
-        if self.seed is None:
-            return self.transform(image), label
-        sample_seed = (self.seed * 1_000_003 + int(self._epoch) * 65_537 + index) % 2**63
-        if get_worker_info() is not None:  # a worker process owns its RNG
-            torch.manual_seed(sample_seed)
-            return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):  # leave the main process's RNG (dropout) alone
-            torch.manual_seed(sample_seed)
-            return self.transform(image), label
-
-
-class EpochSampler(DistributedSampler):
-    """torch's DistributedSampler (order from seed + epoch, one shard per rank), also on one device.
-
-    Lightning calls ``set_epoch`` before every epoch, a resumed one too, so the order and the
-    dataset's per-sample augmentation seeds depend on nothing but (seed, epoch): a run resumed
-    from a checkpoint replays its epochs exactly. Lightning keeps a DistributedSampler as it is.
-    """
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
     """Images from ``root`` (class folders, or train/val[/test] folders of class folders).
 
     ``batch_size`` is per device. ``num_workers`` and ``pin_memory`` accept ``auto``: up to 8
-    workers (one per core) and pinned memory when a GPU is present.
+    workers (one per core) and pinned memory when a GPU is present. With ``cache_features`` the
+    train task calls :meth:`use_cached_features` and batches hold backbone outputs, not images.
     """
 
     def __init__(self, root: str | None = None, val_split: float = 0.2, test_split: float = 0.1,
                  image_size: int | None = None, batch_size: int = 32, num_workers: int | str = "auto",
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
-                 on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16"):
+                 on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
+                 cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune"):
         super().__init__()
-        _check_positive_int("data.batch_size", batch_size)
+        check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
         self.batch_size, self.augment = batch_size, augment
         self.verify, self.on_bad_image = verify, on_bad_image
-        self.num_workers = _auto_workers() if num_workers == "auto" else _check_positive_int(
-            "data.num_workers", num_workers, allow_zero=True)
+        self.num_workers = resolve_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
         self.train_transform = train_transform(self.preprocessing, augment)
         self.eval_transform = eval_transform(self.preprocessing)
-        self.datasets: dict[str, ImageListDataset] = {}
+        self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
+        self._on_device_transform = False
+        self.datasets: dict[str, Dataset] = {}
 
     @cached_property
     def split(self) -> DataSplit:
@@ -113,6 +65,34 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order (sorted folder names)."""
         return self.split.classes
+
+    def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
+                            device: torch.device) -> None:
+        """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
+        images = {s: ImageListDataset(items, self.eval_transform) for s, items in self.split.subsets.items()}
+        key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets)
+        trunk, _ = frozen_trunk(model, train_fc)
+        self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
+
+    def use_image_cache(self) -> None:
+        """Read pre-resized images from a one-time cache and crop, flip and normalise them on the device."""
+        if self.augment == "strong":
+            raise UserError("data.cache_images=true supports data.augment=light or none (its crops and flips run "
+                            "on the device); use data.cache_images=false for data.augment=strong")
+        size = self.preprocessing.resize_size
+        for subset, items in self.split.subsets.items():
+            path = build_cache([p for p, _ in items], self.preprocessing, self.cache_dir, max(1, self.num_workers))
+            train = subset == "train" and self.augment == "light"
+            self.datasets[subset] = CachedImageDataset(path, [label for _, label in items], size, train,
+                                                       seed=self.seed if train else None)
+        self._on_device_transform = True
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With the image cache: crop, flip (training) and normalise the batch where it now is."""
+        if not self._on_device_transform:
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        return device_transform(batch, self.preprocessing, train=training and self.augment == "light")
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has."""
@@ -149,12 +129,18 @@ class ClassFolderDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
 
+def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:
+    """``auto`` (one loader process per core, up to 8) or a whole number of at least 0."""
+    return _auto_workers() if value == "auto" else check_positive_int(name, value, allow_zero=True)
+
+
 def _auto_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cores)
 
 
-def _check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+def check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+    """``value`` if it is a whole number of at least 1 (or 0 with ``allow_zero``), else a UserError naming ``name``."""
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{name} must be an integer of at least {low}, got {value!r}")

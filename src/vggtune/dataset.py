@@ -113,7 +113,7 @@ def _check_root(root: str | Path | None) -> Path:
 
 
 def _class_files(root: Path, verify: str, on_bad_image: str, min_classes: int = 2):
-    classes = _class_folders(root)
+    classes = class_folders(root)
     if not classes:
         raise UserError(f"data.root {root} has no class folders: put each class's images in a folder "
                         "named after the class (e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)".replace("{root}", str(root)))
@@ -145,12 +145,12 @@ def _split_one_class(name: str, paths: list[Path], val_frac: float, test_frac: f
 
 def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
     present = [s for s in SUBSETS if (root / s).is_dir()]
-    classes = _class_folders(root / "train")
+    classes = class_folders(root / "train")
     if len(classes) < 2:
         raise UserError(f"{root / 'train'} needs at least two class folders, found {len(classes)}")
     subsets, skipped = {}, []
     for subset in present:
-        names = _class_folders(root / subset)
+        names = class_folders(root / subset)
         if names != classes:
             missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
             raise UserError(f"{root / subset} does not hold the same class folders as {root / 'train'} "
@@ -166,5 +166,6 @@ def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
     return DataSplit(root, classes, subsets, "presplit", skipped)
 
 
-def _class_folders(folder: Path) -> list[str]:
+def class_folders(folder: Path) -> list[str]:
+    """Names of the visible sub-folders of ``folder``, sorted: the class names, in label order."""
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))

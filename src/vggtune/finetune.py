@@ -8,7 +8,7 @@ Design, and the upstream traps it avoids:
   groups" (lightning #6891, #8502, #12141).
 * A frozen group's tensors have ``requires_grad=False``. Their ``.grad`` stays ``None`` and
   PyTorch's optimizers skip such tensors entirely: no weight decay, no momentum, bit-identical.
-* Frozen BatchNorm runs in eval mode, so its running statistics do not move (Keras's rule).
+* Frozen BatchNorm (and Dropout) run in eval mode, so running statistics do not move (Keras's rule).
   Lightning's ``BackboneFinetuning(train_bn=False)`` still trains BN (lightning #13902, #20629)
   and its ``freeze_module`` disables running stats, normalising with batch statistics (#15062).
 * DDP only reduces gradients of tensors that required grad when it wrapped the model
@@ -108,9 +108,14 @@ def param_groups(model: nn.Module, schedule: Schedule, base_lr: float) -> list[d
 
 
 def apply_schedule(pl_module: pl.LightningModule, schedule: Schedule, epoch: int) -> int:
-    """Set ``requires_grad`` and BatchNorm modes for ``epoch``; return the number of trainable tensors' elements."""
+    """Set ``requires_grad`` and inference modes for ``epoch``; return the number of trainable parameters.
+
+    A frozen group is a fixed feature extractor, so it runs as at inference: its BatchNorm
+    layers (unless ``bn=train``) and its Dropout layers stay in eval mode. That also makes a
+    frozen group's output the same whether it is computed each step or cached once.
+    """
     trainable = set(schedule.trainable_groups(epoch))
-    frozen_bn = []
+    frozen_eval = []
     for name, module in layer_groups(pl_module.model).items():
         train = name in trainable
         for m in module.modules():
@@ -118,10 +123,10 @@ def apply_schedule(pl_module: pl.LightningModule, schedule: Schedule, epoch: int
             keep_training = train or (is_bn and schedule.bn == "train")
             for p in m.parameters(recurse=False):
                 p.requires_grad_(keep_training)
-            if is_bn and not keep_training:
-                frozen_bn.append(m)
-    pl_module.frozen_bn = frozen_bn
-    pl_module.train(pl_module.training)  # re-applies eval mode to the frozen BN layers
+            if not keep_training and (is_bn or isinstance(m, nn.Dropout)):
+                frozen_eval.append(m)
+    pl_module.frozen_eval = frozen_eval
+    pl_module.train(pl_module.training)  # re-applies eval mode to them
     return sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
 
 

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from vggtune.arch import Preprocessing, imagenet_weights, load_weights, preprocessing
 from vggtune.checkpoint import model_from_checkpoint
@@ -149,3 +150,31 @@ def image_batches(paths: list[Path], transform, batch_size: int = 64, num_worker
     loader = DataLoader(_PathDataset(paths, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
     yield from loader
+
+
+@dataclass
+class Predictions:
+    """Class probabilities for the readable images among some paths, and why the others were left out."""
+
+    indices: list[int]  # into the paths, one per row of ``probs``
+    probs: torch.Tensor  # (len(indices), number of classes), float32 on the CPU
+    failures: dict[int, str]  # index into the paths -> reason the file was not predicted
+
+
+@torch.inference_mode()
+def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
+                          desc: str = "Predicting") -> Predictions:
+    """Softmax probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
+
+    The bar is shown only on a terminal (tqdm's ``disable=None``), so logs and captured output stay clean.
+    """
+    indices, chunks, failures = [], [], {}
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
+        for images, idx, bad in image_batches(paths, model.transform, batch_size, num_workers):
+            failures.update(bad)
+            if images is not None:
+                chunks.append(model.module(images.to(model.device)).float().softmax(dim=1).cpu())
+                indices += idx
+            bar.update(len(idx) + len(bad))
+    probs = torch.cat(chunks) if chunks else torch.empty(0, len(model.class_names))
+    return Predictions(indices, probs, failures)

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from vggtune import __version__
 from vggtune.arch import build_vgg
+from vggtune.features import frozen_trunk
 from vggtune.finetune import Schedule, param_groups
 
 DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
@@ -43,7 +44,7 @@ class VGGClassifier(pl.LightningModule):
         self.class_names = list(class_names)
         self.schedule = Schedule(**(finetune or {}))
         self.model = build_vgg(arch, len(self.class_names), weights, dropout)
-        self.frozen_bn: list[torch.nn.Module] = []
+        self.frozen_eval: list[torch.nn.Module] = []  # BatchNorm/Dropout of frozen groups (finetune.py)
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -57,16 +58,18 @@ class VGGClassifier(pl.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a normalised image batch."""
+        """Logits for a normalised image batch, or for a batch of cached backbone outputs (2-D)."""
+        if x.ndim == 2:  # vggtune.features: fc7 outputs (4096) feed the head, pooled conv outputs fc6
+            return frozen_trunk(self.model, train_fc=x.shape[1] != self.model.classifier[6].in_features)[1](x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def train(self, mode: bool = True):
-        """Like ``nn.Module.train``, but BatchNorm layers of frozen groups stay in eval mode."""
+        """Like ``nn.Module.train``, but BatchNorm and Dropout layers of frozen groups stay in eval mode."""
         super().train(mode)
         if mode:
-            for m in self.frozen_bn:
+            for m in self.frozen_eval:
                 m.eval()
         return self
 

@@ -10,6 +10,7 @@ against its key's default, and fix a run folder that is new before Hydra creates
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from importlib import resources
@@ -25,13 +26,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vggtune.dataset import MISSING_ROOT
 from vggtune.errors import UserError
+from vggtune.sweep import check_sweep_strategy, launcher_overrides
 
+log = logging.getLogger(__name__)
 CONFIG_MODULE = "vggtune.conf"
 # key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
     ("embed", "data.root"): "no data folder given: pass data.root=/path/to/images (a folder of class folders)",
     ("explain", "input"): "no image given: pass input=/path/to/image.jpg (or a folder of images)",
+    "ckpt": "no checkpoint given: pass ckpt=<train run folder>/checkpoints/best.ckpt",
+    "input": "no input given: pass input=<an image file or a folder of images>",
 }
 
 
@@ -52,8 +57,14 @@ def prepare(task: str, args: list[str]) -> list[str]:
     """Check the command line and return it with ``resume=`` expanded and the run folder fixed."""
     args = expand_resume(task, args)
     parsed = _parse(args)
-    if parsed.multirun or parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
-        return args  # sweeps are checked by Hydra, job by job; the others run nothing
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return args  # these run nothing
+    launcher = next((o.split("=", 1)[1] for o in parsed.overrides if o.startswith("hydra/launcher=")), None)
+    if launcher and not parsed.multirun and not parsed.cfg:
+        log.info("hydra/launcher=%s runs jobs as a sweep: adding -m", launcher)
+        args, parsed = ["-m", *args], _parse(["-m", *args])
+    if parsed.multirun:
+        return [*args, *_check_sweep(task, list(parsed.overrides))]
     cfg = check_overrides(task, list(parsed.overrides))
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
@@ -63,6 +74,22 @@ def prepare(task: str, args: list[str]) -> list[str]:
         check_run_dir(run_dir, cfg.get("ckpt_path"))
         return args
     return [*args, f"hydra.run.dir='{_fresh(run_dir)}'"]
+
+
+def _check_sweep(task: str, overrides: list[str]) -> list[str]:
+    """Compose each launch-relevant variant of a sweep; refuse DDP re-launching; tie SLURM resources."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    relevant = [o for o in parsed if o.is_sweep_override()
+                and o.key_or_group.startswith(("trainer", "experiment", "hydra/launcher", "hparams_search"))]
+    variants = [fixed] + [[*fixed, f"{o.get_key_element()}={v}"] for o in relevant for v in o.sweep_string_iterator()]
+    launcher = "basic"
+    for variant in variants:
+        cfg = check_overrides(task, variant)
+        launcher = cfg.hydra.runtime.choices.get("hydra/launcher", "basic")
+        if "trainer" in cfg:
+            check_sweep_strategy(cfg.trainer.get("strategy"), cfg.trainer.get("devices"), launcher)
+    return launcher_overrides(launcher, overrides)
 
 
 def _run_dir(cfg: DictConfig, overrides: list[str]) -> tuple[Path, bool]:

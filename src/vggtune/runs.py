@@ -1,4 +1,4 @@
-"""Run folders: refusing to overwrite one, writing its files, telling the user where things went."""
+"""Run folders: writing their files, choosing where a task's output goes, telling the user where things went."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import csv
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from vggtune.errors import UserError
 from vggtune.files import atomic_open
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,8 @@ def write_csv(path: Path, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
-def _rel(path: str | Path) -> str:
+def rel(path: str | Path) -> str:
+    """``path`` relative to the current folder when that is possible (shorter to read and to paste)."""
     try:
         return os.path.relpath(path)
     except ValueError:
@@ -39,20 +43,53 @@ def report_run(run_dir: Path, summary: dict) -> None:
     """Print what the run produced and where (the last thing a user reads)."""
     metrics = summary["metrics"]
     shown = [k for k in ("val/acc", "val/f1", "val/loss", "val/acc_best", "test/acc", "test/f1") if k in metrics]
-    lines = [f"Run folder: {_rel(run_dir)}",
+    lines = [f"Run folder: {rel(run_dir)}",
              "  metrics:     " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown)]
     if summary.get("best_checkpoint"):
-        lines.append(f"  best:        {_rel(summary['best_checkpoint'])}  (by {summary['monitor']})")
-    lines += [f"  last:        {_rel(summary['last_checkpoint'])}",
+        lines.append(f"  best:        {rel(summary['best_checkpoint'])}  (by {summary['monitor']})")
+    lines += [f"  last:        {rel(summary['last_checkpoint'])}",
               f"  metrics.json, split.csv, config in .hydra/, log in {summary.get('log', 'train.log')}",
-              f"  TensorBoard: tensorboard --logdir {_rel(run_dir)}"]
+              f"  TensorBoard: tensorboard --logdir {rel(run_dir)}"]
     if summary.get("best_checkpoint"):
-        lines.append(f"  next:        vggtune eval ckpt={_rel(summary['best_checkpoint'])}")
+        lines.append(f"  next:        vggtune eval ckpt={rel(summary['best_checkpoint'])}")
     log.info("\n".join(lines))
+
+
+def output_path(value: str | None, run_dir: Path, default_name: str) -> Path:
+    """Where a task writes its main file: ``value`` as the user typed it, or ``default_name`` in the run folder.
+
+    A relative ``value`` is taken from the folder vggtune was started in (Hydra does not change
+    into the run folder), as for any other command line tool; ``~`` is expanded.
+    """
+    if value is None or str(value).strip() == "":
+        return run_dir / default_name
+    path = Path(str(value)).expanduser().absolute()
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder: pass a file name, e.g. output={path / default_name}")
+    try:  # find out now, not after minutes of work, that the file cannot be written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write output {path} ({e.strerror or e}): pass another output=") from None
+    return path
+
+
+def keep_copy(path: Path, run_dir: Path, name: str) -> bool:
+    """Copy ``path`` into the run folder as ``name`` unless it is already there; True if it copied.
+
+    A file written where the user asked is easily overwritten by the next command; the run
+    folder keeps its own record next to the config and the log.
+    """
+    if path.parent.resolve() == run_dir.resolve():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, run_dir / name)
+    return True
 
 
 def report_files(run_dir: Path, files: dict[str, str]) -> None:
     """Print the run folder and what each of its files (names relative to it) holds."""
     width = max(map(len, files))
-    lines = [f"Run folder: {_rel(run_dir)}", *(f"  {name.ljust(width)}  {what}" for name, what in files.items())]
+    lines = [f"Run folder: {rel(run_dir)}", *(f"  {name.ljust(width)}  {what}" for name, what in files.items())]
     log.info("\n".join(lines))

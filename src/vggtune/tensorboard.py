@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.datamodule import _check_positive_int
+from vggtune.datamodule import check_positive_int
 
 # The HPARAMS table's metric columns. TensorBoard fills them from these scalar tags of the same run,
 # so they show the latest values while a run trains and the final ones after it.
@@ -27,14 +27,14 @@ HPARAM_GROUPS = ("model", "finetune", "optim", "scheduler", "data", "trainer")
 # (data.seed is seed, data.arch is model.arch): columns that would only crowd the table.
 HPARAM_SKIP = ("_partial_", "trainer._target_", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                "trainer.enable_checkpointing", "trainer.log_every_n_steps", "data.num_workers", "data.pin_memory",
-               "data.verify", "data.on_bad_image", "data.seed", "data.arch")
+               "data.verify", "data.on_bad_image", "data.cache_dir", "data.seed", "data.arch")
 
 
 def tensorboard_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The callbacks behind the ``logger`` config group: speed, HPARAMS, data text, and the images if on."""
-    every = _check_positive_int("logger.images_every_n_epochs", cfg.logger.get("images_every_n_epochs", 1),
+    every = check_positive_int("logger.images_every_n_epochs", cfg.logger.get("images_every_n_epochs", 1),
                                 allow_zero=True)
-    grid = _check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
+    grid = check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
     callbacks = [EpochSpeed(), HparamsSession(flat_config(cfg)), DataText()]
     if every:
         from vggtune.val_images import ConfusionMatrixImage, PredictionGrid  # it imports this module

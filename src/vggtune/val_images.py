@@ -121,6 +121,8 @@ class PredictionGrid(_ValidationImage):
         self._best = None
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        if images.ndim != 4:
+            return  # data.cache_features: the batches hold backbone outputs, there are no images to show
         conf, pred = probs.max(dim=1)
         wrong = pred != target
         score = torch.where(wrong, 2.0 + conf, 1.0 - conf)  # mistakes in [2, 3], hits in [0, 1]

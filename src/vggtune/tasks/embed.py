@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from vggtune.arch import split_at_fc7
-from vggtune.datamodule import _auto_workers, _check_positive_int
+from vggtune.datamodule import check_positive_int, resolve_workers
 from vggtune.dataset import labelled_images
 from vggtune.errors import UserError
 from vggtune.files import atomic_open
 from vggtune.inference import LoadedModel, image_batches, load_model_or_pretrained
 from vggtune.maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
-from vggtune.runs import _rel, report_files, write_csv, write_json
+from vggtune.runs import rel, report_files, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ def encode(net: LoadedModel, paths: list[Path], batch_size: int = 32, num_worker
 def run(cfg: DictConfig) -> dict:
     """The ``vggtune embed`` task: vectors, CSV, maps, projector files and the silhouette score."""
     data = cfg.data
-    batch_size = _check_positive_int("data.batch_size", data.batch_size)
-    workers = _auto_workers() if data.num_workers == "auto" else _check_positive_int(
-        "data.num_workers", data.num_workers, allow_zero=True)
-    projector_max = _check_positive_int("projector_max", cfg.projector_max)
+    batch_size = check_positive_int("data.batch_size", data.batch_size)
+    workers = resolve_workers(data.num_workers)
+    projector_max = check_positive_int("projector_max", cfg.projector_max)
     check_metric(cfg.metric)
     split = labelled_images(data.root, data.verify, data.on_bad_image)  # the folder is checked before the model loads
     items = [item for subset in split.subsets.values() for item in subset]
@@ -146,5 +145,5 @@ def _projector(enc: Encoded, rows: list[tuple[str, str, str]], cfg: DictConfig, 
     metadata = [[rows[i][1], rows[i][2], rows[i][0]] for i in keep]
     write_projector(run_dir / "projector", enc.vectors[keep], metadata, ["class", "predicted", "path"],
                     enc.thumbnails[torch.from_numpy(keep)])
-    return {"projector/": f"vectors, labels and thumbnails: tensorboard --logdir {_rel(run_dir / 'projector')}, "
+    return {"projector/": f"vectors, labels and thumbnails: tensorboard --logdir {rel(run_dir / 'projector')}, "
                           "tab Projector"}

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from vggtune.arch import feature_layers
-from vggtune.datamodule import _check_positive_int
+from vggtune.datamodule import check_positive_int
 from vggtune.errors import UserError
 from vggtune.gradcam import CropBox, block_activations, check_layer, feature_grid, gradcam, overlay
 from vggtune.images import load_rgb
@@ -76,8 +76,8 @@ def _out_name(path: Path, base: Path, used: set[str]) -> str:
 def run(cfg: DictConfig) -> list[list]:
     """The ``vggtune explain`` task: heatmaps and feature maps for every image of ``input``."""
     layer = check_layer(str(cfg.layer))
-    top_k = _check_positive_int("top_k", cfg.top_k)
-    channels = _check_positive_int("channels", cfg.channels)
+    top_k = check_positive_int("top_k", cfg.top_k)
+    channels = check_positive_int("channels", cfg.channels)
     paths = find_images(cfg.input)  # a missing input is reported before the model loads
     net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, cfg.data.image_size, cfg.device)
     if top_k > len(net.class_names):

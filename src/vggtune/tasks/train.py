@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +17,7 @@ from vggtune.callbacks import EpochSeed, ReplicaCheck
 from vggtune.checkpoint import AtomicCheckpointIO
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
+from vggtune.features import weights_identity
 from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
@@ -35,35 +37,69 @@ def train(cfg: DictConfig) -> dict:
     _warn_schedule(schedule, cfg.trainer.max_epochs)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule: ClassFolderDataModule = instantiate(cfg.data)
+    datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
     split = datamodule.split
     module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
     trainer = build_trainer(cfg)
+    if datamodule.cache_features:
+        _use_feature_cache(cfg, datamodule, module, schedule)
+    elif datamodule.cache_images:
+        datamodule.use_image_cache()
     _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
-    metrics = _final_metrics(trainer)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    summary = _summarize_fit(trainer, cfg, split, run_dir)
+    best = summary["best_checkpoint"]
     if cfg.test_after_fit and "test" in split.subsets and best:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
-        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
-    summary = {
-        "metrics": metrics,
-        "monitor": cfg.monitor,
-        "best_checkpoint": best,
-        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-        "epochs": trainer.current_epoch,
-        "class_names": split.classes,
-        "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
-                 "skipped": len(split.skipped)},
-    }
-    replicas = next((c.result for c in trainer.callbacks if isinstance(c, ReplicaCheck)), None)
-    if replicas:
-        summary["replicas"] = replicas
+        summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
     return summary
+
+
+def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -> dict:
+    """What metrics.json says about the fit, read from what Lightning keeps (also after ddp_spawn)."""
+    done = trainer.callback_metrics
+    summary = {
+        "metrics": _final_metrics(trainer),
+        "monitor": cfg.monitor,
+        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "",
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "epochs": int(done.get("run/epochs", trainer.current_epoch)),
+        "class_names": split.classes,
+        "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
+                 "skipped": len(split.skipped)},
+    }
+    if "replicas/identical" in done:
+        summary["replicas"] = {"world_size": int(done["replicas/world_size"]),
+                               "identical": bool(done["replicas/identical"])}
+    return summary
+
+
+def _cache_images(cfg: DictConfig) -> bool:
+    """``auto``: the pre-resized image cache when training on a GPU with augmentation it supports."""
+    value = cfg.data.get("cache_images", False)
+    if value != "auto":
+        return bool(value)
+    use = _uses_gpu(cfg) and cfg.data.augment in ("light", "none") and not cfg.data.cache_features
+    if _uses_gpu(cfg) and not use:
+        log.info("data.cache_images=auto: not caching images (data.augment=%s or features cached)", cfg.data.augment)
+    return use
+
+
+def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, module: VGGClassifier,
+                       schedule: Schedule) -> None:
+    if schedule.name != "linear_probe":
+        raise UserError(f"data.cache_features=true needs a backbone that stays frozen for the whole run: use "
+                        f"finetune=linear_probe (not {schedule.name}), or data.cache_features=false")
+    if cfg.data.augment != "none":
+        log.warning("data.cache_features=true: each image's features are computed once from the evaluation "
+                    "transform, so augmentation (data.augment=%s) is off", cfg.data.augment)
+    device = torch.device("cuda" if _uses_gpu(cfg) else "cpu")
+    datamodule.use_cached_features(module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed),
+                                   device)
 
 
 def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
@@ -107,6 +143,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
     if _uses_gpu(cfg):
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: VGG's classifier is most of its weights
+        if cfg.trainer.benchmark is None:
+            kwargs["benchmark"] = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    if not cfg.trainer.enable_progress_bar:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
                        default_root_dir=cfg.paths.run_dir, **kwargs)
 

@@ -1,0 +1,152 @@
+"""What ``vggtune eval`` measures: which labelled images to use, and the metrics over them.
+
+The images come either from the training run the checkpoint belongs to (its ``split.csv``)
+or from any folder of class folders. The metrics are torchmetrics' (the same definitions as
+the validation and test metrics logged during training).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
+                                         MulticlassRecall)
+
+from vggtune.dataset import SUBSETS, class_folders, read_split_csv
+from vggtune.errors import UserError
+from vggtune.images import IMAGE_EXTENSIONS, list_images
+from vggtune.module import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledImages:
+    """Images with the index of their true class in the model's class list."""
+
+    items: list[tuple[Path, int]]
+    source: str  # where they came from, in words
+    unknown: dict[str, int] = field(default_factory=dict)  # class folders the model does not know -> images
+
+
+def check_subset(subset: str) -> str:
+    """``subset`` if it names a subset of a training split (train, val, test), else a UserError."""
+    if subset not in SUBSETS:
+        raise UserError(f"data.subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
+    return subset
+
+
+def images_from_run(ckpt: Path, class_names: list[str], subset: str = "test") -> LabelledImages:
+    """The ``subset`` images of the training run that wrote ``ckpt`` (``<run>/checkpoints/<name>.ckpt``)."""
+    check_subset(subset)
+    run_dir = ckpt.resolve().parent.parent
+    split_file, metrics_file = run_dir / "split.csv", run_dir / "metrics.json"
+    if ckpt.resolve().parent.name != "checkpoints" or not split_file.is_file():
+        raise UserError(f"{ckpt} is not in the checkpoints/ folder of a training run (with split.csv beside it), "
+                        f"so its {subset} images are unknown: pass data.root=<a folder of class folders>")
+    if not metrics_file.is_file():  # written when training ends; it records the data folder
+        raise UserError(f"{run_dir} has no metrics.json (training did not finish?), so its data folder is "
+                        "unknown: pass data.root=<a folder of class folders>")
+    root = Path(json.loads(metrics_file.read_text(encoding="utf-8"))["data"]["root"])
+    if not root.is_dir():
+        raise UserError(f"the training data folder {root} (from {metrics_file}) no longer exists: "
+                        "pass data.root=<a folder of class folders> to evaluate on other images")
+    rows = read_split_csv(split_file, root, subset)
+    if not rows:
+        raise UserError(f"the training run {run_dir} has no {subset} images (trained with data.test_split=0?): "
+                        "pass data.subset=val, or data.root=<a folder of class folders>")
+    labelled = _label(rows, class_names, f"the {subset} split of {run_dir}")
+    if labelled.unknown:  # the run's own split can only hold the model's classes
+        raise UserError(f"{split_file} names classes the checkpoint does not know ({', '.join(labelled.unknown)}): "
+                        "is the checkpoint from another run? Pass data.root=<a folder of class folders>")
+    return labelled
+
+
+def images_from_folder(root: str | Path, class_names: list[str]) -> LabelledImages:
+    """Every image in the class folders of ``root``; folders the model has no class for are counted apart."""
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data.root {path} {'is a file' if path.exists() else 'does not exist'}: "
+                        "pass a folder of class folders")
+    path = path.resolve()
+    folders = class_folders(path)
+    if not folders:
+        raise UserError(f"data.root {path} has no class folders: put each class's images in a folder named "
+                        f"after the class, as for training ({', '.join(class_names[:3])}, ...)")
+    if set(folders) <= set(SUBSETS) and not set(folders) & set(class_names):
+        raise UserError(f"data.root {path} holds {', '.join(folders)} folders, not class folders: "
+                        f"pass data.root={path / ('test' if 'test' in folders else folders[-1])}")
+    rows = [(image, name) for name in folders for image in list_images(path / name)]
+    labelled = _label(rows, class_names, f"the class folders of {path}")
+    if not labelled.items:
+        known = [f for f in folders if f in class_names]
+        if known:
+            raise UserError(f"the class folders {', '.join(known)} in {path} hold no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}): add images, or pass another data.root")
+        nested = [f for f in folders if set(class_folders(path / f)) & set(class_names)]
+        hint = f": pass data.root={path / nested[0]}" if nested else _did_you_mean(folders, class_names)
+        raise UserError(f"none of the class folders in {path} ({', '.join(folders)}) is a class the model knows "
+                        f"({', '.join(class_names)}){hint}")
+    return labelled
+
+
+def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str) -> LabelledImages:
+    index = {name: i for i, name in enumerate(class_names)}
+    items = [(path, index[name]) for path, name in rows if name in index]
+    unknown = Counter(name for _, name in rows if name not in index)
+    return LabelledImages(items, source, dict(sorted(unknown.items())))
+
+
+def _did_you_mean(folders: list[str], class_names: list[str]) -> str:
+    lower = {name.lower(): name for name in class_names}  # "Roses" vs "roses" is the likeliest slip
+    hints = [f"{f} -> {lower[m[0]]}" for f in folders
+             if (m := difflib.get_close_matches(f.lower(), list(lower), n=1, cutoff=0.7))]
+    return f" (folder names are matched exactly; close ones: {', '.join(hints)})" if hints else ""
+
+
+def describe_unknown(unknown: dict[str, int], class_names: list[str]) -> str:
+    """One line naming the class folders that were left out because the model has no such class."""
+    listed = ", ".join(f"{name} ({n} images)" for name, n in unknown.items())
+    return (f"left out {sum(unknown.values())} images in class folders the model does not know: {listed}"
+            f"{_did_you_mean(list(unknown), class_names)}; the model's classes are {', '.join(class_names)}")
+
+
+@dataclass
+class EvalResult:
+    """Overall metrics, per-class rows and the confusion matrix (rows: true class, columns: predicted)."""
+
+    metrics: dict[str, float]
+    per_class: list[dict]
+    confusion: torch.Tensor
+
+
+def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> EvalResult:
+    """Top-1 (and, with 5+ classes, top-5) accuracy, macro F1, per-class precision/recall/F1, confusion matrix.
+
+    Macro F1 averages over the classes that occur among the true or predicted labels. In the
+    per-class rows, precision is None for a class never predicted and recall None for a class
+    with no images, rather than a 0 that would read as a failure.
+    """
+    n = len(class_names)
+    overall = classification_metrics(n, prefix="")
+    per_class = MetricCollection({"precision": MulticlassPrecision(n, average="none"),
+                                  "recall": MulticlassRecall(n, average="none"),
+                                  "f1": MulticlassF1Score(n, average="none")})
+    confusion = MulticlassConfusionMatrix(n)
+    for metric in (overall, per_class, confusion):
+        metric.update(probs, targets)
+    scores = {k: v.tolist() for k, v in per_class.compute().items()}
+    matrix = confusion.compute()
+    support, predicted = matrix.sum(dim=1).tolist(), matrix.sum(dim=0).tolist()
+    rows = [{"class": name, "images": support[i], "predicted": predicted[i],
+             "precision": scores["precision"][i] if predicted[i] else None,
+             "recall": scores["recall"][i] if support[i] else None,
+             "f1": scores["f1"][i] if support[i] or predicted[i] else None} for i, name in enumerate(class_names)]
+    return EvalResult({k: float(v) for k, v in overall.compute().items()}, rows, matrix)

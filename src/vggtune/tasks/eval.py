@@ -1,0 +1,143 @@
+"""``vggtune eval``: metrics, per-class scores, confusion matrix and mistakes of a checkpoint on labelled images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from vggtune.datamodule import check_positive_int, resolve_workers
+from vggtune.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
+                                images_from_folder, images_from_run)
+from vggtune.errors import UserError
+from vggtune.inference import load_model, predict_probabilities
+from vggtune.runs import rel, report_files, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+FILES = ("metrics.json", "per_class.csv", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.csv")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt`` on the images ``cfg.data`` names; write the files in :data:`FILES` to the run folder.
+
+    Returns the ``metrics.json`` content.
+    """
+    run_dir = Path(cfg.paths.run_dir)
+    batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
+    workers = resolve_workers(cfg.data.num_workers)
+    if cfg.data.root is None:
+        check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait
+    model = load_model(cfg.ckpt, cfg.device)
+    names = model.class_names
+    if cfg.data.root is None:
+        data = images_from_run(model.path, names, cfg.data.subset)
+    else:
+        data = images_from_folder(cfg.data.root, names)
+    if data.unknown:
+        log.warning(describe_unknown(data.unknown, names))
+    log.info("Evaluating %s on %d images: %s", rel(model.path), len(data.items), data.source)
+
+    paths = [p for p, _ in data.items]
+    pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating")
+    skipped = {str(paths[i]): reason for i, reason in sorted(pred.failures.items())}
+    if skipped:
+        log.warning("Left out %d image(s) that could not be read (listed in metrics.json):", len(skipped))
+        for path, reason in list(skipped.items())[:10]:
+            log.warning("  %s: %s", path, reason)
+    if not pred.indices:
+        first = next(iter(skipped.items()))
+        raise UserError(f"none of the {len(paths)} images in {data.source} could be read ({first[0]}: {first[1]})")
+    targets = torch.tensor([data.items[i][1] for i in pred.indices])
+    result = compute_metrics(pred.probs, targets, names)
+
+    summary = {"checkpoint": str(model.path.resolve()), "data": _describe_data(data, len(pred.indices), skipped),
+               "metrics": result.metrics, "per_class": result.per_class, "class_names": names}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "metrics.json", summary)
+    _write_tables(run_dir, result, names)
+    mistakes = _write_misclassified(run_dir / "misclassified.csv", [paths[i] for i in pred.indices], pred.probs,
+                                    targets, names)
+    _plot_confusion(run_dir / "confusion_matrix.png", result.confusion, names)
+    log.info(_summary_table(summary))
+    report_files(run_dir, {
+        "metrics.json": "accuracy, macro F1, per-class scores, which images (and which were left out)",
+        "per_class.csv": "precision, recall, F1, images and predictions per class",
+        "confusion_matrix.png": "true class down, predicted class across (counts also in confusion_matrix.csv)",
+        "misclassified.csv": f"the {mistakes} misclassified images: path, true, predicted, confidence"})
+    return summary
+
+
+def _describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str]) -> dict:
+    return {"source": data.source, "images": evaluated, "unreadable": skipped, "unknown_classes": data.unknown}
+
+
+def _write_tables(run_dir: Path, result: EvalResult, names: list[str]) -> None:
+    cols = ["class", "precision", "recall", "f1", "images", "predicted"]
+    write_csv(run_dir / "per_class.csv", cols,
+              ([_cell(row[c]) for c in cols] for row in result.per_class))
+    write_csv(run_dir / "confusion_matrix.csv", ["true \\ predicted", *names],
+              ([name, *counts] for name, counts in zip(names, result.confusion.tolist())))
+
+
+def _cell(value) -> str:
+    # An undefined score (precision of a class never predicted) is left empty, not written as 0.
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _write_misclassified(path: Path, paths: list[Path], probs: torch.Tensor, targets: torch.Tensor,
+                         names: list[str]) -> int:
+    """The wrongly predicted images, most confident first (those are the likeliest label errors)."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != targets).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(confidence[i]))
+    write_csv(path, ["path", "true", "predicted", "confidence"],
+              ([str(paths[i]), names[targets[i]], names[predicted[i]], f"{float(confidence[i]):.4f}"]
+               for i in wrong))
+    return len(wrong)
+
+
+def _plot_confusion(path: Path, matrix: torch.Tensor, names: list[str]) -> None:
+    """The confusion matrix with class names on both axes (torchmetrics draws it with matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, and none is opened
+    import matplotlib.pyplot as plt
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    side = min(30.0, 3.0 + 0.45 * len(names))
+    fig, ax = plt.subplots(figsize=(side, side))
+    MulticlassConfusionMatrix(len(names)).plot(val=matrix, ax=ax, labels=names, add_text=len(names) <= 30)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix ({int(matrix.sum())} images)")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _summary_table(summary: dict) -> str:
+    m, data = summary["metrics"], summary["data"]
+    top5 = f"   top-5 accuracy {m['acc_top5']:.4f}" if "acc_top5" in m else ""
+    lines = [f"{data['images']} images: accuracy {m['acc']:.4f}{top5}   macro F1 {m['f1']:.4f}", ""]
+    width = max(len("class"), *(len(r["class"]) for r in summary["per_class"]))
+    lines.append(f"  {'class'.ljust(width)}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'images':>7}")
+    for r in summary["per_class"]:
+        scores = "".join(f"  {'-' if r[k] is None else format(r[k], '.4f'):>9}" for k in ("precision", "recall", "f1"))
+        lines.append(f"  {r['class'].ljust(width)}{scores}  {r['images']:>7}")
+    if data["unknown_classes"]:
+        lines.append(f"  not evaluated (unknown to the model): {', '.join(data['unknown_classes'])}")
+    if data["unreadable"]:
+        lines.append(f"  not evaluated (unreadable): {len(data['unreadable'])} files, listed in metrics.json")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> float:
+    """The ``vggtune eval`` task: evaluate, and return the top-1 accuracy."""
+    return evaluate(cfg)["metrics"]["acc"]

@@ -1,0 +1,85 @@
+"""``vggtune predict``: the top-k classes of every file under an input path, one CSV row each."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vggtune.datamodule import check_positive_int, resolve_workers
+from vggtune.errors import UserError
+from vggtune.inference import Predictions, find_images, load_model, predict_probabilities
+from vggtune.runs import keep_copy, output_path, rel, report_files, write_csv
+
+log = logging.getLogger(__name__)
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Classify ``cfg.input`` with ``cfg.ckpt``; write the CSV to ``cfg.output`` and the run folder.
+
+    Files that are not readable images get a row with the reason instead of classes, so the
+    CSV accounts for every file found. Returns the path of the CSV.
+    """
+    run_dir = Path(cfg.paths.run_dir)
+    top_k = check_positive_int("top_k", cfg.top_k)
+    batch_size = check_positive_int("batch_size", cfg.batch_size)
+    workers = resolve_workers(cfg.num_workers, "num_workers")
+    out = output_path(cfg.output, run_dir, "predictions.csv")
+    paths = find_images(cfg.input)
+    model = load_model(cfg.ckpt, cfg.device)
+    names = model.class_names
+    if top_k > len(names):
+        log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
+        top_k = len(names)
+    log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
+
+    pred = predict_probabilities(model, paths, batch_size, workers)
+    if not pred.indices:
+        reason = pred.failures[0]
+        raise UserError(f"input {paths[0]} cannot be classified: {reason}" if len(paths) == 1 else
+                        f"none of the {len(paths)} files under {cfg.input} is a readable image "
+                        f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images")
+    header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
+    write_csv(out, header, _rows(paths, pred, names, top_k))
+    copied = keep_copy(out, run_dir, "predictions.csv")
+    log.info(_report(paths, pred, names, top_k, out))
+    report_files(run_dir, {"predictions.csv": f"a copy of {rel(out)}" if copied else
+                           f"one row per file: path, top-{top_k} classes and probabilities, or the error"})
+    return out
+
+
+def _rows(paths: list[Path], pred: Predictions, names: list[str], top_k: int):
+    """One row per path, in path order: its top-k classes, or its error."""
+    row_of = dict(zip(pred.indices, range(len(pred.indices))))
+    probs, classes = pred.probs.topk(top_k, dim=1)
+    for i, path in enumerate(paths):
+        if i in row_of:
+            r = row_of[i]
+            cells = [x for c, p in zip(classes[r].tolist(), probs[r].tolist()) for x in (names[c], f"{p:.6f}")]
+            yield [str(path.absolute()), *cells, ""]
+        else:
+            yield [str(path.absolute()), *([""] * (2 * top_k)), pred.failures[i]]
+
+
+def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, out: Path) -> str:
+    lines = []
+    if len(paths) == 1:  # one image: the answer belongs on the terminal
+        probs, classes = pred.probs[0].topk(top_k)
+        lines.append(f"{paths[0]}: " + ", ".join(f"{names[c]} {p:.4f}" for c, p in zip(classes.tolist(), probs.tolist())))
+    else:
+        counts = Counter(names[c] for c in pred.probs.argmax(dim=1).tolist())
+        lines.append(f"Predicted {len(pred.indices)} image(s): " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
+    if pred.failures:
+        lines.append(f"{len(pred.failures)} file(s) are not readable images; their rows give the reason:")
+        lines += [f"  {paths[i]}: {reason}" for i, reason in sorted(pred.failures.items())[:10]]
+        if len(pred.failures) > 10:
+            lines.append(f"  ... and {len(pred.failures) - 10} more")
+    lines.append(f"Predictions: {rel(out)}")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> str:
+    """The ``vggtune predict`` task: returns the path of the CSV it wrote."""
+    return str(predict(cfg))
