@@ -66,15 +66,19 @@ class _ValidationImage(pl.Callback):
         logger.experiment.add_image(self.tag, image, step, dataformats="HWC")
 
     def reset(self, pl_module: pl.LightningModule) -> None:
+        """Forget the previous epoch, before the first batch."""
         raise NotImplementedError
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        """Take one batch on the device, without reading its values on the host."""
         raise NotImplementedError
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """The epoch's data on the host, gathered over DDP ranks (called on every rank), or None."""
         raise NotImplementedError
 
     def draw(self, data, class_names: list[str], title: str):
+        """The matplotlib Figure of what :meth:`collect` returned."""
         raise NotImplementedError
 
 
