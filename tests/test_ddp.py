@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import TINY, make_class_folders, run_cli
+from test_tensorboard import IMAGES, load_events
 
 
 def test_ddp_cpu_through_an_unfreeze_keeps_replicas_identical_and_writes_one_run(tmp_path):
@@ -19,6 +20,11 @@ def test_ddp_cpu_through_an_unfreeze_keeps_replicas_identical_and_writes_one_run
     run = runs[0]
     assert len(list(tmp_path.rglob("metrics.json"))) == 1
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    # Images and text from rank zero only (once per validation; once), after collectives on both ranks.
+    events = load_events(run)
+    assert all(len(events.Images(tag)) == len(events.Scalars("val/acc")) == 2 for tag in IMAGES)
+    assert len(events.Tensors("data/classes")) == 1
+    assert "speed/train_images_per_second" in events.Tags()["scalars"]
     summary = json.loads((run / "metrics.json").read_text())
     # Each rank hashed its own weights after the unfreeze epoch: DDP alone would not have
     # reduced the gradients of the blocks unfrozen after it wrapped the model.

@@ -89,17 +89,20 @@ class VGGClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_metrics, "val/loss")
+        # Detached probabilities and targets, for the callbacks that draw the confusion matrix and the
+        # prediction grid (vggtune.tensorboard); they stay on the device.
+        return self._eval_step(batch, self.val_metrics, "val/loss")
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, self.test_metrics, "test/loss")
 
-    def _eval_step(self, batch, metrics: MetricCollection, loss_name: str) -> None:
+    def _eval_step(self, batch, metrics: MetricCollection, loss_name: str) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = self(x)
         self.log(loss_name, F.cross_entropy(logits, y), on_epoch=True, prog_bar=loss_name == "val/loss",
                  sync_dist=True)
         metrics.update(logits, y)
+        return {"probs": logits.detach().float().softmax(dim=1), "target": y}
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

@@ -22,6 +22,7 @@ from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
 from vggtune.runs import report_run, write_json
+from vggtune.tensorboard import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(), SaveOnInterrupt(),
                   StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps)]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = False
+    if cfg.get("logger"):  # logger=null: no TensorBoard at all
+        logger = instantiate(cfg.logger.tensorboard)
+        callbacks += tensorboard_callbacks(cfg)
     kwargs = {}
     if cfg.trainer.precision == "auto":
         kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"

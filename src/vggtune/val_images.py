@@ -1,0 +1,161 @@
+"""The validation images TensorBoard shows: the confusion matrix and a grid of predictions.
+
+Each is a Lightning callback fed by what ``VGGClassifier.validation_step`` returns (detached
+probabilities and targets, on the device) and the batch's images. The collective steps (the
+confusion matrix's sync, the gather of grid candidates) run on every DDP rank; drawing and writing
+happen on rank zero only.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from vggtune.figures import confusion_matrix_figure, figure_to_array, prediction_grid_figure
+from vggtune.tensorboard import tensorboard_logger
+
+
+class _ValidationImage(pl.Callback):
+    """One image per due validation epoch: ``update`` per batch, ``collect`` on every rank, ``draw`` on rank zero.
+
+    Due: every ``every_n_epochs``-th epoch and the last one, never the sanity check. Uses the
+    ``probs`` and ``target`` that ``VGGClassifier.validation_step`` returns.
+    """
+
+    tag = ""
+
+    def __init__(self, every_n_epochs: int):
+        self.every_n_epochs = every_n_epochs
+        self._active = False
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation epoch gets an image."""
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch
+        return (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = self.due(trainer)
+        if self._active:
+            self.reset(pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._active and isinstance(outputs, dict):
+            self.update(outputs["probs"], outputs["target"], batch[0])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        data = self.collect(trainer, pl_module)  # collective under DDP: every rank takes part
+        self._write(trainer, pl_module, data)
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, data) -> None:
+        logger = tensorboard_logger(trainer)
+        if logger is None or data is None:
+            return
+        title = f"validation, epoch {trainer.current_epoch}"
+        image = figure_to_array(self.draw(data, pl_module.class_names, title))
+        # The step Lightning gives this epoch's validation scalars, so images and curves line up.
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        logger.experiment.add_image(self.tag, image, step, dataformats="HWC")
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        """Forget the previous epoch, before the first batch."""
+        raise NotImplementedError
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        """Take one batch on the device, without reading its values on the host."""
+        raise NotImplementedError
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """The epoch's data on the host, gathered over DDP ranks (called on every rank), or None."""
+        raise NotImplementedError
+
+    def draw(self, data, class_names: list[str], title: str):
+        """The matplotlib Figure of what :meth:`collect` returned."""
+        raise NotImplementedError
+
+
+class ConfusionMatrixImage(_ValidationImage):
+    """``val/confusion_matrix``: rows the true class, normalised per row, class names on both axes."""
+
+    tag = "val/confusion_matrix"
+
+    def __init__(self, every_n_epochs: int):
+        super().__init__(every_n_epochs)
+        self.matrix: MulticlassConfusionMatrix | None = None
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        if self.matrix is None:
+            # The module's outputs are well-formed; checking them would cost extra host syncs per batch.
+            self.matrix = MulticlassConfusionMatrix(len(pl_module.class_names), validate_args=False)
+        self.matrix.to(pl_module.device).reset()
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        self.matrix.update(probs, target)  # on the device (a bincount, like the module's own val metrics)
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
+        return self.matrix.compute().cpu().numpy()  # torchmetrics sums over DDP ranks here
+
+    def draw(self, data: np.ndarray, class_names: list[str], title: str):
+        return confusion_matrix_figure(data, class_names, f"Confusion matrix, {title}")
+
+
+class PredictionGrid(_ValidationImage):
+    """``val/predictions``: ``n_images`` validation images, misclassified first, with true/predicted label.
+
+    The candidates are kept on the device with fixed shapes and ``topk`` (no host sync per batch):
+    mistakes rank first, the most confident mistake ahead; then hits, the least sure ahead.
+    """
+
+    tag = "val/predictions"
+
+    def __init__(self, every_n_epochs: int, n_images: int = 16):
+        super().__init__(every_n_epochs)
+        self.n_images = n_images
+        self._best: dict[str, torch.Tensor] | None = None
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        self._best = None
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        if images.ndim != 4:
+            return  # data.cache_features: the batches hold backbone outputs, there are no images to show
+        conf, pred = probs.max(dim=1)
+        wrong = pred != target
+        score = torch.where(wrong, 2.0 + conf, 1.0 - conf)  # mistakes in [2, 3], hits in [0, 1]
+        batch = {"score": score, "image": images.detach().float(), "target": target, "pred": pred, "conf": conf}
+        if self._best is None:  # pad with never-chosen slots, so every rank gathers the same shapes
+            self._best = {k: v[:1].expand(self.n_images, *v.shape[1:]).clone() for k, v in batch.items()}
+            self._best["score"].fill_(-1.0)
+        self._best = _top({k: torch.cat([self._best[k], batch[k]]) for k in batch}, self.n_images)
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict | None:
+        if self._best is None:
+            return None
+        best = self._best
+        if trainer.world_size > 1:
+            best = {k: v.flatten(0, 1) for k, v in pl_module.all_gather(best).items()}
+        best = {k: v.cpu() for k, v in _top(best, self.n_images).items()}
+        keep = best["score"] >= 0
+        prep = pl_module.hparams.preprocessing  # undo the checkpoint's own normalisation
+        mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
+        images = (best["image"][keep] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        return {"images": images, **{k: best[k][keep].tolist() for k in ("target", "pred", "conf")}}
+
+    def draw(self, data: dict, class_names: list[str], title: str):
+        return prediction_grid_figure(data["images"], data["target"], data["pred"], data["conf"], class_names,
+                                      f"Predictions (misclassified first), {title}")
+
+
+def _top(items: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The ``k`` entries with the highest ``score`` (all of them if fewer), in that order."""
+    index = items["score"].topk(min(k, len(items["score"]))).indices
+    return {key: value[index] for key, value in items.items()}
