@@ -19,15 +19,15 @@ from vggtune.errors import UserError
 from vggtune.faults import StopOnNonFiniteLoss
 from vggtune.module import VGGClassifier
 
-# Three epochs of a few steps each, long enough to kill inside one.
+# Two epochs of three steps each: the kill lands in the second.
 RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
-    "trainer.max_epochs=3", "data.batch_size=4", "trainer.deterministic=true", "data.test_split=0",
+    "trainer.max_epochs=2", "data.batch_size=4", "trainer.deterministic=true", "data.test_split=0",
     "optim.lr=0.001"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_class_folders(tmp_path_factory.mktemp("faults") / "d", classes=2, per_class=10)
+    return make_class_folders(tmp_path_factory.mktemp("faults") / "d", classes=2, per_class=8)
 
 
 def _start(cwd, *args) -> subprocess.Popen:
@@ -50,20 +50,17 @@ def _weights(path):
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data):
+    # Two processes with the same seed: the uninterrupted run, and the killed-and-resumed one, whose
+    # first epoch ran in another process still. Equal results show both resume and same-seed repeats.
     whole = tmp_path / "whole"
     proc = run_cli("train", f"data.root={data}", *RUN, f"hydra.run.dir={whole}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    again = tmp_path / "again"  # the same seed twice gives the same metrics
-    proc = run_cli("train", f"data.root={data}", *RUN, f"hydra.run.dir={again}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((again / "metrics.json").read_text())["metrics"] == \
-        json.loads((whole / "metrics.json").read_text())["metrics"]
 
     killed = tmp_path / "killed"
     child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"
     _wait_for(last.exists)
-    time.sleep(2.0)  # well into the next epoch
+    time.sleep(1.0)  # into the next epoch
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
@@ -94,7 +91,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, data, sig):
     run = tmp_path / "run"
-    child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={run}")
+    child = _start(tmp_path, f"data.root={data}", *RUN, "trainer.max_epochs=20", f"hydra.run.dir={run}")
     lines = []
     for line in child.stdout:
         lines.append(line)
@@ -107,7 +104,7 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, da
     assert child.returncode == 128 + sig, out[-3000:]
     assert f"resume={run}" in out
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 0 and saved["state_dict"]
+    assert saved["state_dict"] and saved["global_step"] < 20 * 3  # stopped, not finished
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
