@@ -5,12 +5,13 @@
         --workers 16 --compile --out $OUT/bench.json        # a GPU, full sizes
 
 Cases (images/s, steady state, first steps and one-time caches excluded):
-  plain_synthetic[_compiled]   torchvision VGG + SGD on random tensors already on the device
+  plain_synthetic[_compiled]   torchvision VGG + vggtune's optim=sgd on random tensors already on the device
   plain_frozen_synthetic       the same with the conv features frozen
   plain_jpeg_loop              ImageFolder + PIL + RandomResizedCrop loader into that loop
   vggtune_full_jpeg            `vggtune train` (finetune=full) from the JPEG folder
   vggtune_frozen_jpeg          `vggtune train` (linear_probe, fc6/fc7 train) from the JPEG folder
-  step time                    per-step time of vggtune's Lightning loop vs the plain loop, same batch
+  step time                    per-step time of vggtune's Lightning loop vs the plain loop, same batch,
+                               no loader processes beside either (meaningful on a CPU)
   cached features              epoch time of a linear probe recomputing the backbone vs reading its cache
 On a GPU both sides use bf16 autocast, channels_last, cudnn.benchmark and TF32 matmuls.
 """
@@ -24,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 import torchvision
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from torchvision import datasets
 from torchvision import transforms as T
@@ -38,6 +42,7 @@ from torchvision import transforms as T
 from vggtune.tasks.train import train
 
 R: dict = {}
+SGD = OmegaConf.load(resources.files("vggtune.conf") / "optim" / "sgd.yaml")  # both sides' optimizer
 
 
 class StepTimer(pl.Callback):
@@ -62,6 +67,8 @@ class StepTimer(pl.Callback):
         if self.seen <= self.skip:
             return
         self.steps.append(time.perf_counter() - self._t0)
+        if self.end is not None:
+            return  # the timed window is the first epoch's steps after `skip`
         self.count += len(batch[1])
         if self.end is None and batch_idx + 1 == trainer.num_training_batches:
             _sync()
@@ -97,14 +104,15 @@ def make_jpegs(root: Path, n: int, classes: int = 8) -> Path:
 def plain_loop(args, batches, frozen=False, compiled=False) -> tuple[float, float]:
     """(images/s, median seconds per step) of a plain training loop over ``batches`` (an iterator).
 
-    The device is synchronised at the ends of the timed window only, as in a real loop."""
+    The optimizer is vggtune's ``optim=sgd`` config (the same update as the vggtune runs below);
+    the device is synchronised at the ends of the timed window only, as in a real loop."""
     dev = torch.device(args.device)
     model = torchvision.models.get_model(args.arch, num_classes=8).to(dev)
     if args.device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if frozen:
         model.features.requires_grad_(False)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    opt = instantiate(SGD)([p for p in model.parameters() if p.requires_grad])
     fwd = torch.compile(model) if compiled else model
     times, count, start = [], 0, None
     for step, (x, y) in enumerate(batches):
@@ -124,6 +132,13 @@ def plain_loop(args, batches, frozen=False, compiled=False) -> tuple[float, floa
             break
     _sync()
     return count / (time.perf_counter() - start), float(np.median(times[args.warmup:]))
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
 
 
 def _sync():
@@ -151,7 +166,8 @@ def jpeg_loader(args, root):
 def vggtune_run(args, root, work, name, *overrides, batches: int | None = None) -> StepTimer:
     """`vggtune train` in this process (Hydra's compose API), timed by a StepTimer callback."""
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    limit = [f"+trainer.limit_train_batches={batches or args.warmup + args.steps}"] if batches != 0 else []
+    limit = ([f"+trainer.limit_train_batches={batches or args.warmup + args.steps}", "trainer.max_epochs=1"]
+             if batches != 0 else [])
     with initialize_config_module("vggtune.conf", version_base="1.3"):
         cfg = compose("train", overrides=[
             f"data.root={root}", f"model={args.arch}", "model.weights=none", f"model.compile={args.compile}",
@@ -161,7 +177,8 @@ def vggtune_run(args, root, work, name, *overrides, batches: int | None = None) 
             "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null",
             "trainer.enable_checkpointing=false", "trainer.num_sanity_val_steps=0", "+trainer.limit_val_batches=1",
             f"paths.run_dir={work / name}", "test_after_fit=false", *limit, *overrides])
-    cfg.callbacks["timer"] = {"_target_": "__main__.StepTimer", "skip": args.warmup}
+    with open_dict(cfg):
+        cfg.callbacks["timer"] = {"_target_": "__main__.StepTimer", "skip": args.warmup}
     train(cfg)
     return StepTimer.last
 
@@ -174,8 +191,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="alternating plain/vggtune step-time pairs")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -184,21 +202,30 @@ def main() -> None:
         torch.set_float32_matmul_precision("high")
     work = Path(tempfile.mkdtemp(prefix="vggtune-bench-"))
     root = make_jpegs(Path(os.environ.get("BENCH_JPEGS", "/tmp/vggtune-bench-jpegs")) / str(args.images), args.images)
-    R.update(device=torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
+    R.update(device=torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name(),
              cpus=os.cpu_count(), torch=torch.__version__, torchvision=torchvision.__version__,
+             lightning=pl.__version__,
              date=time.strftime("%Y-%m-%d"), args=vars(args))
 
-    R["plain_synthetic"], plain_step = plain_loop(args, synthetic(args))
+    R["plain_synthetic"], _ = plain_loop(args, synthetic(args))
     if args.compile:
         R["plain_synthetic_compiled"], _ = plain_loop(args, synthetic(args), compiled=True)
     R["plain_frozen_synthetic"], _ = plain_loop(args, synthetic(args), frozen=True)
     R["plain_jpeg_loop"], _ = plain_loop(args, jpeg_loader(args, root), compiled=args.compile)
-    full = vggtune_run(args, root, work, "full", "finetune=full", "optim=sgd")
-    R["vggtune_full_jpeg"], R["step_seconds_vggtune"] = full.throughput(), full.step_seconds()
-    R["step_seconds_plain"] = plain_step
+    R["vggtune_full_jpeg"] = vggtune_run(args, root, work, "full", "finetune=full", "optim=sgd").throughput()
+    # Step time on the same work: no loader processes beside the loop on either side (the plain loop's
+    # batches are ready tensors; vggtune's timer starts once the batch is fetched). Alternated and
+    # repeated: one pair differs by up to 10% on a shared 2-core machine either way.
+    plain, ours = [], []
+    for i in range(args.repeats if args.device == "cpu" else 0):  # a GPU step is asynchronous
+        plain.append(plain_loop(args, synthetic(args))[1])
+        ours.append(vggtune_run(args, root, work, f"step{i}", "finetune=full", "optim=sgd",
+                                "data.num_workers=0").step_seconds())
+    if plain:
+        R["step_seconds_plain"], R["step_seconds_vggtune"] = float(np.median(plain)), float(np.median(ours))
     R["vggtune_frozen_jpeg"] = vggtune_run(args, root, work, "frozen", "finetune=linear_probe",
                                            "finetune.train_fc=true", "optim=sgd").throughput()
-    probe = ["finetune=linear_probe", "data.augment=none", "trainer.max_epochs=3", "data.cache_images=false"]
+    probe = ["finetune=linear_probe", "data.augment=none", "trainer.max_epochs=5", "data.cache_images=false"]
     R["epoch_seconds_uncached"] = vggtune_run(args, root, work, "uncached", *probe, batches=0).epochs[1:]
     R["epoch_seconds_cached"] = vggtune_run(args, root, work, "cached", *probe, "data.cache_features=true",
                                             batches=0).epochs[1:]
@@ -208,9 +235,11 @@ def main() -> None:
         "vggtune_full_jpeg / plain_synthetic" + ("_compiled" if args.compile else ""): R["vggtune_full_jpeg"] / reference,
         "vggtune_frozen_jpeg / plain_frozen_synthetic": R["vggtune_frozen_jpeg"] / R["plain_frozen_synthetic"],
         "vggtune_full_jpeg / plain_jpeg_loop": R["vggtune_full_jpeg"] / R["plain_jpeg_loop"],
-        "step time vggtune / plain": R["step_seconds_vggtune"] / R["step_seconds_plain"],
-        "epoch uncached / cached": float(np.mean(R["epoch_seconds_uncached"]) / np.mean(R["epoch_seconds_cached"])),
+        "epoch uncached / cached": float(np.median(R["epoch_seconds_uncached"])
+                                         / np.median(R["epoch_seconds_cached"])),
     }
+    if plain:
+        R["ratios"]["step time vggtune / plain"] = R["step_seconds_vggtune"] / R["step_seconds_plain"]
     report = "\n".join(f"{k:48s} {v:10.3f}" if isinstance(v, float) else f"{k:48s} {v}" for k, v in R.items()
                        if k not in ("ratios", "args"))
     report += "\nratios:\n" + "\n".join(f"  {k:46s} {v:8.3f}" for k, v in R["ratios"].items())
