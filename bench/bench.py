@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -88,17 +90,24 @@ class StepTimer(pl.Callback):
 
 
 def make_jpegs(root: Path, n: int, classes: int = 8) -> Path:
-    """``n`` 500x375 JPEGs (gradients plus noise) in ``classes`` folders, written once."""
+    """``n`` 500x375 JPEGs (gradients plus noise) in ``classes`` folders, written once, by all cores."""
     if (root / "done").exists():
         return root
-    rng = np.random.default_rng(0)
-    base = np.linspace(0, 255, 500, dtype=np.float32)
-    for i in range(n):
-        (root / f"c{i % classes}").mkdir(parents=True, exist_ok=True)
-        a = (base[None, :, None] * rng.random((375, 1, 3)) + rng.normal(0, 12, (375, 500, 3))).clip(0, 255)
-        Image.fromarray(a.astype("uint8")).save(root / f"c{i % classes}" / f"{i}.jpg", quality=90)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    # fork: nothing has touched CUDA yet, and spawned workers would import torch and Lightning again
+    with ProcessPoolExecutor(mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(_write_jpeg, [(root / f"c{i % classes}" / f"{i}.jpg", i) for i in range(n)], chunksize=64))
     (root / "done").touch()
     return root
+
+
+def _write_jpeg(job: tuple[Path, int]) -> None:
+    path, seed = job
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, 500, dtype=np.float32)
+    a = (base[None, :, None] * rng.random((375, 1, 3)) + rng.normal(0, 12, (375, 500, 3))).clip(0, 255)
+    Image.fromarray(a.astype("uint8")).save(path, quality=90)
 
 
 def plain_loop(args, batches, frozen=False, compiled=False) -> tuple[float, float]:
