@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +118,65 @@ def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny
     err = assert_one_line_error(_train(work, f"data.root={tiny_data}", "model.weights=imagenet", env=env),
                                 "vgg11-8a719046.pth", "model.weights=none", "model.weights=/path/to/")
     assert str(work / "torch" / "hub" / "checkpoints") in err
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("trainer.max_epochs=-1", ("trainer.max_epochs", "1 or more")),
+    ("trainer.max_epochs=null", ("trainer.max_epochs", "1 or more")),
+    ("trainer.max_epochs=0", ("trainer.max_epochs", "1 or more")),
+    ("optim.lr=-1", ("optim.lr", "positive")),
+    ("monitor=val/accuracy", ("did you mean monitor=val/acc?", "val/loss")),
+    ("scheduler.warmup_fraction=2", ("scheduler.warmup_fraction", "below 1")),
+])
+def test_values_that_would_fail_after_training_started_are_refused_first(work, tiny_data, override, needles):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", override), *needles)
+
+
+# --- resuming ---------------------------------------------------------------------------------------
+
+def _foreign_checkpoint(path):
+    torch.save({"state_dict": {}, "epoch": 3}, path)
+    return path
+
+
+def _text_file(path):
+    path.write_text("not a checkpoint")
+    return path
+
+
+@pytest.mark.parametrize("make, needles", [
+    (lambda run, tmp: tmp / "missing.ckpt", ("does not exist", "last.ckpt")),
+    (lambda run, tmp: _text_file(tmp / "notes.ckpt"), ("not a PyTorch checkpoint",)),
+    (lambda run, tmp: _foreign_checkpoint(tmp / "other.ckpt"), ("not a vggtune checkpoint",)),
+    (lambda run, tmp: run / "checkpoints" / "best.ckpt", ("weights only", "last.ckpt")),
+])
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_in_one_line(work, tiny_data, tiny_run, make, needles):
+    ckpt = make(tiny_run, work)
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"ckpt_path={ckpt}"), *needles)
+
+
+def _copy_run(run_dir, dest):
+    """A copy of a run folder whose checkpoints are hard links (no 0.5 GB copies)."""
+    def link_checkpoints(src, dst):
+        return os.link(src, dst) if src.endswith(".ckpt") else shutil.copy2(src, dst)
+    return Path(shutil.copytree(run_dir, dest, copy_function=link_checkpoints))
+
+
+def _hydra_files(run_dir):
+    return {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_run, tiny_data):
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = _hydra_files(run)
+    other = make_class_folders(tmp_path / "other", classes=4)  # the data has changed: a fourth class
+
+    # Another model: refused before Hydra starts the job.
+    proc = run_cli_here("train", f"resume={run}", "model=vgg13", cwd=tmp_path)
+    assert_one_line_error(proc, "trained as vgg11", "model=vgg13")
+    # Other classes: found inside the job, after Hydra rewrote .hydra/, which is put back.
+    proc = run_cli_here("train", f"resume={run}", f"data.root={other}", cwd=tmp_path)
+    assert_one_line_error(proc, "trained on the classes", "leave data.root out")
+
+    assert _hydra_files(run) == before, "a refused resume must not become part of the run's saved overrides"
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in tiny_run.iterdir())

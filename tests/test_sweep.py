@@ -97,3 +97,18 @@ def test_slurm_launcher_resources_follow_the_trainer_unless_set():
         cfg = compose("train", overrides=[*mine, *launcher_overrides("submitit_slurm", mine)],
                       return_hydra_config=True)
         assert cfg.hydra.launcher.gpus_per_node == 4
+
+
+def test_failed_jobs_are_in_the_summary_with_their_reason_and_the_sweep_exits_non_zero(tmp_path, tiny_data):
+    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=-1,0.001", "data.batch_size=0",
+                        cwd=tmp_path)
+    sweep = _sweep_dir(tmp_path)
+    rows = {r["job"]: r for r in _summary(sweep)}
+    assert set(rows) == {"0", "1"} and {r["status"] for r in rows.values()} == {"failed"}
+    assert "optim.lr must be a positive number" in rows["0"]["error"]
+    assert "data.batch_size" in rows["1"]["error"]
+    assert rows["1"]["error"] == (sweep / "1" / "error.txt").read_text().strip()
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors[-1].startswith("error: 2 of 2 sweep jobs failed") and "summary.csv" in errors[-1], errors
+    assert "Traceback" not in proc.stderr

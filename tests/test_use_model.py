@@ -168,6 +168,7 @@ def test_predict_folder_lists_every_file_with_top_k_or_the_reason(tiny_data, ckp
     images = copy_into(folder / "deep", [sorted((tiny_data / c).iterdir())[0] for c in model.class_names])
     broken = corrupt_copy(images[0], folder / "broken.jpg")
     (folder / "notes.txt").write_text("not a picture")
+    (folder / "gone.jpg").symlink_to(folder / "moved_away.jpg")  # a broken link still gets its row
 
     run_dir = tmp_path / "pred"
     proc = run_cli("predict", f"ckpt={ckpt}", f"input={folder}", "output=preds.csv", "top_k=2", "batch_size=2",
@@ -175,8 +176,9 @@ def test_predict_folder_lists_every_file_with_top_k_or_the_reason(tiny_data, ckp
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["path"]: r for r in read_csv(tmp_path / "preds.csv")}  # relative output: the current folder
     assert (run_dir / "predictions.csv").read_bytes() == (tmp_path / "preds.csv").read_bytes()
-    assert set(rows) == {str(p) for p in images} | {str(broken), str(folder / "notes.txt")}
+    assert set(rows) == {str(p) for p in images} | {str(broken), str(folder / "notes.txt"), str(folder / "gone.jpg")}
     assert "not a readable image" in rows[str(broken)]["error"] and rows[str(broken)]["class_1"] == ""
+    assert "No such file" in rows[str(folder / "gone.jpg")]["error"]
     assert "not an image file name" in rows[str(folder / "notes.txt")]["error"]
 
     probs = direct_probs(model, images)

@@ -28,13 +28,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
-def safe_load(path: Path, what: str) -> Any:
+def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; a UserError saying what is wrong with ``what`` at ``path``.
 
     Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
+    ``mmap=True`` maps the tensors instead of reading them (a look at a 1.5 GB file costs nothing).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if m:
@@ -46,20 +47,30 @@ def safe_load(path: Path, what: str) -> Any:
                         "is the file complete?") from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a vggtune checkpoint with ``weights_only=True``, or raise a UserError saying what is wrong.
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
+                    fix: str = "pass ckpt=<run folder>/checkpoints/best.ckpt", mmap: bool = True) -> dict:
+    """A vggtune checkpoint loaded with ``weights_only=True``, or a UserError naming ``key`` and the fix.
 
     Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
     """
     path = Path(str(path)).expanduser()
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass ckpt=<run folder>/checkpoints/best.ckpt")
+        raise UserError(f"{key} {path} does not exist: {fix}")
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
-    ckpt = safe_load(path, "checkpoint")
+        raise UserError(f"{key} {path} is not a PyTorch checkpoint (not a torch.save archive): {fix}")
+    ckpt = safe_load(path, "checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict) or "vggtune" not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a vggtune checkpoint (no vggtune marker): pass a checkpoint written "
-                        "by `vggtune train` (<run folder>/checkpoints/best.ckpt)")
+        raise UserError(f"{key} {path} is not a vggtune checkpoint (no vggtune marker): {fix} (a checkpoint "
+                        "written by `vggtune train`)")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a vggtune checkpoint with ``weights_only=True``, or raise a UserError saying what is wrong.
+
+    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
+    """
+    ckpt = read_checkpoint(path, mmap=False)
     ckpt["state_dict"] = {_strip_compile_prefix(k): v for k, v in ckpt["state_dict"].items()}
     return ckpt
 

@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 
 from vggtune import __version__
 from vggtune.errors import UserError
+from vggtune.runs import restore_run_config
+from vggtune.sweep import SWEEP_ERROR_FILE, SweepSummary
 
 CONFIG_MODULE = "vggtune.conf"
 
@@ -96,22 +98,47 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
         try:
             return _call_task(task, cfg)
         except Exception as e:  # noqa: BLE001 - turned into one line when it is the user's to fix
+            if task == "train" and cfg.get("resume"):
+                restore_run_config(Path(cfg.paths.run_dir))
             user_error = _find_user_error(e)
+            if _in_sweep() and not debug:  # one failed job must not end the others: record it and go on
+                return _failed_job(e, user_error)
             if user_error is None or debug:
                 raise
             _discard_empty_run()
-            if _in_sweep():  # one failed job must not end the others: record it and go on
-                print(f"error: {user_error}", file=sys.stderr)
-                return float("nan")
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
+    SweepSummary.failed = None
     try:
         entry()
     except KeyboardInterrupt:
         _fail("interrupted", status=130)
     finally:
         sys.argv = original_argv
+    if SweepSummary.failed:  # the other jobs ran and the summary is written; the exit status still says so
+        _fail(SweepSummary.failed)
+
+
+def _failed_job(e: Exception, user_error: UserError | None) -> float:
+    """A sweep job that failed: its one-line reason in ``error.txt`` (the sweep summary shows it), NaN."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    if user_error is not None:
+        reason = str(user_error)
+    else:  # a bug rather than bad input: the traceback goes to the job's log
+        logging.getLogger(__name__).exception("job %s failed", job_dir.name)
+        reason = f"{type(e).__name__}: {_first_line(e)} (the traceback is in {job_dir.name}/*.log)"
+    print(f"error: job {job_dir.name}: {reason}", file=sys.stderr)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / SWEEP_ERROR_FILE).write_text(reason + "\n", encoding="utf-8")
+    return float("nan")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def _in_sweep() -> bool:
@@ -164,6 +191,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Run folders are fresh (vggtune.preflight) except when resuming, where the checkpoints are the point.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.finetune).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):

@@ -88,7 +88,11 @@ def load_model_or_pretrained(ckpt: str | None, arch: str, weights: str = "imagen
     ``arch``, ``weights`` and ``image_size`` matter only without a checkpoint, which brings its own.
     """
     if not ckpt:
-        log.info("No ckpt given: using torchvision's ImageNet %s (model.weights=%s)", arch, weights)
+        if str(weights).lower() == "none":
+            log.warning("No ckpt given and model.weights=none: using a randomly initialised %s (its features "
+                        "mean nothing; pass ckpt= or model.weights=imagenet)", arch)
+        else:
+            log.info("No ckpt given: using torchvision's ImageNet %s (model.weights=%s)", arch, weights)
         return load_pretrained(arch, weights, image_size, device)
     loaded = load_model(ckpt, device)
     if image_size is not None and image_size != loaded.preprocessing.image_size:
@@ -108,7 +112,8 @@ def find_images(input_path: str | Path) -> list[Path]:
         raise UserError(f"input {path} does not exist: pass input=<an image file or a folder of images>")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+    # Broken symlinks too (is_file() is False for them): they get a row saying they cannot be read.
+    files = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and not p.is_dir() and not any(
         part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise UserError(f"input folder {path} holds no files")

@@ -16,6 +16,33 @@ from vggtune.files import atomic_open
 log = logging.getLogger(__name__)
 
 
+# resume=<run>: Hydra rewrites <run>/.hydra (config, overrides) when the resumed job starts. Until
+# training really continues, the run's previous .hydra is kept here and put back if the job fails,
+# so that a resume refused for a bad override does not make that override part of the run.
+RESUME_BACKUP = ".hydra.before-resume"
+
+
+def back_up_run_config(run_dir: Path) -> Path:
+    """Keep ``run_dir/.hydra`` aside before a resume; the folder whose overrides.yaml holds the run's own."""
+    hydra_dir, backup = run_dir / ".hydra", run_dir / RESUME_BACKUP
+    if hydra_dir.is_dir() and not backup.exists():  # an existing backup is older, from a resume that never ran
+        shutil.copytree(hydra_dir, backup)
+    return backup if backup.is_dir() else hydra_dir
+
+
+def restore_run_config(run_dir: Path) -> None:
+    """Put a failed resume's ``.hydra`` back as it was (nothing to do when there is no backup)."""
+    backup = run_dir / RESUME_BACKUP
+    if backup.is_dir():
+        shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+        backup.rename(run_dir / ".hydra")
+
+
+def commit_run_config(run_dir: Path) -> None:
+    """The resumed run goes on: its new ``.hydra`` stands, the backup goes."""
+    shutil.rmtree(run_dir / RESUME_BACKUP, ignore_errors=True)
+
+
 def write_json(path: Path, data) -> None:
     """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
     with atomic_open(path, "w", encoding="utf-8") as f:

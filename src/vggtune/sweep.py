@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from vggtune.errors import UserError
 
 log = logging.getLogger(__name__)
+SWEEP_ERROR_FILE = "error.txt"  # in a failed job's folder: why it failed, in one line (vggtune.cli)
 
 # Launchers whose jobs are independent processes with their own ranks (no re-run of the command line).
 SLURM_LAUNCHERS = ("submitit_slurm",)
@@ -54,11 +55,16 @@ def launcher_overrides(launcher: str, overrides: list[str]) -> list[str]:
 class SweepSummary(Callback):
     """At the end of a sweep, print and save ``summary.csv``: every job's overrides and final metrics."""
 
+    failed: str | None = None  # after a sweep with failed jobs: what the command says last (vggtune.cli)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect_jobs(sweep_dir)
         if not rows:
             return
+        failed = sum(r["status"] == "failed" for r in rows)
+        SweepSummary.failed = (f"{failed} of {len(rows)} sweep jobs failed: their reasons are in the error column "
+                               f"of {sweep_dir / 'summary.csv'}") if failed else None
         monitor = next((r["monitor"] for r in rows if r.get("monitor")), "val/acc")
         maximize = str(config.get("monitor_mode", "max")) == "max"
         rows.sort(key=lambda r: _sort_key(r.get(monitor), maximize))
@@ -80,13 +86,16 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
             row.update(summary["metrics"], monitor=summary.get("monitor"), status="done")
         else:
             row["status"] = "failed"
+            error_file = job / SWEEP_ERROR_FILE
+            if error_file.is_file():
+                row["error"] = error_file.read_text(encoding="utf-8").strip()
         rows.append(row)
     varying = {k for k in set().union(*rows) if len({str(r.get(k)) for r in rows}) > 1}
     return [{k: v for k, v in r.items() if k in varying or not _is_override(k)} for r in rows]
 
 
 def _is_override(key: str) -> bool:
-    return key not in ("job", "status", "monitor") and not key.startswith(("val/", "train/", "test/"))
+    return key not in ("job", "status", "monitor", "error") and not key.startswith(("val/", "train/", "test/"))
 
 
 def _job_order(path: Path):
@@ -103,7 +112,7 @@ def _columns(rows: list[dict], monitor: str) -> list[str]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     metrics = [monitor] + [k for k in ("val/acc", "val/f1", "val/loss", "test/acc") if k != monitor]
     overrides = [k for k in keys if _is_override(k)]
-    return ["job", *overrides, *[m for m in metrics if m in keys], "status"]
+    return ["job", *overrides, *[m for m in metrics if m in keys], "status", *(["error"] if "error" in keys else [])]
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -38,7 +38,8 @@ def evaluate(cfg: DictConfig) -> dict:
         data = images_from_folder(cfg.data.root, names)
     if data.unknown:
         log.warning(describe_unknown(data.unknown, names))
-    log.info("Evaluating %s on %d images: %s", rel(model.path), len(data.items), data.source)
+    log.info("Evaluating %s on %d image files: %s (unreadable ones are left out and listed)", rel(model.path),
+             len(data.items), data.source)
 
     paths = [p for p, _ in data.items]
     pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating")

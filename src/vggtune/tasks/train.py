@@ -14,14 +14,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vggtune.callbacks import EpochSeed, ReplicaCheck
-from vggtune.checkpoint import AtomicCheckpointIO
+from vggtune.checkpoint import AtomicCheckpointIO, read_checkpoint
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
 from vggtune.features import weights_identity
 from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
-from vggtune.runs import report_run, write_json
+from vggtune.preflight import check_train
+from vggtune.runs import commit_run_config, report_run, write_json
 from vggtune.tensorboard import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,15 @@ def train(cfg: DictConfig) -> dict:
 
     Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
     """
+    check_train(cfg)  # again: sweep jobs get here without the command line's checks
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
-    _warn_schedule(schedule, cfg.trainer.max_epochs)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
     split = datamodule.split
+    _check_against_data(cfg, split.classes)
+    _warn_schedule(schedule, cfg.trainer.max_epochs)
     module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
     trainer = build_trainer(cfg)
     if datamodule.cache_features:
@@ -46,6 +49,8 @@ def train(cfg: DictConfig) -> dict:
     elif datamodule.cache_images:
         datamodule.use_image_cache()
     _prepare_run_folder(split, run_dir)  # only now, when every input has been checked
+    if trainer.is_global_zero:
+        commit_run_config(run_dir)  # a resumed run goes on with the overrides it was given now
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
     summary = _summarize_fit(trainer, cfg, split, run_dir)
@@ -159,12 +164,26 @@ def _plain(node) -> dict | None:
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
+def _check_against_data(cfg: DictConfig, classes: list[str]) -> None:
+    """What needs the data's classes: the monitored metric, and a checkpoint to resume from."""
+    if cfg.monitor == "val/acc_top5" and len(classes) < 5:
+        raise UserError(f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
+                        "use monitor=val/acc")
+    if cfg.ckpt_path:
+        trained = (read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
+        if trained is not None and list(trained) != list(classes):
+            raise UserError(f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
+                            f"{cfg.data.root} has {', '.join(classes)}: resume with the run's own data "
+                            "(leave data.root out), or start a new run")
+
+
 def _warn_schedule(schedule: Schedule, max_epochs: int) -> None:
-    change = schedule.last_change_epoch()
+    change = schedule.last_change_epoch()  # counted from 0
     if schedule.name in ("freeze_unfreeze", "gradual") and change >= max_epochs:
-        log.warning("finetune.%s: the schedule needs %d epochs to unfreeze everything but trainer.max_epochs=%d;"
-                    " the lower layers stay frozen for part or all of the run (raise trainer.max_epochs or lower "
-                    "finetune.unfreeze_at_epoch / finetune.every_n_epochs)", schedule.name, change, max_epochs)
+        log.warning("finetune.%s: everything is unfrozen from epoch %d (counted from 0), so the schedule needs %d "
+                    "epochs, but trainer.max_epochs=%d; the lower layers stay frozen for part or all of the run "
+                    "(raise trainer.max_epochs or lower finetune.unfreeze_at_epoch / finetune.every_n_epochs)",
+                    schedule.name, change, change + 1, max_epochs)
 
 
 @rank_zero_only
