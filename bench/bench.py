@@ -10,8 +10,9 @@ Cases (images/s, steady state, first steps and one-time caches excluded):
   plain_jpeg_loop              ImageFolder + PIL + RandomResizedCrop loader into that loop
   vggtune_full_jpeg            `vggtune train` (finetune=full) from the JPEG folder
   vggtune_frozen_jpeg          `vggtune train` (linear_probe, fc6/fc7 train) from the JPEG folder
-  step time                    per-step time of vggtune's Lightning loop vs the plain loop, same batch,
-                               no loader processes beside either (meaningful on a CPU)
+  step time                    per-step time of vggtune's Lightning loop (logger, LR monitor and progress
+                               bar on) vs the plain loop, same batch, no loader processes beside either
+                               (CPU only: a GPU step is asynchronous)
   cached features              epoch time of a linear probe recomputing the backbone vs reading its cache
 On a GPU both sides use bf16 autocast, channels_last, cudnn.benchmark and TF32 matmuls.
 """
@@ -172,20 +173,25 @@ def jpeg_loader(args, root):
         yield from dl
 
 
-def vggtune_run(args, root, work, name, *overrides, batches: int | None = None) -> StepTimer:
-    """`vggtune train` in this process (Hydra's compose API), timed by a StepTimer callback."""
+def vggtune_run(args, root, work, name, *overrides, batches: int | None = None, logged: bool = False) -> StepTimer:
+    """`vggtune train` in this process (Hydra's compose API), timed by a StepTimer callback.
+
+    Checkpoints are off (they are written at epoch ends, outside the timed steps, 0.5-1.5 GB each);
+    ``logged=True`` keeps the rest of a default run: TensorBoard logger and its callbacks, LR monitor,
+    progress bar."""
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     limit = ([f"+trainer.limit_train_batches={batches or args.warmup + args.steps}", "trainer.max_epochs=1"]
              if batches != 0 else [])
+    quiet = [] if logged else ["trainer.enable_progress_bar=false", "~logger", "callbacks.lr_monitor=null"]
     with initialize_config_module("vggtune.conf", version_base="1.3"):
         cfg = compose("train", overrides=[
             f"data.root={root}", f"model={args.arch}", "model.weights=none", f"model.compile={args.compile}",
             f"data.image_size={args.size}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
             "data.val_split=0.05", "data.test_split=0", f"data.cache_dir={work / 'cache'}",
-            f"trainer.accelerator={accelerator}", "trainer.enable_progress_bar=false", "~logger",
-            "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null",
-            "trainer.enable_checkpointing=false", "trainer.num_sanity_val_steps=0", "+trainer.limit_val_batches=1",
-            f"paths.run_dir={work / name}", "test_after_fit=false", *limit, *overrides])
+            f"trainer.accelerator={accelerator}", *quiet, "callbacks.best_checkpoint=null",
+            "callbacks.last_checkpoint=null", "trainer.enable_checkpointing=false", "trainer.num_sanity_val_steps=0",
+            "+trainer.limit_val_batches=1", f"paths.run_dir={work / name}", "test_after_fit=false", *limit,
+            *overrides])
     with open_dict(cfg):
         cfg.callbacks["timer"] = {"_target_": "__main__.StepTimer", "skip": args.warmup}
     train(cfg)
@@ -228,8 +234,8 @@ def main() -> None:
     plain, ours = [], []
     for i in range(args.repeats if args.device == "cpu" else 0):  # a GPU step is asynchronous
         plain.append(plain_loop(args, synthetic(args))[1])
-        ours.append(vggtune_run(args, root, work, f"step{i}", "finetune=full", "optim=sgd",
-                                "data.num_workers=0").step_seconds())
+        ours.append(vggtune_run(args, root, work, f"step{i}", "finetune=full", "optim=sgd", "data.num_workers=0",
+                                logged=True).step_seconds())
     if plain:
         R["step_seconds_plain"], R["step_seconds_vggtune"] = float(np.median(plain)), float(np.median(ours))
     R["vggtune_frozen_jpeg"] = vggtune_run(args, root, work, "frozen", "finetune=linear_probe",
