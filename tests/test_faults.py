@@ -105,6 +105,11 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, da
     assert f"resume={run}" in out
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
     assert saved["state_dict"] and saved["global_step"] < 20 * 3  # stopped, not finished
+    if sig == signal.SIGTERM:  # resumed to the end, the spent interrupted.ckpt goes
+        proc = run_cli("train", f"resume={run}", f"trainer.max_epochs={saved['epoch'] + 2}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert not (run / "checkpoints" / "interrupted.ckpt").exists()
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):

@@ -18,7 +18,7 @@ from vggtune.checkpoint import AtomicCheckpointIO, read_checkpoint
 from vggtune.datamodule import ClassFolderDataModule
 from vggtune.errors import UserError
 from vggtune.features import weights_identity
-from vggtune.faults import SaveOnInterrupt, StopOnNonFiniteLoss
+from vggtune.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
 from vggtune.finetune import FreezeSchedule, Schedule
 from vggtune.module import VGGClassifier
 from vggtune.preflight import check_train
@@ -53,6 +53,8 @@ def train(cfg: DictConfig) -> dict:
         commit_run_config(run_dir)  # a resumed run goes on with the overrides it was given now
 
     _fit(trainer, module, datamodule, cfg.ckpt_path)
+    if trainer.is_global_zero:
+        _drop_stale_interrupted(run_dir)
     summary = _summarize_fit(trainer, cfg, split, run_dir)
     best = summary["best_checkpoint"]
     if cfg.test_after_fit and "test" in split.subsets and best:
@@ -162,6 +164,14 @@ def _uses_gpu(cfg: DictConfig) -> bool:
 
 def _plain(node) -> dict | None:
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def _drop_stale_interrupted(run_dir: Path) -> None:
+    """After a run finished, an ``interrupted.ckpt`` older than ``last.ckpt`` is a spent state (up to 1.5 GB)."""
+    interrupted, last = run_dir / "checkpoints" / INTERRUPTED_CKPT, run_dir / "checkpoints" / "last.ckpt"
+    if interrupted.is_file() and last.is_file() and last.stat().st_mtime >= interrupted.stat().st_mtime:
+        interrupted.unlink()
+        log.info("Removed %s: the run went on past it (last.ckpt is newer)", interrupted)
 
 
 def _check_against_data(cfg: DictConfig, classes: list[str]) -> None:
