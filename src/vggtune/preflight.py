@@ -155,7 +155,8 @@ def check_resume_checkpoint(path: Path, arch: str) -> None:
     """``ckpt_path`` must be a full training state written by ``vggtune train`` for the same model."""
     from vggtune.checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(path, "ckpt_path", "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>")
+    fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
+    ckpt = read_checkpoint(path, "ckpt_path", fix)
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise UserError(f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
                         f"resume: pass ckpt_path={path.parent / 'last.ckpt'}, or resume=<run folder>")

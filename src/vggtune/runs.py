@@ -22,12 +22,11 @@ log = logging.getLogger(__name__)
 RESUME_BACKUP = ".hydra.before-resume"
 
 
-def back_up_run_config(run_dir: Path) -> Path:
-    """Keep ``run_dir/.hydra`` aside before a resume; the folder whose overrides.yaml holds the run's own."""
+def back_up_run_config(run_dir: Path) -> None:
+    """Keep ``run_dir/.hydra`` aside before a resume (see :data:`RESUME_BACKUP`)."""
     hydra_dir, backup = run_dir / ".hydra", run_dir / RESUME_BACKUP
     if hydra_dir.is_dir() and not backup.exists():  # an existing backup is older, from a resume that never ran
         shutil.copytree(hydra_dir, backup)
-    return backup if backup.is_dir() else hydra_dir
 
 
 def restore_run_config(run_dir: Path) -> None:

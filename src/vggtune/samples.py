@@ -35,7 +35,8 @@ class SeededDataset(Dataset):
             return
         sample_seed = (self.seed * 1_000_003 + int(self._epoch) * 65_537 + index) % 2**63
         # The CPU generator only, where the transforms draw: torch.manual_seed would also queue a
-        # seeding of every accelerator's generators, recording a stack trace each time (0.2-0.3 ms per image on a CPU core here).
+        # seeding of every accelerator's generators, recording a stack trace each time (0.2-0.3 ms
+        # per image on a CPU core here).
         if get_worker_info() is not None:  # a worker process owns its RNG
             torch.default_generator.manual_seed(sample_seed)
             yield
