@@ -127,6 +127,7 @@ def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny
     ("optim.lr=-1", ("optim.lr", "positive")),
     ("monitor=val/accuracy", ("did you mean monitor=val/acc?", "val/loss")),
     ("scheduler.warmup_fraction=2", ("scheduler.warmup_fraction", "below 1")),
+    ("monitor=val/acc_top5", ("needs at least 5 classes", "has 3")),  # found once the data is read
 ])
 def test_values_that_would_fail_after_training_started_are_refused_first(work, tiny_data, override, needles):
     assert_one_line_error(_train(work, f"data.root={tiny_data}", override), *needles)

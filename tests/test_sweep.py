@@ -112,3 +112,19 @@ def test_failed_jobs_are_in_the_summary_with_their_reason_and_the_sweep_exits_no
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors[-1].startswith("error: 2 of 2 sweep jobs failed") and "summary.csv" in errors[-1], errors
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unexpected_error_in_one_job_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
+    import vggtune.tasks.train
+
+    def broken(cfg):
+        raise RuntimeError(f"boom in {cfg.optim.lr}")
+    monkeypatch.setattr(vggtune.tasks.train, "run", broken)
+    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=0.1,0.01", cwd=tmp_path)
+    sweep = _sweep_dir(tmp_path)
+    rows = {r["job"]: r for r in _summary(sweep)}
+    assert set(rows) == {"0", "1"}, "the first job's error must not end the sweep"
+    assert rows["0"]["error"].startswith("RuntimeError: boom in 0.1")
+    assert rows["1"]["error"].startswith("RuntimeError: boom in 0.01")
+    assert "Traceback" in (sweep / "0" / "train.log").read_text()  # the traceback is kept in the job's log
+    assert proc.returncode == 2
