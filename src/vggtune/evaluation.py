@@ -138,7 +138,9 @@ def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: lis
     overall = classification_metrics(n, prefix="")
     per_class = MetricCollection({"precision": MulticlassPrecision(n, average="none"),
                                   "recall": MulticlassRecall(n, average="none"),
-                                  "f1": MulticlassF1Score(n, average="none")})
+                                  "f1": MulticlassF1Score(n, average="none")},
+                                 # one group on purpose: the same per-class stat scores, not merged by chance
+                                 compute_groups=[["precision", "recall", "f1"]])
     confusion = MulticlassConfusionMatrix(n)
     for metric in (overall, per_class, confusion):
         metric.update(probs, targets)
