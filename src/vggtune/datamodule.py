@@ -49,6 +49,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
         self._on_device_transform = False
         self.datasets: dict[str, Dataset] = {}
+        self._first_epoch = 0  # the epoch a resumed run starts in (load_state_dict)
 
     @cached_property
     def split(self) -> DataSplit:
@@ -110,10 +111,23 @@ class ClassFolderDataModule(pl.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        # Lightning creates the iterator before it sets the sampler's epoch, and a resumed run keeps that
+        # iterator, whose workers have already drawn their first indices: the first resumed epoch
+        # replayed epoch 0's order (lightning #21938, fix PR #21941 open). Set the epoch it will set.
+        sampler.set_epoch(self._first_epoch)
         # A private generator: creating the iterator must not draw from the global RNG (dropout's).
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
+
+    def state_dict(self) -> dict:
+        """The epoch that Lightning's fit loop will resume in, saved with every checkpoint."""
+        trainer = self.trainer
+        return {"epoch": trainer.fit_loop.epoch_progress.current.processed} if trainer is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restored before the loaders are built, so that the first resumed epoch draws its own order."""
+        self._first_epoch = int(state_dict.get("epoch", 0))
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, in split order."""
