@@ -218,3 +218,19 @@ def test_unfreezing_after_the_last_epoch_is_warned_about(caplog):
 def test_which_groups_train_when(name, epoch, expected):
     s = Schedule(name=name, unfreeze_at_epoch=1, every_n_epochs=2, train_fc=name == "freeze_unfreeze")
     assert s.trainable_groups(epoch) == expected
+
+
+def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_path, tiny_data):
+    # model.weights=none with the default schedule (freeze_unfreeze, lr_decay 0.5) would freeze random
+    # layers for an epoch and give block1 1/64 of the LR: the run switches to from-scratch settings.
+    from conftest import TINY, run_cli_here
+
+    args = [a for a in TINY if not a.startswith(("finetune=", "callbacks.", "trainer.log_every"))]
+    run = tmp_path / "run"
+    proc = run_cli_here("train", f"data.root={tiny_data}", *args, "test_after_fit=false", "callbacks.last_checkpoint=null",
+                        f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "model.weights=none: nothing is pretrained, so every layer trains" in (run / "train.log").read_text()
+    saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    finetune = saved["hyper_parameters"]["finetune"]
+    assert (finetune["name"], finetune["lr_decay"], finetune["bn"]) == ("full", 1.0, "train")

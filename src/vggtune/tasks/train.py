@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vggtune.callbacks import EpochSeed, ReplicaCheck
 from vggtune.checkpoint import AtomicCheckpointIO, read_checkpoint
@@ -34,6 +35,7 @@ def train(cfg: DictConfig) -> dict:
     Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
     """
     check_train(cfg)  # again: sweep jobs get here without the command line's checks
+    _from_scratch_defaults(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -64,6 +66,36 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
     return summary
+
+
+def _from_scratch_defaults(cfg: DictConfig) -> None:
+    """With ``model.weights=none`` and no ``finetune`` choice of the user's: train every layer at one LR.
+
+    The fine-tune default (freeze_unfreeze, lower layers at ``lr_decay ** depth``) would freeze
+    random layers in the first epoch and give block1 1/64 of the LR. A ``finetune`` override on
+    the command line or in an experiment is kept as given.
+    """
+    if str(cfg.model.weights).lower() != "none" or _finetune_chosen(cfg):
+        return
+    if cfg.finetune.name == "full" and cfg.finetune.lr_decay == 1 and cfg.finetune.bn == "train":
+        return
+    with open_dict(cfg):
+        cfg.finetune.name, cfg.finetune.unfreeze_at_epoch, cfg.finetune.lr_decay = "full", 0, 1.0
+        cfg.finetune.backbone_lr_ratio, cfg.finetune.bn = None, "train"
+    log.info("model.weights=none: nothing is pretrained, so every layer trains from the first step at one "
+             "learning rate (finetune=full finetune.lr_decay=1); choose finetune=... to change that")
+
+
+def _finetune_chosen(cfg: DictConfig) -> bool:
+    """Whether the command line, or the experiment it names, set anything in the finetune group."""
+    if not HydraConfig.initialized():
+        return True  # called directly with a config: take it as given
+    hydra = HydraConfig.get()
+    overrides = [o.lstrip("+~") for o in hydra.overrides.task]
+    if any(o.split("=", 1)[0].split(".", 1)[0] == "finetune" for o in overrides):
+        return True
+    return hydra.runtime.choices.get("experiment") not in (None, "null") and hydra.runtime.choices.get(
+        "finetune") != "freeze_unfreeze"
 
 
 def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -> dict:
