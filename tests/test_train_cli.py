@@ -8,7 +8,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, run_cli
+from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
 
 
 def test_run_folder_has_every_promised_file(tiny_run):
@@ -70,6 +70,21 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "arch: vgg19" in proc.stdout and "lr: 0.0003" in proc.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_tilde_in_path_valued_keys_means_the_home_folder(tmp_path):
+    # The shell does not expand ~ after key=, and Hydra's override grammar refuses it.
+    home = tmp_path / "home"
+    (home / "pictures").mkdir(parents=True)
+    proc = run_cli_here("train", "--cfg", "job", "data.root=~/pictures/flowers", "model.weights=~/w/vgg16.pth",
+                        "+data.labels=~/labels.csv", cwd=tmp_path, env={"HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    for line in (f"root: {home}/pictures/flowers", f"weights: {home}/w/vgg16.pth", f"labels: {home}/labels.csv"):
+        assert line in proc.stdout
+    missing = run_cli_here("eval", "ckpt=~/runs/best.ckpt", cwd=tmp_path, env={"HOME": str(home)})
+    assert_one_line_error(missing, str(home / "runs" / "best.ckpt"))
+    training = run_cli_here("train", "data.root=~/pictures", cwd=tmp_path, env={"HOME": str(home)})
+    assert_one_line_error(training, str(home / "pictures"))  # found and read: it holds no class folders
 
 
 def test_help_lists_tasks(tmp_path):

@@ -57,8 +57,8 @@ def _compose(task: str, overrides: list[str], hydra_node: bool = False) -> DictC
 
 
 def prepare(task: str, args: list[str]) -> list[str]:
-    """Check the command line and return it with ``resume=`` expanded and the run folder fixed."""
-    args = expand_resume(task, args)
+    """Check the command line and return it with ``~`` and ``resume=`` expanded and the run folder fixed."""
+    args = expand_resume(task, [expand_home(a) for a in args])
     parsed = _parse(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return args  # these run nothing
@@ -81,6 +81,20 @@ def prepare(task: str, args: list[str]) -> list[str]:
             back_up_run_config(run_dir)  # put back by the cli if the resumed job fails before training
         return args
     return [*args, f"hydra.run.dir='{_fresh(run_dir)}'"]
+
+
+_HOME_VALUE = re.compile(r"^(?P<key>[+]{0,2}[\w./@-]+=)(?P<value>~[\w.-]*(?:/.*)?)$")
+
+
+def expand_home(arg: str) -> str:
+    """``key=~/x`` as the shell would expand it: the shell leaves ``~`` after ``key=`` alone, and
+    Hydra's override grammar refuses it (``LexerNoViableAltException``). Any path-valued key then
+    takes ``~``; a ``~`` elsewhere in a value, and Hydra's ``~key`` (delete) are left as they are."""
+    match = _HOME_VALUE.match(arg)
+    if not match:
+        return arg
+    expanded = os.path.expanduser(match["value"])
+    return arg if expanded == match["value"] else f"{match['key']}{expanded}"
 
 
 def _check_sweep(task: str, overrides: list[str]) -> list[str]:
