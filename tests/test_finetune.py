@@ -228,8 +228,9 @@ def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_
     args = [a for a in TINY if not a.startswith(("finetune=", "callbacks.", "trainer.log_every"))]
     run = tmp_path / "run"
     proc = run_cli_here("train", f"data.root={tiny_data}", *args, "test_after_fit=false", "callbacks.last_checkpoint=null",
-                        f"hydra.run.dir={run}", cwd=tmp_path)
+                        "logger=null", f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (run / "tensorboard").exists()  # logger=null, as the README's config table says
     assert "model.weights=none: nothing is pretrained, so every layer trains" in (run / "train.log").read_text()
     saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)
     finetune = saved["hyper_parameters"]["finetune"]

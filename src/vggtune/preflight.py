@@ -58,7 +58,7 @@ def _compose(task: str, overrides: list[str], hydra_node: bool = False) -> DictC
 
 def prepare(task: str, args: list[str]) -> list[str]:
     """Check the command line and return it with ``~`` and ``resume=`` expanded and the run folder fixed."""
-    args = expand_resume(task, [expand_home(a) for a in args])
+    args = expand_resume(task, [_drop_null_group(expand_home(a)) for a in args])
     parsed = _parse(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return args  # these run nothing
@@ -95,6 +95,17 @@ def expand_home(arg: str) -> str:
         return arg
     expanded = os.path.expanduser(match["value"])
     return arg if expanded == match["value"] else f"{match['key']}{expanded}"
+
+
+def _drop_null_group(arg: str) -> str:
+    """``logger=null`` (a config group set to null) as Hydra 1.3 spells it, ``~logger``: its
+    ``group=null`` fails with a ValueError traceback ("Config group override must be a string")."""
+    name, _, value = arg.partition("=")
+    return f"~{name}" if value == "null" and name in _config_groups() else arg
+
+
+def _config_groups() -> set[str]:
+    return {p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__"}
 
 
 def _check_sweep(task: str, overrides: list[str]) -> list[str]:
@@ -242,7 +253,7 @@ def _flat_items(cfg: dict, prefix: str = "") -> dict:
 
 def _check_types(task: str, overrides: list[str]) -> None:
     """An override must keep the type of a key whose default is a number or a boolean."""
-    groups = {p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__"}
+    groups = _config_groups()
     defaults = _compose(task, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups])
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group

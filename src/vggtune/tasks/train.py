@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -177,6 +177,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     if cfg.get("logger"):  # logger=null: no TensorBoard at all
         logger = instantiate(cfg.logger.tensorboard)
         callbacks += tensorboard_callbacks(cfg)
+    else:  # Lightning's LearningRateMonitor refuses a Trainer without a logger: nothing to monitor into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     kwargs = {}
     if cfg.trainer.precision == "auto":
         kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
