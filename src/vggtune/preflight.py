@@ -10,6 +10,7 @@ against its key's default, and fix a run folder that is new before Hydra creates
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import re
@@ -104,8 +105,9 @@ def _drop_null_group(arg: str) -> str:
     return f"~{name}" if value == "null" and name in _config_groups() else arg
 
 
-def _config_groups() -> set[str]:
-    return {p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__"}
+@functools.cache
+def _config_groups() -> frozenset[str]:
+    return frozenset(p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__")
 
 
 def _check_sweep(task: str, overrides: list[str]) -> list[str]:

@@ -73,11 +73,9 @@ def _from_scratch_defaults(cfg: DictConfig) -> None:
 
     The fine-tune default (freeze_unfreeze, lower layers at ``lr_decay ** depth``) would freeze
     random layers in the first epoch and give block1 1/64 of the LR. A ``finetune`` override on
-    the command line or in an experiment is kept as given.
+    the command line, or an experiment (which sets its own), is kept as given.
     """
     if str(cfg.model.weights).lower() != "none" or _finetune_chosen(cfg):
-        return
-    if cfg.finetune.name == "full" and cfg.finetune.lr_decay == 1 and cfg.finetune.bn == "train":
         return
     with open_dict(cfg):
         cfg.finetune.name, cfg.finetune.unfreeze_at_epoch, cfg.finetune.lr_decay = "full", 0, 1.0
@@ -92,10 +90,8 @@ def _finetune_chosen(cfg: DictConfig) -> bool:
         return True  # called directly with a config: take it as given
     hydra = HydraConfig.get()
     overrides = [o.lstrip("+~") for o in hydra.overrides.task]
-    if any(o.split("=", 1)[0].split(".", 1)[0] == "finetune" for o in overrides):
-        return True
-    return hydra.runtime.choices.get("experiment") not in (None, "null") and hydra.runtime.choices.get(
-        "finetune") != "freeze_unfreeze"
+    return (any(o.split("=", 1)[0].split(".", 1)[0] == "finetune" for o in overrides)
+            or hydra.runtime.choices.get("experiment") not in (None, "null"))  # an experiment is deliberate
 
 
 def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -> dict:
