@@ -26,6 +26,21 @@ TINY = ["model=vgg11", "model.weights=none", "data.image_size=32", "data.batch_s
         "finetune=full", "optim=sgd", "optim.momentum=0", "optim.nesterov=false"]
 
 
+def linear_probe_from_a_weights_file(tmp_path: Path, data: Path, *extra: str) -> tuple[dict, Path, "subprocess.CompletedProcess"]:
+    """Save a seeded random vgg11 state dict, run ``train finetune=linear_probe`` from it: (state, run folder, process)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(3)
+    state = torchvision.models.vgg11().state_dict()
+    torch.save(state, tmp_path / "vgg11-local.pth")
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", f"data.root={data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
+                   f"model.weights={tmp_path / 'vgg11-local.pth'}", "finetune=linear_probe", *extra,
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    return state, run_dir, proc
+
+
 def make_class_folders(root: Path, classes: int = 3, per_class: int = 10, size: int = 40, seed: int = 0) -> Path:
     """``classes`` folders of ``per_class`` small PNG/JPEG images of distinct shapes."""
     rng = np.random.default_rng(seed)

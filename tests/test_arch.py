@@ -111,3 +111,32 @@ def test_load_weights_with_head_keeps_the_imagenet_classifier(tmp_path):
     torch.save(state, tmp_path / "five.pth")
     with pytest.raises(UserError, match="no 1000-class ImageNet head"):
         load_weights(torchvision.models.vgg11(), "vgg11", str(tmp_path / "five.pth"), head=True)
+
+
+def test_pooled_head_keeps_the_pretrained_convs_and_replaces_pool_and_classifier(tmp_path):
+    state = _saved_vgg(tmp_path / "w.pth", arch="vgg11_bn")
+    model = build_vgg("vgg11_bn", num_classes=4, weights=str(tmp_path / "w.pth"), dropout=0.5, head="pooled")
+    got = model.state_dict()
+    convs = [k for k in state if k.startswith("features.")]
+    assert convs and all(torch.equal(got[k], state[k]) for k in convs)
+    assert not any(k.startswith("classifier.") and got.get(k) is not None and got[k].shape == state[k].shape
+                   and torch.equal(got[k], state[k]) for k in state if k in got)
+    # fastai's create_head: BN, dropout p/2, linear 1024 -> 512, ReLU, BN, dropout p, linear -> classes
+    c = model.classifier
+    assert isinstance(c[0], nn.BatchNorm1d) and c[0].num_features == 1024 and c[1].p == 0.25
+    assert (c[2].in_features, c[2].out_features) == (1024, 512) and c[5].p == 0.5
+    assert (c[6].in_features, c[6].out_features) == (512, 4)
+    x = torch.randn(3, 3, 40, 40)
+    model.eval()
+    feats = model.features(x)
+    pooled = torch.cat([feats.amax(dim=(2, 3)), feats.mean(dim=(2, 3))], 1)
+    torch.testing.assert_close(model(x), c(pooled))
+    groups = layer_groups(model)
+    assert groups["head"] is c[6] and list(groups["fc"]) == list(c[:6])
+    to_fc7, rest = split_at_fc7(model)
+    torch.testing.assert_close(rest(to_fc7(x)), model(x))
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(UserError, match="model.head must be one of vgg, pooled"):
+        build_vgg("vgg11", num_classes=3, weights="none", head="fastai")

@@ -181,3 +181,11 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_run, ti
 
     assert _hydra_files(run) == before, "a refused resume must not become part of the run's saved overrides"
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
+
+
+def test_unknown_head_lists_valid_ones(work, tiny_data):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", "model.head=mlp"), "model.head must be one of vgg, pooled")
+
+
+def test_bad_crop_scale_names_the_key(work, tiny_data):
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", "data.crop_scale=0"), "data.crop_scale")

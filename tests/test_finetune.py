@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_class_folders
+from conftest import linear_probe_from_a_weights_file, make_class_folders
 from vggtune.arch import GROUPS, layer_groups
 from vggtune.callbacks import EpochSeed
 from vggtune.checkpoint import AtomicCheckpointIO
@@ -235,3 +235,16 @@ def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_
     saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)
     finetune = saved["hyper_parameters"]["finetune"]
     assert (finetune["name"], finetune["lr_decay"], finetune["bn"]) == ("full", 1.0, "train")
+
+
+def test_pooled_head_trains_its_new_hidden_layer_even_in_a_linear_probe(tmp_path, tiny_data):
+    state, run_dir, proc = linear_probe_from_a_weights_file(tmp_path, tiny_data, "model.head=pooled", "logger=null")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "model.head=pooled: its hidden layer is new" in (run_dir / "train.log").read_text()
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert trained["model.classifier.2.weight"].shape == (512, 1024)
+    # the conv layers are the file's, untouched by the probe
+    assert all(torch.equal(trained[f"model.{k}"], v) for k, v in state.items() if k.startswith("features."))
+    # the hidden layer's BatchNorms ran in training mode (a frozen group's stay in eval mode, stats unmoved)
+    for bn, width in (("0", 1024), ("4", 512)):
+        assert not torch.equal(trained[f"model.classifier.{bn}.running_mean"], torch.zeros(width))

@@ -8,7 +8,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
+from conftest import TINY, assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here
 
 
 def test_run_folder_has_every_promised_file(tiny_run):
@@ -93,15 +93,7 @@ def test_help_lists_tasks(tmp_path):
 
 
 def test_training_from_a_local_weights_file_starts_from_its_tensors(tmp_path, tiny_data):
-    torch.manual_seed(3)
-    import torchvision
-
-    state = torchvision.models.vgg11().state_dict()
-    torch.save(state, tmp_path / "vgg11-local.pth")
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", f"data.root={tiny_data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
-                   f"model.weights={tmp_path / 'vgg11-local.pth'}", "finetune=linear_probe",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    state, run_dir, proc = linear_probe_from_a_weights_file(tmp_path, tiny_data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     # With a linear probe the backbone never changes, so the checkpoint shows what was loaded.

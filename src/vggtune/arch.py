@@ -26,7 +26,8 @@ GROUPS = ("head", "fc", "block5", "block4", "block3", "block2", "block1")
 BLOCKS = ("block1", "block2", "block3", "block4", "block5")  # the conv blocks, input side first
 
 _CONV_LAYERS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
-_FEATURE_DIM = 4096  # fc7 output, the input of the head
+# vgg: VGG's own fc6/fc7 (pretrained) and a new last layer | pooled: fastai's head, all new.
+HEADS = ("vgg", "pooled")
 
 
 def check_arch(arch: str) -> str:
@@ -72,17 +73,51 @@ def preprocessing(arch: str, image_size: int | None = None) -> Preprocessing:
     return Preprocessing(crop, resize, tuple(t.mean), tuple(t.std))
 
 
-def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5) -> nn.Module:
-    """torchvision's VGG with pretrained weights loaded and the last linear layer sized to ``num_classes``.
+def check_head(head: str) -> str:
+    """Return ``head`` if it names a head design, else raise a UserError listing them."""
+    if head not in HEADS:
+        raise UserError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
+    return head
+
+
+class ConcatPool(nn.Module):
+    """Global max and average pooling side by side (fastai's ``AdaptiveConcatPool2d``): 2 x C values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
+
+
+def pooled_classifier(num_classes: int, dropout: float = 0.5, channels: int = 512, hidden: int = 512) -> nn.Sequential:
+    """fastai's ``create_head`` for VGG's 512 channels, laid out as VGG's classifier: ``[6]`` is the last layer.
+
+    BatchNorm, dropout/2, linear to ``hidden``, ReLU, BatchNorm, dropout, linear to the classes, on
+    the concatenated max and average pool of the last conv block (:class:`ConcatPool`). So
+    ``classifier[:6]`` is the "fc" layer group (new here, so it always trains) and ``classifier[:5]``
+    ends at the embedding, as with VGG's own head.
+    """
+    return nn.Sequential(nn.BatchNorm1d(2 * channels), nn.Dropout(dropout / 2), nn.Linear(2 * channels, hidden),
+                         nn.ReLU(inplace=True), nn.BatchNorm1d(hidden), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+
+
+def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5,
+              head: str = "vgg") -> nn.Module:
+    """torchvision's VGG with pretrained weights loaded and a head for ``num_classes``.
 
     ``weights`` is ``imagenet`` (torchvision's weights API and cache), ``none`` (random
-    init) or the path of a state-dict file in torchvision's key layout.
+    init) or the path of a state-dict file in torchvision's key layout. ``head="vgg"`` keeps the
+    pretrained fc6/fc7 and replaces the last linear layer; ``head="pooled"`` replaces the average
+    pool and the whole classifier with :func:`pooled_classifier` (the conv layers stay pretrained).
     """
     # torchvision refuses weights together with num_classes != 1000: build the ImageNet shape,
     # load, then swap the head.
     model = torchvision.models.get_model(check_arch(arch), weights=None, dropout=dropout)
     load_weights(model, arch, weights)
-    reset_classifier(model, num_classes)
+    if check_head(head) == "pooled":
+        model.avgpool = ConcatPool()
+        model.classifier = pooled_classifier(num_classes, dropout)
+    else:
+        reset_classifier(model, num_classes)
     return model
 
 
@@ -110,7 +145,7 @@ def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: b
 
 def reset_classifier(model: nn.Module, num_classes: int) -> None:
     """Replace the head (``classifier[6]``) with a fresh linear layer of ``num_classes`` outputs."""
-    model.classifier[6] = nn.Linear(_FEATURE_DIM, num_classes)
+    model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
 
 
 def layer_groups(model: nn.Module) -> dict[str, nn.Module]:

@@ -23,6 +23,7 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "lr_find": ("vggtune.tasks.lr_find", "learning-rate range test on the run train would make; suggests optim.lr"),
     "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
     "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
     "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
@@ -41,6 +42,7 @@ Examples:
   vggtune train data.root=~/pictures/flowers     # one folder per class
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
+  vggtune lr_find data.root=DIR                  # plot loss vs LR, suggest optim.lr
   vggtune train --help                           # config groups and keys
   vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
   vggtune predict ckpt=... input=~/pictures/unsorted output=predictions.csv top_k=3

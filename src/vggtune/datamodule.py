@@ -11,13 +11,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggtune.arch import Preprocessing, preprocessing
+from vggtune.arch import ConcatPool, Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
 from vggtune.errors import UserError
 from vggtune.features import cache_key, cached_datasets, frozen_trunk
 from vggtune.image_cache import CachedImageDataset, build_cache, device_transform
 from vggtune.samples import EpochSampler, ImageListDataset
-from vggtune.transforms import eval_transform, train_transform
+from vggtune.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  image_size: int | None = None, batch_size: int = 32, num_workers: int | str = "auto",
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
                  on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
-                 cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune"):
+                 cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune",
+                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
@@ -44,7 +45,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
-        self.train_transform = train_transform(self.preprocessing, augment)
+        self.crop_scale, self.flip = crop_scale, flip
+        self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
         self._on_device_transform = False
@@ -71,7 +73,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
                             device: torch.device) -> None:
         """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
         images = {s: ImageListDataset(items, self.eval_transform) for s, items in self.split.subsets.items()}
-        key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets)
+        head = "pooled" if isinstance(model.avgpool, ConcatPool) else "vgg"
+        key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
         trunk, _ = frozen_trunk(model, train_fc)
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
 
@@ -85,7 +88,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
             path = build_cache([p for p, _ in items], self.preprocessing, self.cache_dir, max(1, self.num_workers))
             train = subset == "train" and self.augment == "light"
             self.datasets[subset] = CachedImageDataset(path, [label for _, label in items], size, train,
-                                                       seed=self.seed if train else None)
+                                                       seed=self.seed if train else None,
+                                                       crop_scale=self.crop_scale, flip=self.flip)
         self._on_device_transform = True
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -52,12 +52,14 @@ def weights_identity(weights: str, seed: int) -> str:
 
 
 def cache_key(arch: str, weights: str, prep: Preprocessing, train_fc: bool,
-              subsets: dict[str, list[tuple[Path, int]]]) -> str:
+              subsets: dict[str, list[tuple[Path, int]]], head: str = "vgg") -> str:
     """A hash of everything the cached outputs depend on."""
     files = {s: [(str(p), int(label), *_file_stamp(p)) for p, label in items] for s, items in subsets.items()}
     identity = {"format": CACHE_FORMAT, "arch": arch, "weights": weights, "prep": prep.to_dict(),
                 "trunk_ends_after": "conv" if train_fc else "fc7", "files": files,
                 "torch": torch.__version__.split("+")[0]}
+    if head != "vgg":  # the trunk's pooling differs (keys of earlier caches stay as they were)
+        identity["head"] = head
     if weights == "imagenet":
         identity["weights_url"] = imagenet_weights(arch).url
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]

@@ -33,10 +33,10 @@ from vggtune.arch import Preprocessing
 from vggtune.files import atomic_open
 from vggtune.images import load_rgb
 from vggtune.samples import SeededDataset
+from vggtune.transforms import DEFAULT_CROP_SCALE
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-LIGHT_SCALE = (0.35, 1.0)  # the same crop range as transforms.train_transform(augment="light")
 RATIO = (3 / 4, 4 / 3)
 
 
@@ -71,9 +71,11 @@ def build_cache(paths: list[Path], prep: Preprocessing, cache_dir: str | Path, w
 class CachedImageDataset(SeededDataset):
     """Items of a cache file: (uint8 HWC square, label, crop box x1 y1 x2 y2, flip)."""
 
-    def __init__(self, path: Path, labels: list[int], size: int, train: bool, seed: int | None = None):
+    def __init__(self, path: Path, labels: list[int], size: int, train: bool, seed: int | None = None,
+                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True):
         super().__init__(seed)
         self.path, self.labels, self.size, self.train = path, labels, size, train
+        self.scale, self.flip = (crop_scale, 1.0), flip  # as transforms.train_transform(augment="light")
         self._array: np.memmap | None = None  # opened lazily, in each worker
 
     def __len__(self) -> int:
@@ -87,8 +89,8 @@ class CachedImageDataset(SeededDataset):
         box, flip = torch.tensor([0.0, 0.0, self.size, self.size]), False
         if self.train:
             with self.seeded(index):
-                top, left, h, w = T.RandomResizedCrop.get_params(image.permute(2, 0, 1), LIGHT_SCALE, RATIO)
-                flip = bool(torch.rand(()) < 0.5)
+                top, left, h, w = T.RandomResizedCrop.get_params(image.permute(2, 0, 1), self.scale, RATIO)
+                flip = bool(torch.rand(()) < 0.5) and self.flip
             box = torch.tensor([left, top, left + w, top + h], dtype=torch.float32)
         return image, self.labels[index], box, flip
 

@@ -45,12 +45,13 @@ class VGGClassifier(pl.LightningModule):
 
     def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
                  preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
-                 finetune: dict | None = None, channels_last: bool = False, compile: bool = False):
+                 finetune: dict | None = None, channels_last: bool = False, compile: bool = False,
+                 head: str = "vgg"):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.schedule = Schedule(**(finetune or {}))
-        self.model = build_vgg(arch, len(self.class_names), weights, dropout)
+        self.model = build_vgg(arch, len(self.class_names), weights, dropout, head)
         self.frozen_eval: list[torch.nn.Module] = []  # BatchNorm/Dropout of frozen groups (finetune.py)
         self.channels_last = channels_last
         if channels_last:

@@ -25,6 +25,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vggtune.arch import check_head
 from vggtune.dataset import MISSING_ROOT
 from vggtune.errors import UserError
 from vggtune.runs import RESUME_BACKUP, back_up_run_config
@@ -73,7 +74,7 @@ def prepare(task: str, args: list[str]) -> list[str]:
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
     _check_missing(cfg, task)
-    if task == "train":
+    if task in ("train", "lr_find"):
         check_train(cfg)
     run_dir, explicit = _run_dir(cfg, parsed.overrides)
     if explicit:
@@ -169,6 +170,7 @@ def check_train(cfg: DictConfig) -> None:
     if warmup is not None and (not _is_number(warmup) or not 0 <= warmup < 1):
         raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
                         f"to below 1, got {warmup!r}")
+    check_head(str(cfg.model.get("head", "vgg")))
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
 

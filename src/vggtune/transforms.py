@@ -9,6 +9,7 @@ from vggtune.arch import Preprocessing
 from vggtune.errors import UserError
 
 AUGMENT_LEVELS = ("none", "light", "strong")
+DEFAULT_CROP_SCALE = 0.35
 
 
 def _to_normalized_tensor(prep: Preprocessing) -> list:
@@ -21,20 +22,32 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
                        *_to_normalized_tensor(prep)])
 
 
-def train_transform(prep: Preprocessing, augment: str = "light") -> v2.Compose:
-    """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
-
-    ``light`` is a random resized crop keeping at least a third of the image, plus a flip;
-    ``strong`` adds the full crop range, TrivialAugment and random erasing (for small data
-    sets trained long).
-    """
+def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True) -> None:
+    """Raise a UserError naming the key for a bad augmentation setting."""
     if augment not in AUGMENT_LEVELS:
         raise UserError(f"data.augment must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}")
+    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not 0 < crop_scale <= 1:
+        raise UserError(f"data.crop_scale is the smallest share of the image a training crop keeps: a number in "
+                        f"(0, 1], e.g. data.crop_scale=0.35, got {crop_scale!r}")
+    if not isinstance(flip, bool):
+        raise UserError(f"data.flip must be true or false, got {flip!r}")
+
+
+def train_transform(prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE,
+                    flip: bool = True) -> v2.Compose:
+    """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
+
+    ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, plus a
+    mirror flip unless ``flip=False`` (text, digits: anything a mirror changes); ``strong`` adds the
+    full crop range, TrivialAugment and random erasing (for small data sets trained long).
+    """
+    check_augment(augment, crop_scale, flip)
     if augment == "none":
         return eval_transform(prep)
     size = prep.image_size
+    flips = [v2.RandomHorizontalFlip()] if flip else []
     if augment == "light":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-                           v2.RandomHorizontalFlip(), *_to_normalized_tensor(prep)])
-    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True), *flips,
+                           *_to_normalized_tensor(prep)])
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), *flips,
                        v2.TrivialAugmentWide(), *_to_normalized_tensor(prep), v2.RandomErasing(p=0.25)])

@@ -28,7 +28,7 @@ MB = 1e6  # torchinfo reports decimal megabytes; so do we, so that the numbers a
 
 
 def summarize(arch: str, num_classes: int = 1000, image_size: int | None = None,
-              finetune: dict | None = None) -> tuple[str, dict]:
+              finetune: dict | None = None, head: str = "vgg") -> tuple[str, dict]:
     """The summary of ``arch`` as printable text and as plain numbers (what ``summary.json`` holds).
 
     Trainable and frozen counts are those of epoch 0 of the finetune schedule, set by the same
@@ -39,7 +39,7 @@ def summarize(arch: str, num_classes: int = 1000, image_size: int | None = None,
     size = preprocessing(arch, image_size).image_size
     schedule = Schedule(**(finetune or {}))
     module = VGGClassifier(arch, [f"class{i}" for i in range(num_classes)], weights="none",
-                           finetune=schedule.to_dict())
+                           finetune=schedule.to_dict(), head=head)
     apply_schedule(module, schedule, 0)
     stats = torchinfo.summary(module.model, input_size=(1, 3, size, size), device="cpu", verbose=0, depth=2,
                               col_names=("output_size", "num_params", "trainable"), row_settings=("var_names",),
@@ -102,7 +102,8 @@ def _describe(n: dict, schedule: Schedule) -> str:
 def run(cfg: DictConfig) -> dict:
     """The ``vggtune summary`` task: print the summary and write it to the run folder."""
     finetune = OmegaConf.to_container(cfg.finetune, resolve=True)
-    text, numbers = summarize(cfg.model.arch, cfg.model.num_classes, cfg.data.image_size, finetune)
+    text, numbers = summarize(cfg.model.arch, cfg.model.num_classes, cfg.data.image_size, finetune,
+                              str(cfg.model.get("head", "vgg")))
     run_dir = Path(cfg.paths.run_dir)
     with atomic_open(run_dir / "summary.txt", "w", encoding="utf-8") as f:
         f.write(text + "\n")

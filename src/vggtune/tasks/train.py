@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict:
     """
     check_train(cfg)  # again: sweep jobs get here without the command line's checks
     _from_scratch_defaults(cfg)
+    _new_head_trains(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -66,6 +67,14 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
     return summary
+
+
+def _new_head_trains(cfg: DictConfig) -> None:
+    """``model.head=pooled`` has no pretrained layers above the conv blocks: its "fc" group always trains."""
+    if cfg.model.get("head", "vgg") == "pooled" and not cfg.finetune.train_fc:
+        log.info("model.head=pooled: its hidden layer is new, so it trains with the head (finetune.train_fc=true)")
+        with open_dict(cfg):
+            cfg.finetune.train_fc = True
 
 
 def _from_scratch_defaults(cfg: DictConfig) -> None:
@@ -161,7 +170,8 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -
     return VGGClassifier(
         arch=model.arch, class_names=list(class_names), weights=str(model.weights), dropout=float(model.dropout),
         preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
-        finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile))
+        finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile),
+        head=str(model.get("head", "vgg")))
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
