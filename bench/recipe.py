@@ -85,10 +85,45 @@ def vggtune_run(data: Path, weights: Path, arch: str, size: int, epochs: int, se
     return {"acc": float(summary["metrics"]["val/acc"]), "fit_s": time.perf_counter() - t0}
 
 
+def command_run(spec: str, data: Path, weights: Path, args, seed: int) -> dict:
+    """The whole command's wall time in a fresh process (start, imports, fit, what it writes), and its accuracy.
+
+    fastai: this script's ``--fastai-once`` (import + ``fine_tune`` + validate). vggtune: the
+    ``vggtune train`` command as a user types it, with its defaults (checkpoints, TensorBoard,
+    figures) unless the spec overrides them; the run folder is deleted afterwards.
+    """
+    import shutil
+    import subprocess
+
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        common = [str(data), str(weights), args.arch, str(args.size), str(args.epochs), str(seed)]
+        if spec.startswith("fastai"):
+            cmd = [sys.executable, __file__, "--fastai-once", *common, "aug" if spec == "fastai-aug" else "noaug"]
+        else:
+            overrides = [o for o in spec.partition(":")[2].split(",") if o]
+            cmd = [str(Path(sys.executable).with_name("vggtune")), "train", f"data.root={data}", f"model={args.arch}",
+                   f"model.weights={weights}", f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}",
+                   f"seed={seed}", f"hydra.run.dir={tmp}/run", f"data.cache_dir={WORK / 'cache'}", *overrides]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        if spec.startswith("fastai"):
+            acc = float(proc.stdout.strip().splitlines()[-1])
+        else:
+            acc = float(json.loads((Path(tmp) / "run" / "metrics.json").read_text())["metrics"]["val/acc"])
+        kept = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"acc": acc, "fit_s": wall, "kept_mb": kept / 1e6}
+
+
 def run_one(spec: str, task: str, args, seed: int) -> dict:
     source, target = transfer.TASKS[task]
     weights = transfer.pretrain(WORK, source, args.arch, args.size)
     data = transfer.write_split(WORK / f"data-{target}-{args.train}x{args.val}", target, args.train, args.val)
+    if args.command:
+        return command_run(spec, data, weights, args, seed)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if spec in ("fastai", "fastai-aug"):
@@ -99,6 +134,13 @@ def run_one(spec: str, task: str, args, seed: int) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--fastai-once"]:  # a fresh process for --command: data weights arch size epochs seed aug
+        data, weights, arch, size, epochs, seed, aug = sys.argv[2:9]
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = fastai_run(Path(data), Path(weights), arch, int(size), int(epochs), int(seed), aug == "aug")
+        print(r["acc"])
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["letters", "shapes"])
     p.add_argument("--final", action="store_true", help="the final check: scikit-learn's digits (not for tuning)")
@@ -109,6 +151,8 @@ def main() -> None:
     p.add_argument("--train", type=int, default=20, help="training images per class")
     p.add_argument("--val", type=int, default=150, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--command", action="store_true",
+                   help="time each tool's whole command in a fresh process (imports, writing its outputs)")
     p.add_argument("--out", default=None, help="write every run and the table as JSON here")
     args = p.parse_args()
     if args.final:
@@ -129,12 +173,17 @@ def main() -> None:
                 print(f"  {task} {spec} seed {seed}: acc {r['acc']:.3f} fit {r['fit_s']:.1f} s", flush=True)
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             rows.append({"task": task, "run": spec, "acc_mean": statistics.mean(accs), "acc_sd": sd,
-                         "fit_s_mean": statistics.mean(times)})
+                         "fit_s_mean": statistics.mean(times), "fit_s_sd": statistics.stdev(times) if len(times) > 1 else 0.0,
+                         "kept_mb": runs[-1].get("kept_mb")})
     print(f"\n{args.arch}, {args.size} px, {args.train} train / {args.val} val images per class, "
           f"{args.epochs} epochs, seeds {args.seeds}\n")
-    print("| task | run | val acc (mean ± sd) | fit s |\n|---|---|---:|---:|")
+    what = "whole command s" if args.command else "fit s"
+    print(f"| task | run | val acc (mean ± sd) | {what} (mean ± sd) |" + (" kept MB |" if args.command else "")
+          + "\n|---|---|---:|---:|" + ("---:|" if args.command else ""))
     for r in rows:
-        print(f"| {r['task']} | `{r['run']}` | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} | {r['fit_s_mean']:.1f} |")
+        kept = f" {r['kept_mb']:.0f} |" if args.command else ""
+        print(f"| {r['task']} | `{r['run']}` | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} | "
+              f"{r['fit_s_mean']:.1f} ± {r['fit_s_sd']:.1f} |{kept}")
     if args.out:
         meta = {"argv": sys.argv[1:], "python": platform.python_version(), "torch": torch.__version__,
                 "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}

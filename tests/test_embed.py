@@ -31,20 +31,28 @@ def embed_run(tiny_run, tiny_data, tmp_path_factory):
     return run_dir, proc
 
 
+def _head_input_width(run) -> int:
+    """What the last layer reads: 512 with the default pooled head, 4096 (fc7) with model.head=vgg."""
+    state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    return state["model.classifier.6.weight"].shape[1]
+
+
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
-def test_one_fc7_vector_and_one_csv_row_per_image(embed_run, tiny_data):
+def test_one_fc7_vector_and_one_csv_row_per_image(embed_run, tiny_run, tiny_data):
     run_dir, _ = embed_run
     vectors = np.load(run_dir / "embeddings.npy")
     rows = _rows(run_dir / "embeddings.csv")
     images = sorted(p.relative_to(tiny_data).as_posix() for p in tiny_data.rglob("*.*"))
-    assert vectors.shape == (len(images), 4096) and vectors.dtype == np.float32
+    assert vectors.shape == (len(images), _head_input_width(tiny_run)) and vectors.dtype == np.float32
     assert sorted(r["path"] for r in rows) == images
     assert all(r["class"] == r["path"].split("/")[0] for r in rows)
-    assert (vectors >= 0).all() and np.isfinite(vectors).all()  # taken after fc7's ReLU
+    assert np.isfinite(vectors).all()
+    # the default pooled head's vector is taken after its BatchNorm: both signs (fc7's, after a ReLU, is not)
+    assert (vectors < 0).any() and (vectors > 0).any()
 
 
 def test_vectors_and_predictions_are_the_checkpoints_fc7_and_argmax(embed_run, tiny_run, tiny_data):
@@ -62,7 +70,7 @@ def test_vectors_and_predictions_are_the_checkpoints_fc7_and_argmax(embed_run, t
         assert rows[k]["predicted"] == module.class_names[int(logits.argmax())]
 
 
-def test_both_maps_and_the_projector_files(embed_run):
+def test_both_maps_and_the_projector_files(embed_run, tiny_run):
     run_dir, _ = embed_run
     n = len(np.load(run_dir / "embeddings.npy"))
     for name in ("pca.png", "tsne.png"):
@@ -73,7 +81,7 @@ def test_both_maps_and_the_projector_files(embed_run):
     tensors = list(projector.rglob("tensors.tsv"))
     assert len(tensors) == 1
     lines = tensors[0].read_text().splitlines()
-    assert len(lines) == n and all(len(line.split("\t")) == 4096 for line in lines)
+    assert len(lines) == n and all(len(line.split("\t")) == _head_input_width(tiny_run) for line in lines)
     metadata = _rows(tensors[0].with_name("metadata.tsv"))
     csv_rows = _rows(run_dir / "embeddings.csv")
     assert [(m["class"], m["predicted"], m["path"]) for m in metadata] == \

@@ -26,10 +26,10 @@ def test_cli_prints_and_writes_the_counts_of_the_model(tmp_path):
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     numbers = json.loads((run_dir / "summary.json").read_text())
-    model = build_vgg("vgg11", num_classes=5, weights="none")
-    total, head = _numel(model), _numel(model.classifier[6])
+    model = build_vgg("vgg11", num_classes=5, weights="none", head="pooled")  # the default head
+    total, head = _numel(model), _numel(model.classifier)
     assert numbers["total_params"] == total
-    assert numbers["trainable_params"] == head  # a linear probe trains the new head only
+    assert numbers["trainable_params"] == head  # a linear probe trains the new head (all of the pooled one)
     assert numbers["frozen_params"] == total - head
     text = (run_dir / "summary.txt").read_text()
     for shown in (f"{total:,}", f"{head:,}", "[1, 64, 32, 32]", "[1, 5]", "Forward activations per image"):

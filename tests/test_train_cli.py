@@ -24,7 +24,7 @@ def test_best_checkpoint_loads_weights_only_and_carries_what_inference_needs(tin
     assert hp["arch"] == "vgg11"
     assert hp["preprocessing"]["image_size"] == 32
     assert len(hp["preprocessing"]["mean"]) == 3 and len(hp["preprocessing"]["std"]) == 3
-    assert ckpt["state_dict"]["model.classifier.6.weight"].shape == (3, 4096)
+    assert ckpt["state_dict"]["model.classifier.6.weight"].shape == (3, 512)  # the default pooled head's last layer
     assert ckpt["vggtune"]["format"] == 1
 
 
@@ -93,7 +93,9 @@ def test_help_lists_tasks(tmp_path):
 
 
 def test_training_from_a_local_weights_file_starts_from_its_tensors(tmp_path, tiny_data):
-    state, run_dir, proc = linear_probe_from_a_weights_file(tmp_path, tiny_data)
+    # model.head=vgg: every tensor but the last layer comes from the file (the pooled head takes the convs only,
+    # tests/test_finetune.py)
+    state, run_dir, proc = linear_probe_from_a_weights_file(tmp_path, tiny_data, "model.head=vgg")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     # With a linear probe the backbone never changes, so the checkpoint shows what was loaded.

@@ -28,7 +28,7 @@ TASKS = {
     "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
     "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
-    "embed": ("vggtune.tasks.embed", "4096-d fc7 vector of every image, 2-D maps, TensorBoard projector"),
+    "embed": ("vggtune.tasks.embed", "the vector the last layer reads, for every image; 2-D maps, TensorBoard projector"),
     "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
 }
 

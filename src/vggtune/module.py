@@ -64,6 +64,7 @@ class VGGClassifier(pl.LightningModule):
         self.val_metrics = classification_metrics(n, "val/")
         self.test_metrics = classification_metrics(n, "test/")
         self.val_acc_best = MaxMetric()
+        self._resumed_acc_best: float | None = None  # torchmetrics states are not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised image batch, or for a batch of cached backbone outputs (2-D)."""
@@ -83,6 +84,8 @@ class VGGClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check's validation
+        if self._resumed_acc_best is not None:  # a resumed run goes on from the best before the interruption
+            self.val_acc_best.update(torch.tensor(self._resumed_acc_best))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -141,3 +144,9 @@ class VGGClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Marks the file as ours, so that eval/predict/export can refuse other projects' checkpoints.
         checkpoint["vggtune"] = {"format": CHECKPOINT_FORMAT, "version": __version__}
+        best = float(self.val_acc_best.max_value)
+        if best != float("-inf"):
+            checkpoint["vggtune"]["val_acc_best"] = best
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_acc_best = (checkpoint.get("vggtune") or {}).get("val_acc_best")
