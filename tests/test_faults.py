@@ -65,8 +65,9 @@ def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(t
     # freeze_unfreeze schedule (the kill lands in epoch 1, where everything unfreezes), AdamW and
     # loader worker processes (data.num_workers=auto). Two processes with the same seed: the
     # uninterrupted run and the killed one, whose first epoch ran in another process; equal
-    # weights show both exact resume and same-seed repeatability.
-    recipe = [f"data.root={data}", "model=vgg11_bn", f"model.weights={pretrained}", "data.image_size=32",
+    # weights show both exact resume and same-seed repeatability. data.augment=light: the per-image
+    # augmentation seeds must resume too (the default is none).
+    recipe = [f"data.root={data}", "model=vgg11_bn", f"model.weights={pretrained}", "data.image_size=32", "data.augment=light",
               "data.batch_size=4", "trainer=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
               "trainer.deterministic=true", "data.test_split=0", "seed=7",
               "callbacks.best_checkpoint=null", "logger.images_every_n_epochs=0"]  # only last.ckpt is written
