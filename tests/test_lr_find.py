@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TINY, assert_one_line_error, run_cli
 
 
@@ -25,6 +27,9 @@ def test_lr_find_sweeps_the_range_writes_the_plot_and_prints_the_train_command(t
     assert not list(run_dir.glob("*.ckpt")) and not list(run_dir.glob(".lr_find*"))
 
 
-def test_a_bad_range_is_refused_in_one_line(tmp_path, tiny_data):
-    proc = run_cli("lr_find", f"data.root={tiny_data}", *TINY, "lr_find.min_lr=1", "lr_find.max_lr=0.1", cwd=tmp_path)
-    assert_one_line_error(proc, "lr_find.min_lr must be above 0 and below lr_find.max_lr")
+@pytest.mark.parametrize("bad, needle", [(["lr_find.min_lr=1", "lr_find.max_lr=0.1"], "lr_find.min_lr must be above 0"),
+                                         (["lr_find.num_training=2"], "lr_find.num_training must be a whole number")])
+def test_a_bad_range_is_refused_in_one_line_before_a_run_folder_is_made(tmp_path, tiny_data, bad, needle):
+    proc = run_cli("lr_find", f"data.root={tiny_data}", *TINY, *bad, cwd=tmp_path)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "outputs").exists()

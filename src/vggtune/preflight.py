@@ -76,6 +76,8 @@ def prepare(task: str, args: list[str]) -> list[str]:
     _check_missing(cfg, task)
     if task in ("train", "lr_find"):
         check_train(cfg)
+    if task == "lr_find":
+        check_lr_find(cfg)
     run_dir, explicit = _run_dir(cfg, parsed.overrides)
     if explicit:
         check_run_dir(run_dir, cfg.get("ckpt_path"))
@@ -173,6 +175,15 @@ def check_train(cfg: DictConfig) -> None:
     check_head(str(cfg.model.get("head", "vgg")))
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
+
+
+def check_lr_find(cfg: DictConfig) -> None:
+    """The range test's own keys (before a run folder is made)."""
+    opts = cfg.lr_find
+    if not (_is_number(opts.min_lr) and _is_number(opts.max_lr) and 0 < opts.min_lr < opts.max_lr):
+        raise UserError(f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {opts.min_lr} and {opts.max_lr}")
+    if not _is_number(opts.num_training, whole=True) or opts.num_training < 5:
+        raise UserError(f"lr_find.num_training must be a whole number of steps, at least 5, got {opts.num_training!r}")
 
 
 def _is_number(value, whole: bool = False) -> bool:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from vggtune.errors import UserError
 from vggtune.files import atomic_open
 from vggtune.finetune import apply_schedule
-from vggtune.preflight import check_train
+from vggtune.preflight import check_lr_find, check_train
 from vggtune.runs import report_files, write_json
 from vggtune.tasks.train import _from_scratch_defaults, _new_head_trains, build_module
 
@@ -32,11 +32,8 @@ log = logging.getLogger(__name__)
 def lr_find(cfg: DictConfig) -> dict:
     """Run the range test; write ``lr_find.png`` and ``lr_find.json`` to the run folder; return the JSON."""
     check_train(cfg)
+    check_lr_find(cfg)
     opts = cfg.lr_find
-    if not (0 < float(opts.min_lr) < float(opts.max_lr)):
-        raise UserError(f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {opts.min_lr} and {opts.max_lr}")
-    if isinstance(opts.num_training, bool) or not isinstance(opts.num_training, int) or opts.num_training < 5:
-        raise UserError(f"lr_find.num_training must be a whole number of steps, at least 5, got {opts.num_training!r}")
     _from_scratch_defaults(cfg)
     _new_head_trains(cfg)
     run_dir = Path(cfg.paths.run_dir)
