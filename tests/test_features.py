@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
 from vggtune.callbacks import EpochSeed
 from vggtune.datamodule import ClassFolderDataModule
-from vggtune.features import frozen_trunk, weights_identity
+from vggtune.features import cache_key, frozen_trunk, weights_identity
 from vggtune.finetune import FreezeSchedule
 from vggtune.module import VGGClassifier
 
@@ -89,3 +89,17 @@ def test_cached_features_need_a_backbone_frozen_for_the_whole_run(tmp_path, tiny
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.cache_features=true",
                    f"data.cache_dir={tmp_path / 'c'}", cwd=tmp_path)
     assert_one_line_error(proc, "finetune=linear_probe")
+
+
+def test_the_pooled_heads_cache_is_another_file_than_the_vgg_heads(tmp_path):
+    # Its trunk ends in max+avg pooling (1024 values), VGG's in a 7x7 average pool (25088): one file for both
+    # would feed a head the other's features.
+    from vggtune.arch import preprocessing
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    subsets = {"train": [(image, 0)]}
+    keys = {head: cache_key("vgg11", "imagenet", preprocessing("vgg11", 32), True, subsets, head)
+            for head in ("vgg", "pooled")}
+    assert keys["vgg"] != keys["pooled"]
+    assert keys["vgg"] == cache_key("vgg11", "imagenet", preprocessing("vgg11", 32), True, subsets)  # earlier caches

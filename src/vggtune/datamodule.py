@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggtune.arch import ConcatPool, Preprocessing, preprocessing
+from vggtune.arch import Preprocessing, preprocessing
 from vggtune.dataset import DataSplit, discover
 from vggtune.errors import UserError
 from vggtune.features import cache_key, cached_datasets, frozen_trunk
@@ -70,10 +70,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
         return self.split.classes
 
     def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
-                            device: torch.device) -> None:
+                            device: torch.device, head: str = "vgg") -> None:
         """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
         images = {s: ImageListDataset(items, self.eval_transform) for s, items in self.split.subsets.items()}
-        head = "pooled" if isinstance(model.avgpool, ConcatPool) else "vgg"
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
         trunk, _ = frozen_trunk(model, train_fc)
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)

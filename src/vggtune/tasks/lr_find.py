@@ -24,7 +24,7 @@ from vggtune.files import atomic_open
 from vggtune.finetune import apply_schedule
 from vggtune.preflight import check_lr_find, check_train
 from vggtune.runs import report_files, write_json
-from vggtune.tasks.train import _from_scratch_defaults, _new_head_trains, build_module
+from vggtune.tasks.train import build_module, resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ def lr_find(cfg: DictConfig) -> dict:
     check_train(cfg)
     check_lr_find(cfg)
     opts = cfg.lr_find
-    _from_scratch_defaults(cfg)
-    _new_head_trains(cfg)
+    resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, cache_images=False)

@@ -21,7 +21,7 @@ from vggtune.files import atomic_open
 from vggtune.finetune import Schedule, apply_schedule
 from vggtune.module import VGGClassifier
 from vggtune.runs import report_files, write_json
-from vggtune.tasks.train import _new_head_trains
+from vggtune.tasks.train import resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _describe(n: dict, schedule: Schedule) -> str:
 
 def run(cfg: DictConfig) -> dict:
     """The ``vggtune summary`` task: print the summary and write it to the run folder."""
-    _new_head_trains(cfg)  # as train does: the pooled head's hidden layer always trains
+    resolve_recipe(cfg)  # as train does: e.g. the pooled head's hidden layer always trains
     finetune = OmegaConf.to_container(cfg.finetune, resolve=True)
     text, numbers = summarize(cfg.model.arch, cfg.model.num_classes, cfg.data.image_size, finetune,
                               str(cfg.model.get("head", "vgg")))

@@ -35,8 +35,7 @@ def train(cfg: DictConfig) -> dict:
     Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
     """
     check_train(cfg)  # again: sweep jobs get here without the command line's checks
-    _from_scratch_defaults(cfg)
-    _new_head_trains(cfg)
+    resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -67,6 +66,12 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", summary)
         report_run(run_dir, summary)
     return summary
+
+
+def resolve_recipe(cfg: DictConfig) -> None:
+    """The defaults that follow from other keys, for every task that builds the training run."""
+    _from_scratch_defaults(cfg)
+    _new_head_trains(cfg)
 
 
 def _new_head_trains(cfg: DictConfig) -> None:
@@ -143,7 +148,7 @@ def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, modul
                     "transform, so augmentation (data.augment=%s) is off", cfg.data.augment)
     device = torch.device("cuda" if _uses_gpu(cfg) else "cpu")
     datamodule.use_cached_features(module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed),
-                                   device)
+                                   device, module.hparams.head)
 
 
 def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
