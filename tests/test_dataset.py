@@ -92,3 +92,25 @@ def test_labelled_images_keeps_every_image_unsplit_and_allows_one_class(tmp_path
     for subset in ("train", "val"):
         make_class_folders(presplit / subset, classes=2, per_class=2)
     assert set(labelled_images(presplit).subsets) == {"train", "val"}
+
+
+def test_a_last_training_batch_of_one_image_is_left_out_so_batchnorm_can_train(tmp_path):
+    """9 training images in batches of 4 would end each epoch on a batch of one, which BatchNorm cannot
+    train on ("Expected more than 1 value per channel"): the loader drops it, a different image each epoch."""
+    from vggtune.datamodule import ClassFolderDataModule
+
+    root = make_class_folders(tmp_path / "d", classes=3, per_class=4)
+    dm = ClassFolderDataModule(root, val_split=0.25, test_split=0.0, image_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 9
+    left_out = []
+    for epoch in range(4):
+        dm._first_epoch = epoch
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        sizes = [len(y) for _, y in loader]
+        assert sizes == [4, 4], sizes
+        left_out.append(list(loader.sampler)[-1])
+    assert len(set(left_out)) > 1, left_out
+    dm.batch_size = 3  # no remainder: nothing is dropped
+    assert [len(y) for _, y in dm.train_dataloader()] == [3, 3, 3]

@@ -118,9 +118,13 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # iterator, whose workers have already drawn their first indices: the first resumed epoch
         # replayed epoch 0's order (lightning #21938, fix PR #21941 open). Set the epoch it will set.
         sampler.set_epoch(self._first_epoch)
+        # A last batch of one image cannot train BatchNorm (the pooled head's, or a _bn body's at 32 px:
+        # "Expected more than 1 value per channel"), so that one image sits out the epoch; the shuffle
+        # picks another one each epoch.
+        drop_last = len(sampler) > self.batch_size and len(sampler) % self.batch_size == 1
         # A private generator: creating the iterator must not draw from the global RNG (dropout's).
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=drop_last,
                           generator=torch.Generator().manual_seed(self.seed))
 
     def state_dict(self) -> dict:

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vggtune.arch import check_head
 from vggtune.dataset import MISSING_ROOT
 from vggtune.errors import UserError
+from vggtune.progress import check_progress_options
 from vggtune.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.sweep import check_sweep_strategy, launcher_overrides
 
@@ -173,6 +174,9 @@ def check_train(cfg: DictConfig) -> None:
         raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
                         f"to below 1, got {warmup!r}")
     check_head(str(cfg.model.get("head", "vgg")))
+    bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
+    if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
+        check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
 
