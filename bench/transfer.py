@@ -60,7 +60,7 @@ def _letters(chars: str):
 
 
 def _textures():
-    from vggtune.demo_data import PATTERNS, draw_pattern
+    from vggtune.data.demo import PATTERNS, draw_pattern
 
     return (lambda cls, rng: draw_pattern(PATTERNS[cls], SOURCE_SIZE, rng)), list(PATTERNS)
 

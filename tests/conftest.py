@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vggtune.demo_data import PATTERNS, draw_pattern
+from vggtune.data.demo import PATTERNS, draw_pattern
 
 # The smallest honest training run: 32 px, vgg11 from random init, CPU, one epoch, no workers.
 # Plain SGD keeps no optimizer state, so a checkpoint is the model's 0.5 GB, not 1.5 GB with AdamW's

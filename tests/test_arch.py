@@ -7,8 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from vggtune.arch import GROUPS, build_vgg, guess_arch, layer_groups, load_weights, preprocessing, split_at_fc7
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
+from vggtune.model.arch import GROUPS, guess_arch, layer_groups, preprocessing, split_at_fc7
+from vggtune.model.weights import build_vgg, load_weights
 
 
 def _saved_vgg(path, arch="vgg11", seed=0):

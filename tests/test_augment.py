@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from conftest import make_class_folders
-from vggtune.arch import preprocessing
-from vggtune.errors import UserError
-from vggtune.image_cache import CachedImageDataset, build_cache
-from vggtune.transforms import train_transform
+from vggtune.core.errors import UserError
+from vggtune.data.image_cache import CachedImageDataset, build_cache
+from vggtune.data.transforms import train_transform
+from vggtune.model.arch import preprocessing
 
 
 def _ramp() -> Image.Image:

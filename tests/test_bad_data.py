@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
-from vggtune.scan import scan_images
+from vggtune.data.scan import scan_images
 
 BAD = {"empty.jpg", "truncated.jpg", "random.jpg", "text.png", "bomb.png", "loop.jpg", "unreadable.png"}
 ODD_BUT_VALID = {"cmyk.jpg", "deep.png", "rgba.png", "palette.gif", "tiny.png", "café_日本.jpg"}

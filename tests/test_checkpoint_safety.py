@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli, run_cli_here
-from vggtune.errors import UserError
-from vggtune.inference import load_model
+from vggtune.core.errors import UserError
+from vggtune.use.inference import load_model
 
 
 class _RunsCode:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_class_folders
-from vggtune.dataset import discover, labelled_images
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
+from vggtune.data.discovery import discover, labelled_images
 
 
 @pytest.fixture()
@@ -97,7 +97,7 @@ def test_labelled_images_keeps_every_image_unsplit_and_allows_one_class(tmp_path
 def test_a_last_training_batch_of_one_image_is_left_out_so_batchnorm_can_train(tmp_path):
     """9 training images in batches of 4 would end each epoch on a batch of one, which BatchNorm cannot
     train on ("Expected more than 1 value per channel"): the loader drops it, a different image each epoch."""
-    from vggtune.datamodule import ClassFolderDataModule
+    from vggtune.data.datamodule import ClassFolderDataModule
 
     root = make_class_folders(tmp_path / "d", classes=3, per_class=4)
     dm = ClassFolderDataModule(root, val_split=0.25, test_split=0.0, image_size=32, batch_size=4, num_workers=0)

@@ -13,11 +13,11 @@ from PIL import Image
 from sklearn.metrics import silhouette_score
 
 from conftest import assert_one_line_error, make_class_folders, run_cli, run_cli_here
-from vggtune.arch import Preprocessing
-from vggtune.checkpoint import model_from_checkpoint
-from vggtune.images import load_rgb
-from vggtune.inference import load_pretrained
-from vggtune.transforms import eval_transform
+from vggtune.data.images import load_rgb
+from vggtune.data.transforms import eval_transform
+from vggtune.model.arch import Preprocessing
+from vggtune.model.checkpoint import model_from_checkpoint
+from vggtune.use.inference import load_pretrained
 
 
 @pytest.fixture(scope="module")

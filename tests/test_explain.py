@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import assert_one_line_error, run_cli, run_cli_here
-from vggtune.arch import preprocessing
-from vggtune.gradcam import CropBox
+from vggtune.inspect.gradcam import CropBox
+from vggtune.model.arch import preprocessing
 
 WIDTH, HEIGHT = 60, 40  # not square: the heatmap must come back at the image's own size
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import TINY, make_class_folders, run_cli, vggtune_command
-from vggtune.checkpoint import AtomicCheckpointIO
-from vggtune.datamodule import ClassFolderDataModule
-from vggtune.errors import UserError
-from vggtune.faults import StopOnNonFiniteLoss
-from vggtune.module import VGGClassifier
+from vggtune.core.errors import UserError
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.model.checkpoint import AtomicCheckpointIO
+from vggtune.model.module import VGGClassifier
+from vggtune.training.faults import StopOnNonFiniteLoss
 
 # Two epochs of three steps each: the kill lands in the second.
 RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [

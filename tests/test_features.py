@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
-from vggtune.callbacks import EpochSeed
-from vggtune.datamodule import ClassFolderDataModule
-from vggtune.features import cache_key, frozen_trunk, weights_identity
-from vggtune.finetune import FreezeSchedule
-from vggtune.module import VGGClassifier
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.data.feature_cache import cache_key, weights_identity
+from vggtune.model.arch import frozen_trunk
+from vggtune.model.finetune import FreezeSchedule
+from vggtune.model.module import VGGClassifier
+from vggtune.training.callbacks import EpochSeed
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
 
@@ -70,7 +71,7 @@ def test_the_cache_is_reused_and_invalidated_when_an_input_changes(tmp_path, cap
         dm = ClassFolderDataModule(data, val_split=0.2, test_split=0.0, image_size=image_size, batch_size=2,
                                    num_workers=0, augment="none", arch=arch, cache_features=True, cache_dir=str(cache))
         model = VGGClassifier(arch, dm.class_names, weights="none").model
-        with caplog.at_level(logging.INFO, logger="vggtune.features"):
+        with caplog.at_level(logging.INFO, logger="vggtune.data.feature_cache"):
             caplog.clear()
             dm.use_cached_features(model, False, weights_identity("none", 0), torch.device("cpu"))
         return "read from the cache" in caplog.text
@@ -94,7 +95,7 @@ def test_cached_features_need_a_backbone_frozen_for_the_whole_run(tmp_path, tiny
 def test_the_pooled_heads_cache_is_another_file_than_the_vgg_heads(tmp_path):
     # Its trunk ends in max+avg pooling (1024 values), VGG's in a 7x7 average pool (25088): one file for both
     # would feed a head the other's features.
-    from vggtune.arch import preprocessing
+    from vggtune.model.arch import preprocessing
 
     image = tmp_path / "a.png"
     image.write_bytes(b"x")

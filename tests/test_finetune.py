@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from conftest import linear_probe_from_a_weights_file, make_class_folders
-from vggtune.arch import GROUPS, layer_groups
-from vggtune.callbacks import EpochSeed
-from vggtune.checkpoint import AtomicCheckpointIO
-from vggtune.datamodule import ClassFolderDataModule
-from vggtune.errors import UserError
-from vggtune.finetune import FreezeSchedule, Schedule
-from vggtune.module import VGGClassifier
+from vggtune.core.errors import UserError
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.model.arch import GROUPS, layer_groups
+from vggtune.model.checkpoint import AtomicCheckpointIO
+from vggtune.model.finetune import FreezeSchedule, Schedule
+from vggtune.model.module import VGGClassifier
 from vggtune.tasks.train import _warn_schedule
+from vggtune.training.callbacks import EpochSeed
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.01}
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.01}

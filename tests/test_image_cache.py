@@ -9,13 +9,13 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from conftest import make_class_folders
-from vggtune.arch import preprocessing
-from vggtune.datamodule import ClassFolderDataModule
-from vggtune.errors import UserError
-from vggtune.image_cache import CachedImageDataset, build_cache, device_transform
-from vggtune.images import load_rgb
-from vggtune.module import VGGClassifier
-from vggtune.transforms import eval_transform
+from vggtune.core.errors import UserError
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
+from vggtune.data.images import load_rgb
+from vggtune.data.transforms import eval_transform
+from vggtune.model.arch import preprocessing
+from vggtune.model.module import VGGClassifier
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from vggtune.images import list_images, load_rgb
+from vggtune.data.images import list_images, load_rgb
 
 
 def test_grayscale_palette_cmyk_become_rgb(tmp_path):

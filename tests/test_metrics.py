@@ -15,8 +15,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, log_loss, top_k_accuracy_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from vggtune.evaluation import compute_metrics
-from vggtune.module import VGGClassifier
+from vggtune.model.module import VGGClassifier
+from vggtune.use.evaluation import compute_metrics
 
 PER_CLASS, BATCH = 6, 4
 

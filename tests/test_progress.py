@@ -16,8 +16,8 @@ import time
 import pytest
 
 from conftest import TINY, vggtune_command
-from vggtune import progress
-from vggtune.progress import PlainProgress, TimedBar, progress_bar
+from vggtune.training import progress
+from vggtune.training.progress import PlainProgress, TimedBar, progress_bar
 
 # The tiny run, with the progress callback on (TINY turns it off for the rest of the suite).
 SHOWN = [a for a in TINY if not a.startswith(("trainer.enable_progress_bar", "trainer.max_epochs"))] + [

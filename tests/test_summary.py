@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import assert_one_line_error, run_cli, run_cli_here
-from vggtune.arch import build_vgg, layer_groups
+from vggtune.model.arch import layer_groups
+from vggtune.model.weights import build_vgg
 from vggtune.tasks.summary import summarize
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
-from vggtune.sweep import launcher_overrides
+from vggtune.training.sweep import launcher_overrides
 
 # Only the head trains: each job is a few seconds.
 SWEEP = [a for a in TINY if not a.startswith("finetune=")] + ["finetune=linear_probe"]

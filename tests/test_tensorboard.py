@@ -18,10 +18,9 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import TINY, assert_one_line_error, run_cli
-from vggtune.figures import row_normalised
-from vggtune.finetune import GROUPS
-from vggtune.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
-from vggtune.val_images import ConfusionMatrixImage, PredictionGrid
+from vggtune.model.finetune import GROUPS
+from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
+from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, row_normalised
 
 # Every scalar the README promises (the tiny run trains every group: finetune=full).
 SCALARS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/acc_best", "trainable_params",

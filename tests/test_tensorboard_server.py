@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from test_tensorboard import IMAGES, SCALARS
-from vggtune.tensorboard import HPARAM_METRICS
+from vggtune.training.tensorboard import HPARAM_METRICS
 
 RUN = "tensorboard"  # the run's name: its event folder, relative to --logdir
 # No proxy: a loopback request must never leave the machine, whatever http_proxy says.

@@ -21,11 +21,11 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 from torchvision.transforms import v2
 
 from conftest import make_class_folders, run_cli
-from vggtune import export
-from vggtune.errors import UserError
-from vggtune.evaluation import compute_metrics, images_from_folder
-from vggtune.images import load_rgb
-from vggtune.inference import load_model
+from vggtune.core.errors import UserError
+from vggtune.data.images import load_rgb
+from vggtune.use import export
+from vggtune.use.evaluation import compute_metrics, images_from_folder
+from vggtune.use.inference import load_model
 
 FAST = ["device=cpu"]
 

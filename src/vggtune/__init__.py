@@ -1,3 +1,3 @@
 """vggtune: fine-tune ImageNet-pretrained VGG networks on your own class folders."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

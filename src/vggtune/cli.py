@@ -14,9 +14,9 @@ import hydra
 from omegaconf import DictConfig
 
 from vggtune import __version__
-from vggtune.errors import UserError
-from vggtune.runs import restore_run_config
-from vggtune.sweep import SWEEP_ERROR_FILE, SweepSummary
+from vggtune.core.errors import UserError
+from vggtune.tasks.runs import restore_run_config
+from vggtune.training.sweep import SWEEP_ERROR_FILE, SweepSummary
 
 CONFIG_MODULE = "vggtune.conf"
 
@@ -195,7 +195,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Run folders are fresh (vggtune.preflight) except when resuming, where the checkpoints are the point.
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-    # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.finetune).
+    # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.model.finetune).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())

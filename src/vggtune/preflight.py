@@ -25,17 +25,15 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vggtune.arch import check_head
-from vggtune.dataset import MISSING_ROOT
-from vggtune.errors import UserError
-from vggtune.progress import check_progress_options
-from vggtune.runs import RESUME_BACKUP, back_up_run_config
-from vggtune.sweep import check_sweep_strategy, launcher_overrides
+from vggtune.core.errors import UserError
+from vggtune.data.discovery import MISSING_ROOT
+from vggtune.tasks.checks import check_lr_find, check_train
+from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
+from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
 
 log = logging.getLogger(__name__)
 CONFIG_MODULE = "vggtune.conf"
-# What `vggtune train` logs at the end of each validation (vggtune.module); val/acc_top5 with 5+ classes.
-MONITORS = ("val/acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
+# What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 5+ classes.
 # key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
@@ -151,63 +149,6 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
     if taken and not resuming:
         raise UserError(f"run folder {run_dir} already holds files; nothing was changed. Choose another "
                         f"hydra.run.dir, or continue that run with resume={run_dir}")
-
-
-def check_train(cfg: DictConfig) -> None:
-    """Values of ``vggtune train`` that would otherwise fail minutes later, or not at all."""
-    epochs = cfg.trainer.get("max_epochs")
-    if not _is_number(epochs, whole=True) or epochs < 1:
-        raise UserError(f"trainer.max_epochs must be a whole number, 1 or more (the learning-rate and freeze "
-                        f"schedules are laid out over it), got {epochs!r}")
-    lr = cfg.optim.get("lr")
-    if not _is_number(lr) or lr <= 0:
-        raise UserError(f"optim.lr must be a positive number, e.g. optim.lr=1e-3, got {lr!r}")
-    if cfg.monitor not in MONITORS:
-        hint = difflib.get_close_matches(str(cfg.monitor), MONITORS, n=1)
-        did_you_mean = f" (did you mean monitor={hint[0]}?)" if hint else ""
-        raise UserError(f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
-                        f"{', '.join(MONITORS)}")
-    if cfg.monitor_mode not in ("max", "min"):
-        raise UserError(f"monitor_mode must be max or min, got {cfg.monitor_mode!r}")
-    warmup = OmegaConf.select(cfg, "scheduler.warmup_fraction", default=None)
-    if warmup is not None and (not _is_number(warmup) or not 0 <= warmup < 1):
-        raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
-                        f"to below 1, got {warmup!r}")
-    check_head(str(cfg.model.get("head", "vgg")))
-    bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
-    if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
-        check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
-    if cfg.get("ckpt_path"):
-        check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
-
-
-def check_lr_find(cfg: DictConfig) -> None:
-    """The range test's own keys (before a run folder is made)."""
-    opts = cfg.lr_find
-    if not (_is_number(opts.min_lr) and _is_number(opts.max_lr) and 0 < opts.min_lr < opts.max_lr):
-        raise UserError(f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {opts.min_lr} and {opts.max_lr}")
-    if not _is_number(opts.num_training, whole=True) or opts.num_training < 5:
-        raise UserError(f"lr_find.num_training must be a whole number of steps, at least 5, got {opts.num_training!r}")
-
-
-def _is_number(value, whole: bool = False) -> bool:
-    kinds = int if whole else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool)
-
-
-def check_resume_checkpoint(path: Path, arch: str) -> None:
-    """``ckpt_path`` must be a full training state written by ``vggtune train`` for the same model."""
-    from vggtune.checkpoint import read_checkpoint
-
-    fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
-    ckpt = read_checkpoint(path, "ckpt_path", fix)
-    if "optimizer_states" not in ckpt or "loops" not in ckpt:
-        raise UserError(f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
-                        f"resume: pass ckpt_path={path.parent / 'last.ckpt'}, or resume=<run folder>")
-    trained = (ckpt.get("hyper_parameters") or {}).get("arch")
-    if trained != arch:
-        raise UserError(f"{path} was trained as {trained}, but this run builds model={arch}: leave model= out to "
-                        f"continue that run (a different model needs a new run); nothing was changed")
 
 
 def check_overrides(task: str, overrides: list[str]) -> DictConfig:

@@ -3,7 +3,7 @@
 The vector is fc7's output after its ReLU, in eval mode. After the ReLU because that is what
 the head reads (and what the classic "CNN codes" are: the ReLU thresholds them at zero, as in
 training); in eval mode because dropout is then off, so an image always gets the same vector.
-It is computed by running the network up to fc7 (:func:`vggtune.arch.split_at_fc7`) and then
+It is computed by running the network up to fc7 (:func:`vggtune.model.arch.split_at_fc7`) and then
 the rest of it for the prediction, in one pass and without hooks.
 """
 
@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from vggtune.arch import split_at_fc7
-from vggtune.datamodule import check_positive_int, resolve_workers
-from vggtune.dataset import labelled_images
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
-from vggtune.inference import LoadedModel, image_batches, load_model_or_pretrained
-from vggtune.maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
-from vggtune.runs import rel, report_files, write_csv, write_json
+from vggtune.core.checks import check_positive_int
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.data.datamodule import resolve_workers
+from vggtune.data.discovery import labelled_images
+from vggtune.inspect.embedding_maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
+from vggtune.model.arch import split_at_fc7
+from vggtune.tasks.runs import rel, report_files, write_csv, write_json
+from vggtune.use.inference import LoadedModel, image_batches, load_model_or_pretrained
 
 log = logging.getLogger(__name__)
 

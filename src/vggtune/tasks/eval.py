@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vggtune.datamodule import check_positive_int, resolve_workers
-from vggtune.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
-                                images_from_folder, images_from_run)
-from vggtune.errors import UserError
-from vggtune.inference import load_model, predict_probabilities
-from vggtune.runs import rel, report_files, write_csv, write_json
+from vggtune.core.checks import check_positive_int
+from vggtune.data.datamodule import resolve_workers
+from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
+                                    images_from_folder, images_from_run)
+from vggtune.core.errors import UserError
+from vggtune.tasks.runs import rel, report_files, write_csv, write_json
+from vggtune.use.inference import load_model, predict_probabilities
 
 log = logging.getLogger(__name__)
 

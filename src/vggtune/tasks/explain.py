@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vggtune.arch import feature_layers
-from vggtune.datamodule import check_positive_int
-from vggtune.errors import UserError
-from vggtune.gradcam import CropBox, block_activations, check_layer, feature_grid, gradcam, overlay
-from vggtune.images import load_rgb
-from vggtune.inference import LoadedModel, find_images, image_batches, load_model_or_pretrained
-from vggtune.runs import report_files, write_csv
+from vggtune.core.checks import check_positive_int
+from vggtune.core.errors import UserError
+from vggtune.data.images import load_rgb
+from vggtune.inspect.gradcam import CropBox, block_activations, check_layer, feature_grid, gradcam, overlay
+from vggtune.model.arch import feature_layers
+from vggtune.tasks.runs import report_files, write_csv
+from vggtune.use.inference import LoadedModel, find_images, image_batches, load_model_or_pretrained
 
 log = logging.getLogger(__name__)
 

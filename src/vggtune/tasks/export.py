@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vggtune import export
-from vggtune.inference import load_model
-from vggtune.runs import keep_copy, output_path, rel, report_files, write_json
+from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_json
+from vggtune.use import export
+from vggtune.use.inference import load_model
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
-from vggtune.finetune import apply_schedule
-from vggtune.preflight import check_lr_find, check_train
-from vggtune.runs import report_files, write_json
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.model.finetune import apply_schedule
+from vggtune.tasks.checks import check_lr_find, check_train
+from vggtune.tasks.runs import report_files, write_json
 from vggtune.tasks.train import build_module, resolve_recipe
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vggtune.datamodule import check_positive_int, resolve_workers
-from vggtune.errors import UserError
-from vggtune.inference import Predictions, find_images, load_model, predict_probabilities
-from vggtune.runs import keep_copy, output_path, rel, report_files, write_csv
+from vggtune.core.checks import check_positive_int
+from vggtune.core.errors import UserError
+from vggtune.data.datamodule import resolve_workers
+from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
+from vggtune.use.inference import Predictions, find_images, load_model, predict_probabilities
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import torchinfo
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vggtune.arch import layer_groups, preprocessing
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
-from vggtune.finetune import Schedule, apply_schedule
-from vggtune.module import VGGClassifier
-from vggtune.runs import report_files, write_json
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.model.arch import layer_groups, preprocessing
+from vggtune.model.finetune import Schedule, apply_schedule
+from vggtune.model.module import VGGClassifier
+from vggtune.tasks.runs import report_files, write_json
 from vggtune.tasks.train import resolve_recipe
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def summarize(arch: str, num_classes: int = 1000, image_size: int | None = None,
     """The summary of ``arch`` as printable text and as plain numbers (what ``summary.json`` holds).
 
     Trainable and frozen counts are those of epoch 0 of the finetune schedule, set by the same
-    :func:`~vggtune.finetune.apply_schedule` that training uses.
+    :func:`~vggtune.model.finetune.apply_schedule` that training uses.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"model.num_classes must be a whole number of at least 1, got {num_classes!r}")

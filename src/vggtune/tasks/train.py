@@ -14,17 +14,17 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vggtune.callbacks import EpochSeed, ReplicaCheck
-from vggtune.checkpoint import AtomicCheckpointIO, read_checkpoint
-from vggtune.datamodule import ClassFolderDataModule
-from vggtune.errors import UserError
-from vggtune.features import weights_identity
-from vggtune.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
-from vggtune.finetune import FreezeSchedule, Schedule
-from vggtune.module import VGGClassifier
-from vggtune.preflight import check_train
-from vggtune.runs import commit_run_config, report_run, write_json
-from vggtune.tensorboard import tensorboard_callbacks
+from vggtune.core.errors import UserError
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.data.feature_cache import weights_identity
+from vggtune.model.checkpoint import AtomicCheckpointIO, read_checkpoint
+from vggtune.model.finetune import FreezeSchedule, Schedule
+from vggtune.model.module import VGGClassifier
+from vggtune.tasks.checks import check_train
+from vggtune.tasks.runs import commit_run_config, report_run, write_json
+from vggtune.training.callbacks import EpochSeed, ReplicaCheck
+from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
+from vggtune.training.tensorboard import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 

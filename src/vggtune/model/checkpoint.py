@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,13 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.model.module import VGGClassifier
+from vggtune.model.weights import safe_load
+
+
+_OLD_SCHEDULERS = "vggtune.schedulers."
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -26,25 +29,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
-
-
-def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU; a UserError saying what is wrong with ``what`` at ``path``.
-
-    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
-    ``mmap=True`` maps the tensors instead of reading them (a look at a 1.5 GB file costs nothing).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if m:
-            raise UserError(f"refused to load {what} {path}: its pickle would run code ({m.group(1)}); vggtune "
-                            "never executes code from a file: save plain tensors and containers instead") from None
-        raise UserError(f"{path} is not a PyTorch {what} (unreadable pickle)") from None
-    except Exception as e:  # noqa: BLE001 - a damaged archive raises several types
-        raise UserError(f"could not read {what} {path} ({type(e).__name__}: {str(e)[:120]}); "
-                        "is the file complete?") from None
 
 
 def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
@@ -82,11 +66,14 @@ def _strip_compile_prefix(key: str) -> str:
 
 def model_from_checkpoint(path: str | os.PathLike):
     """The VGGClassifier stored in a checkpoint, in eval mode on the CPU, without downloading weights."""
-    from vggtune.module import VGGClassifier
-
     ckpt = load_checkpoint(path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     hparams.update(weights="none", compile=False)
+    scheduler = hparams.get("scheduler")
+    target = str(scheduler.get("_target_", "")) if isinstance(scheduler, dict) else ""
+    if target.startswith(_OLD_SCHEDULERS):  # written before the 0.2 layout moved the module
+        moved = "vggtune.model.schedulers." + target.removeprefix(_OLD_SCHEDULERS)
+        hparams["scheduler"] = {**scheduler, "_target_": moved}
     model = VGGClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vggtune.datamodule import ClassFolderDataModule
+from vggtune.data.datamodule import ClassFolderDataModule
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from vggtune.arch import Preprocessing
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
+from vggtune.model.arch import Preprocessing
 
 AUGMENT_LEVELS = ("none", "light", "strong")
 DEFAULT_CROP_SCALE = 0.35

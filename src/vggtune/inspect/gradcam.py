@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from torch import nn
 
-from vggtune.arch import BLOCKS, Preprocessing
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
+from vggtune.model.arch import BLOCKS, Preprocessing
 
 
 def check_layer(name: str) -> str:

@@ -7,16 +7,13 @@ builder), so the LightningModule, the freeze schedules and the tasks never index
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
 
 ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 
@@ -100,49 +97,6 @@ def pooled_classifier(num_classes: int, dropout: float = 0.5, channels: int = 51
                          nn.Linear(hidden, num_classes))
 
 
-def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5,
-              head: str = "vgg") -> nn.Module:
-    """torchvision's VGG with pretrained weights loaded and a head for ``num_classes``.
-
-    ``weights`` is ``imagenet`` (torchvision's weights API and cache), ``none`` (random
-    init) or the path of a state-dict file in torchvision's key layout. ``head="vgg"`` keeps the
-    pretrained fc6/fc7 and replaces the last linear layer; ``head="pooled"`` replaces the average
-    pool and the whole classifier with :func:`pooled_classifier` (the conv layers stay pretrained).
-    """
-    # torchvision refuses weights together with num_classes != 1000: build the ImageNet shape,
-    # load, then swap the head.
-    model = torchvision.models.get_model(check_arch(arch), weights=None, dropout=dropout)
-    load_weights(model, arch, weights)
-    if check_head(head) == "pooled":
-        model.avgpool = ConcatPool()
-        model.classifier = pooled_classifier(num_classes, dropout)
-    else:
-        reset_classifier(model, num_classes)
-    return model
-
-
-def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False) -> None:
-    """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
-
-    Everything but the head is loaded; ``head=True`` loads the 1000-class ImageNet head too, for
-    using the pretrained network as it was trained (its predictions are ImageNet categories).
-    """
-    source = str(weights)
-    if source.lower() == "none":
-        return
-    if source.lower() == "imagenet":
-        state, source = _imagenet_state_dict(arch), "torchvision's ImageNet weights"
-    else:
-        state = load_state_dict_file(Path(source).expanduser())
-    _load_backbone(model, arch, state, source)
-    if head:
-        head_state = {k.removeprefix("classifier.6."): v for k, v in state.items() if k.startswith("classifier.6.")}
-        if head_state.keys() != {"weight", "bias"} or head_state["weight"].shape != model.classifier[6].weight.shape:
-            raise UserError(f"weights {source} have no 1000-class ImageNet head: for a checkpoint written by "
-                            "`vggtune train` pass ckpt=<file> instead of model.weights")
-        model.classifier[6].load_state_dict(head_state)
-
-
 def reset_classifier(model: nn.Module, num_classes: int) -> None:
     """Replace the head (``classifier[6]``) with a fresh linear layer of ``num_classes`` outputs."""
     model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
@@ -178,60 +132,16 @@ def split_at_fc7(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return to_fc7, model.classifier[5:]
 
 
-def _imagenet_state_dict(arch: str) -> dict:
-    weights = imagenet_weights(arch)
-    filename = os.path.basename(urlparse(weights.url).path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if cached.is_file():
-        return load_state_dict_file(cached)
-    try:
-        # torch.hub defaults to weights_only=False; a weights file never needs to run code.
-        return torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", progress=True, check_hash=True, weights_only=True
-        )
-    except (OSError, RuntimeError) as e:
-        reason = str(getattr(e, "reason", e)).strip() or type(e).__name__
-        raise UserError(
-            f"could not get the ImageNet weights for {arch}: {filename} is not in {cached.parent} "
-            f"(torch hub dir; set TORCH_HOME to move it) and the download failed ({reason}). "
-            f"Copy the file there, or pass model.weights=/path/to/{filename}, "
-            f"or start from random init with model.weights=none"
-        ) from None
+def frozen_trunk(model: nn.Module, train_fc: bool) -> tuple[nn.Module, nn.Module]:
+    """``(trunk, rest)`` of a VGG whose lower layers are frozen: ``rest(trunk(x)) == model(x)`` in eval mode.
 
-
-def load_state_dict_file(path: Path) -> dict:
-    """Load a state dict safely (``weights_only=True``); a Lightning/vggtune checkpoint also works."""
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist: pass model.weights=<an existing .pth file>, "
-                        "model.weights=imagenet or model.weights=none")
-    from vggtune.checkpoint import safe_load  # checkpoint.py imports Lightning; arch.py does not need to
-
-    obj = safe_load(path, "weights file")
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
-    return {_strip_prefixes(k): v for k, v in obj.items()}
-
-
-def _strip_prefixes(key: str) -> str:
-    # vggtune checkpoints prefix "model."; torch.compile adds "_orig_mod." (lightning #17415).
-    for prefix in ("model.", "_orig_mod."):
-        key = key.removeprefix(prefix)
-    return key.replace("._orig_mod.", ".")
-
-
-def _load_backbone(model: nn.Module, arch: str, state: dict, source: str) -> None:
-    """Load everything but the head, which is replaced anyway and may have another class count."""
-    state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.6.")}
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if state.keys() != expected.keys() or wrong:
-        guess = guess_arch(state)
-        hint = f"it looks like {guess} weights: pass model={guess}" if guess and guess != arch else \
-            "pass weights saved from the same architecture"
-        raise UserError(f"weights {source} do not fit {arch}: {hint}")
-    model.load_state_dict(state, strict=False)
+    The trunk ends after the conv blocks (``train_fc``: fc6/fc7 still train) or after fc7.
+    Both share the model's layers.
+    """
+    pooled = nn.Sequential(model.features, model.avgpool, nn.Flatten(1))
+    if train_fc:
+        return pooled, model.classifier
+    return nn.Sequential(*pooled, model.classifier[:6]), model.classifier[6]
 
 
 def guess_arch(state: dict) -> str | None:

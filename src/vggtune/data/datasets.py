@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
-from vggtune.errors import UserError
-from vggtune.images import load_rgb
+from vggtune.core.errors import UserError
+from vggtune.data.images import load_rgb
 
 
 class SeededDataset(Dataset):

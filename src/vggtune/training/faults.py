@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
 
 INTERRUPTED_CKPT = "interrupted.ckpt"
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 import os
 from functools import cached_property
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggtune.arch import Preprocessing, preprocessing
-from vggtune.dataset import DataSplit, discover
-from vggtune.errors import UserError
-from vggtune.features import cache_key, cached_datasets, frozen_trunk
-from vggtune.image_cache import CachedImageDataset, build_cache, device_transform
-from vggtune.samples import EpochSampler, ImageListDataset
-from vggtune.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+from vggtune.core.checks import check_positive_int
+from vggtune.core.errors import UserError
+from vggtune.data.datasets import EpochSampler, ImageListDataset
+from vggtune.data.discovery import DataSplit, discover
+from vggtune.data.feature_cache import cache_key, cached_datasets
+from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
+from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,3 @@ def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:
 def _auto_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cores)
-
-
-def check_positive_int(name: str, value, allow_zero: bool = False) -> int:
-    """``value`` if it is a whole number of at least 1 (or 0 with ``allow_zero``), else a UserError naming ``name``."""
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name} must be an integer of at least {low}, got {value!r}")
-    return value

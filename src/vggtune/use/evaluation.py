@@ -19,10 +19,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
                                          MulticlassRecall)
 
-from vggtune.dataset import SUBSETS, class_folders, read_split_csv
-from vggtune.errors import UserError
-from vggtune.images import IMAGE_EXTENSIONS, list_images
-from vggtune.module import classification_metrics
+from vggtune.core.errors import UserError
+from vggtune.data.discovery import SUBSETS, class_folders, read_split_csv
+from vggtune.data.images import IMAGE_EXTENSIONS, list_images
+from vggtune.model.module import classification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Scalars go through ``pl_module.log`` (Lightning's logger writes on rank zero only). Text and the
 HPARAMS session go through ``logger.experiment``, a no-op dummy on the other ranks; their writers
 are guarded with ``rank_zero_only`` all the same. The validation images are in
-:mod:`vggtune.val_images`.
+:mod:`vggtune.training.tensorboard_images`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import time
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.datamodule import check_positive_int
+from vggtune.core.checks import check_positive_int
+from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, tensorboard_logger
 
 # The HPARAMS table's metric columns. TensorBoard fills them from these scalar tags of the same run,
 # so they show the latest values while a run trains and the final ones after it.
@@ -37,15 +37,8 @@ def tensorboard_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     grid = check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
     callbacks = [EpochSpeed(), HparamsSession(flat_config(cfg)), DataText()]
     if every:
-        from vggtune.val_images import ConfusionMatrixImage, PredictionGrid  # it imports this module
-
         callbacks += [ConfusionMatrixImage(every), PredictionGrid(every, grid)]
     return callbacks
-
-
-def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
-    """The trainer's TensorBoard logger, or None when the run logs elsewhere (or nowhere)."""
-    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, int | float | str]:

@@ -5,7 +5,7 @@ workers gives 1,600-2,200 images/s, VGG16 trains at 3,000-4,300 on an H100). So 
 decoded once, resized so that its short side is ``resize_size`` and centre-cropped to a
 ``resize_size`` square (the evaluation transform's first step), and stored as uint8 in one
 memory-mapped file. A batch is then a memory copy; the random resized crop and the flip are
-drawn per image on the CPU (seeded like :class:`~vggtune.samples.SeededDataset`) and applied to
+drawn per image on the CPU (seeded like :class:`~vggtune.data.datasets.SeededDataset`) and applied to
 the whole batch on the device with one ``roi_align`` (bilinear crop-and-resize, averaging
 ceil(crop/output) samples per pixel when shrinking), followed by normalisation.
 
@@ -29,11 +29,11 @@ from torchvision import transforms as T
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from vggtune.arch import Preprocessing
-from vggtune.files import atomic_open
-from vggtune.images import load_rgb
-from vggtune.samples import SeededDataset
-from vggtune.transforms import DEFAULT_CROP_SCALE
+from vggtune.core.files import atomic_open
+from vggtune.data.datasets import SeededDataset
+from vggtune.data.images import load_rgb
+from vggtune.data.transforms import DEFAULT_CROP_SCALE
+from vggtune.model.arch import Preprocessing
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

@@ -18,7 +18,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 from sklearn.metrics.pairwise import distance_metrics
 
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ class EpochSeed(pl.Callback):
     """Re-seed every RNG at the start of each training epoch from (seed, epoch).
 
     Dropout in an epoch then depends only on the seed and the epoch number (shuffling and
-    augmentation are seeded by :class:`~vggtune.datamodule.EpochSampler`), so a run resumed from
+    augmentation are seeded by :class:`~vggtune.data.datasets.EpochSampler`), so a run resumed from
     a checkpoint replays the same epochs as an uninterrupted one: Lightning does not checkpoint
     RNG states.
     """

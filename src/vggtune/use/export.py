@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vggtune.arch import Preprocessing
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.model.arch import Preprocessing
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME = "image"

@@ -20,24 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from vggtune.arch import Preprocessing, imagenet_weights
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
+from vggtune.model.arch import Preprocessing, imagenet_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-
-
-def frozen_trunk(model: nn.Module, train_fc: bool) -> tuple[nn.Module, nn.Module]:
-    """``(trunk, rest)`` of a VGG whose lower layers are frozen: ``rest(trunk(x)) == model(x)`` in eval mode.
-
-    The trunk ends after the conv blocks (``train_fc``: fc6/fc7 still train) or after fc7.
-    Both share the model's layers.
-    """
-    pooled = nn.Sequential(model.features, model.avgpool, nn.Flatten(1))
-    if train_fc:
-        return pooled, model.classifier
-    return nn.Sequential(*pooled, model.classifier[:6]), model.classifier[6]
 
 
 def weights_identity(weights: str, seed: int) -> str:

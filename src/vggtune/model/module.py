@@ -10,12 +10,12 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from vggtune import __version__
-from vggtune.arch import build_vgg
-from vggtune.features import frozen_trunk
-from vggtune.finetune import Schedule, param_groups
+from vggtune.model.arch import frozen_trunk
+from vggtune.model.finetune import Schedule, param_groups
+from vggtune.model.weights import build_vgg
 
 DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
-DEFAULT_SCHEDULER = {"_target_": "vggtune.schedulers.warmup_cosine", "_partial_": True}
+DEFAULT_SCHEDULER = {"_target_": "vggtune.model.schedulers.warmup_cosine", "_partial_": True}
 CHECKPOINT_FORMAT = 1
 
 
@@ -39,7 +39,7 @@ class VGGClassifier(pl.LightningModule):
     """A VGG classifier over ``class_names``; every argument is a plain value, saved as a hyperparameter.
 
     ``optim`` and ``scheduler`` are Hydra configs (``_target_`` + ``_partial_``) instantiated in
-    :meth:`configure_optimizers`; ``finetune`` holds the :class:`~vggtune.finetune.Schedule` fields;
+    :meth:`configure_optimizers`; ``finetune`` holds the :class:`~vggtune.model.finetune.Schedule` fields;
     ``preprocessing`` is what a later ``eval``/``predict``/``export`` needs to feed the model.
     """
 
@@ -68,7 +68,7 @@ class VGGClassifier(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised image batch, or for a batch of cached backbone outputs (2-D)."""
-        if x.ndim == 2:  # vggtune.features: fc7 outputs (4096) feed the head, pooled conv outputs fc6
+        if x.ndim == 2:  # vggtune.data.feature_cache: fc7 outputs (4096) feed the head, pooled conv outputs fc6
             return frozen_trunk(self.model, train_fc=x.shape[1] != self.model.classifier[6].in_features)[1](x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -101,7 +101,7 @@ class VGGClassifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         # Detached probabilities and targets, for the callbacks that draw the confusion matrix and the
-        # prediction grid (vggtune.tensorboard); they stay on the device.
+        # prediction grid (vggtune.training.tensorboard); they stay on the device.
         return self._eval_step(batch, self.val_metrics, "val/loss")
 
     def test_step(self, batch, batch_idx):

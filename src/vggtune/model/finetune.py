@@ -26,8 +26,8 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vggtune.arch import GROUPS, layer_groups
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
+from vggtune.model.arch import GROUPS, layer_groups
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
-from vggtune.errors import UserError
-from vggtune.images import load_rgb
+from vggtune.core.errors import UserError
+from vggtune.data.images import load_rgb
 
 VERIFY_MODES = ("header", "full")
 ON_BAD_IMAGE = ("skip", "fail")

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vggtune.errors import UserError
-from vggtune.images import IMAGE_EXTENSIONS, list_images
-from vggtune.scan import BadImage, scan_images
+from vggtune.core.errors import UserError
+from vggtune.data.images import IMAGE_EXTENSIONS, list_images
+from vggtune.data.scan import BadImage, scan_images
 
 SUBSETS = ("train", "val", "test")
 MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), "

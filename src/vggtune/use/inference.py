@@ -15,12 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vggtune.arch import Preprocessing, imagenet_weights, load_weights, preprocessing
-from vggtune.checkpoint import model_from_checkpoint
-from vggtune.errors import UserError
-from vggtune.images import is_image_name, load_rgb
-from vggtune.module import VGGClassifier
-from vggtune.transforms import eval_transform
+from vggtune.core.errors import UserError
+from vggtune.data.images import is_image_name, load_rgb
+from vggtune.data.transforms import eval_transform
+from vggtune.model.arch import Preprocessing, imagenet_weights, preprocessing
+from vggtune.model.checkpoint import model_from_checkpoint
+from vggtune.model.module import VGGClassifier
+from vggtune.model.weights import load_weights
 
 log = logging.getLogger(__name__)
 

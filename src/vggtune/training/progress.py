@@ -27,9 +27,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vggtune.errors import UserError
+from vggtune.core.checks import check_progress_options
 
-MODES = ("auto", "bar", "plain")
 # Lightning's own loggers print to stderr through handlers of their own (they do not propagate).
 _REDIRECTED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
 
@@ -42,17 +41,6 @@ def progress_bar(mode: str = "auto", refresh_seconds: float = 1.0, every_n_steps
     return TimedBar(refresh_seconds) if mode == "bar" else PlainProgress(every_n_steps)
 
 
-def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int) -> None:
-    """One line naming the key, for a value that the progress callback cannot use."""
-    if mode not in MODES:
-        raise UserError(f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
-                        "plain lines otherwise), bar or plain")
-    if isinstance(refresh_seconds, bool) or not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0:
-        raise UserError(f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, "
-                        f"got {refresh_seconds!r}")
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-        raise UserError(f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, "
-                        f"got {every_n_steps!r}")
 
 
 def _is_terminal(stream) -> bool:

@@ -10,8 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vggtune.errors import UserError
-from vggtune.files import atomic_open
+from vggtune.core.errors import UserError
+from vggtune.core.files import atomic_open
 
 log = logging.getLogger(__name__)
 

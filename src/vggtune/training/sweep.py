@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.errors import UserError
+from vggtune.core.errors import UserError
 
 log = logging.getLogger(__name__)
 SWEEP_ERROR_FILE = "error.txt"  # in a failed job's folder: why it failed, in one line (vggtune.cli)

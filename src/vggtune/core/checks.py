@@ -1,0 +1,34 @@
+"""Checks of config values that several concerns share; each failure is one UserError naming the key."""
+
+from __future__ import annotations
+
+from vggtune.core.errors import UserError
+
+PROGRESS_MODES = ("auto", "bar", "plain")  # callbacks.progress_bar.mode
+
+
+def check_positive_int(name: str, value, allow_zero: bool = False) -> int:
+    """``value`` if it is a whole number of at least 1 (or 0 with ``allow_zero``), else a UserError naming ``name``."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name} must be an integer of at least {low}, got {value!r}")
+    return value
+
+
+def is_number(value, whole: bool = False) -> bool:
+    """An int (``whole``) or an int or float, and not a bool (YAML's ``true`` is not 1 here)."""
+    kinds = int if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int) -> None:
+    """One line naming the key, for a value that the progress callback cannot use."""
+    if mode not in PROGRESS_MODES:
+        raise UserError(f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
+                        "plain lines otherwise), bar or plain")
+    if isinstance(refresh_seconds, bool) or not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0:
+        raise UserError(f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, "
+                        f"got {refresh_seconds!r}")
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+        raise UserError(f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, "
+                        f"got {every_n_steps!r}")

@@ -1,0 +1,7 @@
+"""The user's images: reading them (``images``, ``scan``), finding classes and the seeded split
+(``discovery``), transforms, the seeded datasets and sampler (``datasets``), the decoded-image and
+feature caches, the LightningDataModule (``datamodule``) and the generated demo data (``demo``).
+
+May import: ``vggtune.core`` and ``vggtune.model`` (a network's preprocessing and, for the feature
+cache, its frozen trunk). Never training, use, inspect or tasks.
+"""

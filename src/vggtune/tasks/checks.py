@@ -1,0 +1,70 @@
+"""Values of the train and lr_find configs that would otherwise fail minutes into a run, or not at all.
+
+Run by the command line before a run folder is made, and again by the task itself (a sweep's jobs
+and the Python API skip the command line).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vggtune.core.checks import check_progress_options, is_number
+from vggtune.core.errors import UserError
+from vggtune.model.arch import check_head
+
+MONITORS = ("val/acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Values of ``vggtune train`` that would otherwise fail minutes later, or not at all."""
+    epochs = cfg.trainer.get("max_epochs")
+    if not is_number(epochs, whole=True) or epochs < 1:
+        raise UserError(f"trainer.max_epochs must be a whole number, 1 or more (the learning-rate and freeze "
+                        f"schedules are laid out over it), got {epochs!r}")
+    lr = cfg.optim.get("lr")
+    if not is_number(lr) or lr <= 0:
+        raise UserError(f"optim.lr must be a positive number, e.g. optim.lr=1e-3, got {lr!r}")
+    if cfg.monitor not in MONITORS:
+        hint = difflib.get_close_matches(str(cfg.monitor), MONITORS, n=1)
+        did_you_mean = f" (did you mean monitor={hint[0]}?)" if hint else ""
+        raise UserError(f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
+                        f"{', '.join(MONITORS)}")
+    if cfg.monitor_mode not in ("max", "min"):
+        raise UserError(f"monitor_mode must be max or min, got {cfg.monitor_mode!r}")
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_fraction", default=None)
+    if warmup is not None and (not is_number(warmup) or not 0 <= warmup < 1):
+        raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
+                        f"to below 1, got {warmup!r}")
+    check_head(str(cfg.model.get("head", "vgg")))
+    bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
+    if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
+        check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
+
+
+def check_lr_find(cfg: DictConfig) -> None:
+    """The range test's own keys (before a run folder is made)."""
+    opts = cfg.lr_find
+    if not (is_number(opts.min_lr) and is_number(opts.max_lr) and 0 < opts.min_lr < opts.max_lr):
+        raise UserError(f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {opts.min_lr} and {opts.max_lr}")
+    if not is_number(opts.num_training, whole=True) or opts.num_training < 5:
+        raise UserError(f"lr_find.num_training must be a whole number of steps, at least 5, got {opts.num_training!r}")
+
+
+def check_resume_checkpoint(path: Path, arch: str) -> None:
+    """``ckpt_path`` must be a full training state written by ``vggtune train`` for the same model."""
+    from vggtune.model.checkpoint import read_checkpoint  # imports Lightning: only when resuming
+
+    fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
+    ckpt = read_checkpoint(path, "ckpt_path", fix)
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise UserError(f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
+                        f"resume: pass ckpt_path={path.parent / 'last.ckpt'}, or resume=<run folder>")
+    trained = (ckpt.get("hyper_parameters") or {}).get("arch")
+    if trained != arch:
+        raise UserError(f"{path} was trained as {trained}, but this run builds model={arch}: leave model= out to "
+                        f"continue that run (a different model needs a new run); nothing was changed")

@@ -1,0 +1,156 @@
+"""The package's layout stays what its docstrings say: no import circles, lower layers never import
+higher ones, every ``_target_`` in conf/ resolves, and no module grows past ~300 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.utils import get_object
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# A subpackage may import from its own layer's package and from lower layers only. training, use and
+# inspect share a layer and do not import each other. The root package (``vggtune``: its version)
+# may be imported from anywhere; the command line (cli, preflight, __main__) sits on top.
+LAYERS = {"core": 0, "model": 1, "data": 2, "training": 3, "use": 3, "inspect": 3, "tasks": 4, "": 5}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in (SRC / "vggtune").rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every vggtune module ``path`` imports, at the top or inside a function (a lazy import is still one)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("vggtune")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vggtune"):
+            for alias in node.names:  # `from vggtune.use import export` imports the module vggtune.use.export
+                full = f"{node.module}.{alias.name}"
+                out.add(full if full in modules else node.module)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) & modules.keys() for name, path in modules.items()}
+
+
+def _subpackage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else ""  # vggtune.cli, vggtune.preflight: the top
+
+
+def test_the_import_graph_has_no_circle():
+    graph = _graph()
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycle = path[path.index(dep):] + [dep] if dep in path else [node, dep]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_lower_layers_never_import_higher_ones():
+    wrong = []
+    for module, deps in _graph().items():
+        if module in ("vggtune", "vggtune.__main__"):
+            continue
+        here = _subpackage(module)
+        for dep in deps:
+            there = _subpackage(dep)
+            if dep == "vggtune" or there == here:
+                continue
+            if there not in LAYERS or here not in LAYERS:
+                wrong.append(f"{module} -> {dep}: {there or here} is not a known layer of the layout")
+            elif LAYERS[there] >= LAYERS[here]:
+                wrong.append(f"{module} ({here or 'top'}) imports {dep} ({there or 'top'})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_root_package_imports_nothing_so_that_anything_may_import_it():
+    assert _graph()["vggtune"] == set()
+
+
+def test_every_subpackage_says_what_lives_there_and_what_it_may_import():
+    for init in (SRC / "vggtune").glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "May import" in doc, init
+
+
+def test_no_module_grows_past_300_lines():
+    long = {str(p.relative_to(SRC)): n for p in (SRC / "vggtune").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
+
+
+def _targets(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield value
+            else:
+                yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def test_every_target_in_the_configs_resolves():
+    targets = {t for config in CONF.rglob("*.yaml") for t in _targets(yaml.safe_load(config.read_text()) or {})}
+    ours = {t for t in targets if isinstance(t, str) and t.startswith("vggtune.")}
+    assert len(ours) >= 5, ours  # the data modules, schedulers, progress bar and sweep summary
+    for target in sorted(targets):
+        assert callable(get_object(target)), target
+
+
+def test_a_checkpoint_written_before_the_layout_change_loads_with_its_scheduler_found(tmp_path):
+    """Checkpoints of 0.1 name their scheduler ``vggtune.schedulers.*``; that module is now in vggtune.model."""
+    import torch
+
+    from vggtune.model.checkpoint import model_from_checkpoint
+    from vggtune.model.module import VGGClassifier
+
+    model = VGGClassifier("vgg11", ["a", "b"], weights="none")
+    hparams = dict(model.hparams)
+    hparams["scheduler"] = {"_target_": "vggtune.schedulers.warmup_cosine", "_partial_": True}
+    path = tmp_path / "old.ckpt"
+    torch.save({"vggtune": {"format": 1, "version": "0.1.0"}, "state_dict": model.state_dict(),
+                "hyper_parameters": hparams}, path)
+    loaded = model_from_checkpoint(path)
+    target = loaded.hparams.scheduler["_target_"]
+    assert target == "vggtune.model.schedulers.warmup_cosine"
+    assert callable(get_object(target))
+    path.unlink()
+
+
+def test_the_command_line_checks_do_not_import_lightning():
+    """Lightning gives its loggers handlers of their own (and stops them propagating) when it is
+    imported before logging is configured: imported by the checks that run before Hydra sets up the
+    run's log, its messages (the freeze schedule's "Epoch 1: training ...") would miss train.log."""
+    import subprocess
+    import sys
+
+    code = "import sys, vggtune.cli, vggtune.preflight; print(sorted(m for m in sys.modules if m.startswith('lightning')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
