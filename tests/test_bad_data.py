@@ -81,6 +81,16 @@ def test_full_verification_finds_damage_that_headers_do_not_show(tmp_path):
     assert not good and "cannot be decoded" in bad[0].reason
 
 
+def test_verify_files_checks_only_that_files_exist_and_are_not_empty(tmp_path):
+    good, cut, empty = tmp_path / "good.png", tmp_path / "cut.png", tmp_path / "empty.png"
+    Image.new("RGB", (8, 8)).save(good)
+    cut.write_bytes(good.read_bytes()[:30])  # a header without the rest
+    empty.write_bytes(b"")
+    kept, bad = scan_images([good, cut, empty], verify="files")
+    assert kept == [good, cut] and [b.path for b in bad] == [empty]  # the cut file is not opened
+    assert [b.path for b in scan_images([good, cut, empty], verify="header")[1]] == [cut, empty]
+
+
 def test_a_file_without_read_permission_is_reported(tmp_path, monkeypatch):
     # Root reads every file whatever its mode, so make the OS answer as it does for other users.
     path = tmp_path / "locked.png"

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, log_loss, top_k_accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, top_k_accuracy_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from vggtune.model.module import VGGClassifier
@@ -61,6 +61,7 @@ def _sklearn(logits: torch.Tensor, targets: torch.Tensor, n: int) -> dict[str, f
     y, scores = targets.numpy(), logits.double().softmax(1).numpy()
     pred = scores.argmax(1)
     expected = {"acc": accuracy_score(y, pred), "f1": f1_score(y, pred, average="macro"),
+                "bal_acc": balanced_accuracy_score(y, pred),
                 "loss": log_loss(y, scores, labels=list(range(n)))}
     if n >= 5:
         expected["acc_top5"] = top_k_accuracy_score(y, scores, k=5, labels=list(range(n)))
@@ -97,3 +98,16 @@ def test_logged_metrics_equal_scikit_learn_on_the_same_predictions(tmp_path, n):
             assert result.metrics[name] == pytest.approx(value, abs=1e-6), name
     per_class_f1 = f1_score(targets.numpy(), logits.argmax(1).numpy(), average=None, labels=list(range(n)))
     assert np.allclose([row["f1"] for row in result.per_class], per_class_f1, atol=1e-6)
+
+
+def test_balanced_accuracy_leaves_out_classes_without_images_as_scikit_learn_does():
+    from vggtune.model.module import BalancedAccuracy
+
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 0, 3, 3, 1, 0, 2, 3])  # class 3 is predicted but has no images
+    metric = BalancedAccuracy(4)
+    metric.update(pred[:3], y[:3])
+    metric.update(pred[3:], y[3:])
+    expected = balanced_accuracy_score(y.numpy(), pred.numpy())  # (2/4 + 1/2 + 1/2) / 3
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.5)

@@ -23,7 +23,7 @@ from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config
 from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, row_normalised
 
 # Every scalar the README promises (the tiny run trains every group: finetune=full).
-SCALARS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/acc_best", "trainable_params",
+SCALARS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/bal_acc", "val/f1", "val/acc_best", "trainable_params",
            "speed/epoch_seconds", "speed/train_images_per_second", *(f"lr/{g}" for g in GROUPS))
 IMAGES = ("val/confusion_matrix", "val/predictions")
 

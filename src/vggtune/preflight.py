@@ -70,6 +70,10 @@ def prepare(task: str, args: list[str]) -> list[str]:
     if parsed.multirun:
         return [*args, *_check_sweep(task, list(parsed.overrides))]
     cfg = check_overrides(task, list(parsed.overrides))
+    root = _root_from_labels(cfg)
+    if root:  # data.labels without data.root: paths in the CSV are relative to its own folder
+        args = [*args, root]
+        cfg = check_overrides(task, [*parsed.overrides, root])
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
     _check_missing(cfg, task)
@@ -163,6 +167,18 @@ def check_overrides(task: str, overrides: list[str]) -> DictConfig:
         raise UserError(_composition_error(task, e)) from None
     _check_types(task, overrides)
     return cfg
+
+
+def _root_from_labels(cfg: DictConfig) -> str | None:
+    """``data.root=<the CSV's folder>`` when ``data.labels`` is given and ``data.root`` is not."""
+    data = cfg.get("data")
+    if data is None or not data.get("labels") or not OmegaConf.is_missing(data, "root") and data.get("root"):
+        return None
+    csv_path = Path(str(data.labels)).expanduser()
+    if not csv_path.is_file():
+        raise UserError(f"data.labels {csv_path}: no such file: pass the path of a CSV file with a column for the "
+                        "image path and one for the label (and data.root=<folder> if its paths are relative to it)")
+    return f"data.root='{csv_path.resolve().parent}'"
 
 
 def _check_missing(cfg: DictConfig, task: str) -> None:

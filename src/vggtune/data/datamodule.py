@@ -1,18 +1,19 @@
-"""The LightningDataModule for a folder of class folders."""
+"""The LightningDataModule for a folder of class folders, or images labelled in a CSV file."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from functools import cached_property
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggtune.core.checks import check_positive_int
+from vggtune.core.checks import check_positive_int, is_number
 from vggtune.core.errors import UserError
-from vggtune.data.datasets import EpochSampler, ImageListDataset
+from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
@@ -20,10 +21,12 @@ from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_tr
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 
 log = logging.getLogger(__name__)
+BALANCE_MODES = ("none", "sampler", "loss")
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
-    """Images from ``root`` (class folders, or train/val[/test] folders of class folders).
+    """Images from ``root`` (class folders, or train/val[/test] folders of class folders), or the rows of
+    the CSV file ``labels`` (see :mod:`vggtune.data.labels_csv`).
 
     ``batch_size`` is per device. ``num_workers`` and ``pin_memory`` accept ``auto``: up to 8
     workers (one per core) and pinned memory when a GPU is present. With ``cache_features`` the
@@ -35,10 +38,18 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
                  on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
                  cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune",
-                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True):
+                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
+                 path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
+                 balance: str = "none", class_weights: list[float] | dict[str, float] | None = None):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
+        self.labels = labels
+        if balance not in BALANCE_MODES:
+            raise UserError(f"data.balance={balance} is not a mode: choose none, sampler (every class equally "
+                            "likely in each epoch's draw) or loss (class weights in the training loss)")
+        self.balance, self._class_weights = balance, class_weights
+        self.columns = {"path_column": path_column, "label_column": label_column, "split_column": split_column}
         self.batch_size, self.augment = batch_size, augment
         self.verify, self.on_bad_image = verify, on_bad_image
         self.num_workers = resolve_workers(num_workers)
@@ -57,7 +68,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def split(self) -> DataSplit:
         """The discovered classes and subsets (scanned once, on first use)."""
         self.prepare_data()
-        split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image)
+        split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image,
+                         self.labels, self.columns)
         n_train = len(split.subsets["train"])
         if self.batch_size > n_train:
             raise UserError(f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
@@ -68,6 +80,30 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order (sorted folder names)."""
         return self.split.classes
+
+    def loss_weights(self) -> list[float] | None:
+        """With ``balance=loss``: the weight of each class in the training loss (``class_weights`` as
+        given, a list in class order or a mapping by class name; else n / (classes x images of the class))."""
+        if self.balance != "loss":
+            return None
+        names = self.class_names
+        given = self._class_weights
+        if given is None:
+            counts = self.split.counts()["train"]
+            total = sum(counts.values())
+            return [total / (len(names) * counts[name]) for name in names]
+        if isinstance(given, Mapping):
+            unknown = sorted(set(given) - set(names))
+            if unknown or set(given) != set(names):
+                raise UserError(f"data.class_weights names {', '.join(map(str, given))}, but the classes are "
+                                f"{', '.join(names)}: give one weight per class")
+            weights = [given[name] for name in names]
+        else:
+            weights = list(given)
+        if len(weights) != len(names) or not all(is_number(w) and w > 0 for w in weights):
+            raise UserError(f"data.class_weights must be {len(names)} positive numbers (one per class: "
+                            f"{', '.join(names)}), got {given}")
+        return [float(w) for w in weights]
 
     def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
                             device: torch.device, head: str = "vgg") -> None:
@@ -113,7 +149,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        if self.balance == "sampler":
+            labels = [label for _, label in self.split.subsets["train"]]
+            sampler = BalancedSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=self.seed)
+        else:
+            sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
         # Lightning creates the iterator before it sets the sampler's epoch, and a resumed run keeps that
         # iterator, whose workers have already drawn their first indices: the first resumed epoch
         # replayed epoch 0's order (lightning #21938, fix PR #21941 open). Set the epoch it will set.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,3 +81,24 @@ class EpochSampler(DistributedSampler):
         super().set_epoch(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+
+class BalancedSampler(EpochSampler):
+    """Each epoch, ``len(dataset)`` draws with replacement in which every class is equally likely.
+
+    The draw depends only on (seed, epoch), like :class:`EpochSampler`'s order, and every rank makes
+    the same draw and takes its own share of it (every ``num_replicas``-th item from ``rank`` on):
+    under DDP the ranks see different images, and a resumed run replays its epochs exactly.
+    """
+
+    def __init__(self, dataset: Dataset, labels: list[int], num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for {len(dataset)} items")
+        counts = Counter(labels)
+        self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+        return iter(drawn[self.rank:self.total_size:self.num_replicas])

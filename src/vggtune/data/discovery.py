@@ -16,11 +16,12 @@ from pathlib import Path
 
 from vggtune.core.errors import UserError
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
+from vggtune.data.labels_csv import LabelledRow, check_classes, read_labels_csv, resolve_csv_path
 from vggtune.data.scan import BadImage, scan_images
 
 SUBSETS = ("train", "val", "test")
-MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), "
-                "or try the demo with experiment=demo")
+MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), or "
+                "data.labels=/path/to/labels.csv (a row per image: path,label), or try the demo with experiment=demo")
 
 
 @dataclass
@@ -48,7 +49,8 @@ class DataSplit:
             w.writerow(["path", "class", "subset"])
             for subset in SUBSETS:
                 for p, label in self.subsets.get(subset, []):
-                    w.writerow([p.relative_to(self.root).as_posix(), self.classes[label], subset])
+                    where = p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else p.as_posix()
+                    w.writerow([where, self.classes[label], subset])
 
 
 def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]]:
@@ -58,10 +60,17 @@ def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]
 
 
 def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
-             verify: str = "header", on_bad_image: str = "skip") -> DataSplit:
-    """Find classes and images under ``root`` and split them (see the module docstring)."""
+             verify: str = "header", on_bad_image: str = "skip", labels: str | Path | None = None,
+             columns: dict | None = None) -> DataSplit:
+    """Find classes and images under ``root`` and split them (see the module docstring).
+
+    With ``labels`` (a CSV file) the images and classes come from its rows instead; ``columns``
+    names its path, label and split columns (``path_column``, ``label_column``, ``split_column``).
+    """
     root = _check_root(root)
     check_fractions(val_split, test_split)
+    if labels:
+        return _discover_csv(root, labels, val_split, test_split, seed, verify, on_bad_image, columns or {})
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image)
@@ -75,13 +84,21 @@ def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, 
     return DataSplit(root, classes, subsets, "class_folders", skipped)
 
 
-def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str = "skip") -> DataSplit:
+def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str = "skip",
+                    labels: str | Path | None = None, columns: dict | None = None) -> DataSplit:
     """Every usable image under ``root`` with its class, unsplit: for looking at a data set, not training.
 
     A folder of class folders gives one subset, ``all`` (a single class is allowed); a folder
-    with ``train/`` and ``val/`` keeps its subsets.
+    with ``train/`` and ``val/`` keeps its subsets; a labels CSV gives every row as ``all``.
     """
     root = _check_root(root)
+    if labels:
+        rows, rejected = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, **(columns or {}))
+        classes = sorted({r.label for r in rows})
+        if not classes:
+            raise UserError(f"{resolve_csv_path(labels, root)} has no usable rows: see the reasons above")
+        index = {name: i for i, name in enumerate(classes)}
+        return DataSplit(root, classes, {"all": [(r.path, index[r.label]) for r in rows]}, "csv", rejected.rows)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image, min_classes=1)
@@ -129,6 +146,44 @@ def _class_files(root: Path, verify: str, on_bad_image: str, min_classes: int = 
                             "add images or remove the folder")
         files[name] = good
     return classes, files, skipped
+
+
+def _discover_csv(root: Path, labels, val_split: float, test_split: float, seed: int, verify: str,
+                  on_bad_image: str, columns: dict) -> DataSplit:
+    rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, **columns)
+    csv_path = reject.csv_path
+    given_split = bool(rows) and rows[0].subset is not None
+    subsets = _split_rows(rows, val_split, test_split, seed)
+    classes, subsets = check_classes(subsets, reject)
+    if len(classes) < 2:
+        raise UserError(f"{csv_path} gives {len(classes)} class(es) to train on "
+                        f"({', '.join(classes) or 'no usable rows'}): a classifier needs at least two")
+    if not subsets["val"]:
+        raise UserError(f"{csv_path} has no usable val rows in its split column: mark some rows val (the best "
+                        "checkpoint is chosen on them), or drop the column to split by data.val_split")
+    index = {name: i for i, name in enumerate(classes)}
+    out = {s: [(r.path, index[r.label]) for r in items] for s, items in subsets.items() if items or s != "test"}
+    layout = "csv with its own split" if given_split else "csv"
+    return DataSplit(root, classes, out, layout, reject.rows)
+
+
+def _split_rows(rows: list[LabelledRow], val_split: float, test_split: float,
+                seed: int) -> dict[str, list[LabelledRow]]:
+    """The subsets: the CSV's own when it has a split column, else a seeded split stratified per class."""
+    if rows and rows[0].subset is not None:
+        out: dict[str, list[LabelledRow]] = {}
+        for r in rows:
+            out.setdefault(r.subset, []).append(r)
+        return out
+    by_class: dict[str, list[LabelledRow]] = {}
+    for r in rows:
+        by_class.setdefault(r.label, []).append(r)
+    out = {"train": [], "val": [], "test": []}
+    for label in sorted(by_class):
+        parts = _split_one_class(label, by_class[label], val_split, test_split, random.Random(f"{seed}/{label}"))
+        for subset, items in zip(("train", "val", "test"), parts):
+            out[subset].extend(items)
+    return out
 
 
 def _split_one_class(name: str, paths: list[Path], val_frac: float, test_frac: float, rng: random.Random):

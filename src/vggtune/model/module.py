@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassStatScores
 
 from vggtune import __version__
 from vggtune.model.arch import frozen_trunk
@@ -19,8 +19,25 @@ DEFAULT_SCHEDULER = {"_target_": "vggtune.model.schedulers.warmup_cosine", "_par
 CHECKPOINT_FORMAT = 1
 
 
+class BalancedAccuracy(MulticlassStatScores):
+    """The mean recall over the classes that have images (scikit-learn's ``balanced_accuracy_score``).
+
+    torchmetrics' ``MulticlassAccuracy(average="macro")`` and ``MulticlassRecall(average="macro")``
+    count a class that is predicted but has no images as recall 0; scikit-learn leaves it out, and a
+    balanced accuracy is defined over the true classes. The per-class counts are torchmetrics' own.
+    """
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes, average=None, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        tp, _, _, _, support = super().compute().unbind(-1)
+        present = support > 0
+        return (tp[present].float() / support[present]).mean() if present.any() else torch.tensor(0.0)
+
+
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 accuracy, macro F1 and (with at least 5 classes) top-5 accuracy.
+    """Top-1 accuracy, balanced accuracy (macro recall), macro F1 and (with at least 5 classes) top-5 accuracy.
 
     ``compute_groups=False``: torchmetrics' default merges metrics whose states are equal after
     the first ``update`` and computes them from one state from then on. Top-5 accuracy and macro
@@ -29,6 +46,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     cost nothing next to a VGG forward.
     """
     metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
+               "bal_acc": BalancedAccuracy(num_classes),
                "f1": MulticlassF1Score(num_classes, average="macro")}
     if num_classes >= 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -46,12 +64,16 @@ class VGGClassifier(pl.LightningModule):
     def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
                  preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
                  finetune: dict | None = None, channels_last: bool = False, compile: bool = False,
-                 head: str = "vgg"):
+                 head: str = "vgg", class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.schedule = Schedule(**(finetune or {}))
         self.model = build_vgg(arch, len(self.class_names), weights, dropout, head)
+        # data.balance=loss: the training loss weighs each class (validation and test losses do not).
+        # Not persistent: the hyperparameter rebuilds it, and checkpoints keep the same keys.
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weight, persistent=False)
         self.frozen_eval: list[torch.nn.Module] = []  # BatchNorm/Dropout of frozen groups (finetune.py)
         self.channels_last = channels_last
         if channels_last:
@@ -90,7 +112,7 @@ class VGGClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, weight=self.class_weights)
         self.train_acc(logits, y)
         self.train_loss(loss.detach())
         # The step loss is this rank's; the epoch values are torchmetrics metrics, reduced across ranks.

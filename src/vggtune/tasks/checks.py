@@ -15,7 +15,7 @@ from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.model.arch import check_head
 
-MONITORS = ("val/acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
+MONITORS = ("val/acc", "val/bal_acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
 
 
 def check_train(cfg: DictConfig) -> None:

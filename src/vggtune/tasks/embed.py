@@ -76,7 +76,9 @@ def run(cfg: DictConfig) -> dict:
     workers = resolve_workers(data.num_workers)
     projector_max = check_positive_int("projector_max", cfg.projector_max)
     check_metric(cfg.metric)
-    split = labelled_images(data.root, data.verify, data.on_bad_image)  # the folder is checked before the model loads
+    columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
+    # the folder (or CSV) is checked before the model loads
+    split = labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns)
     items = [item for subset in split.subsets.values() for item in subset]
     net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, data.image_size, cfg.device)
     source = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from vggtune.core.checks import check_positive_int
 from vggtune.data.datamodule import resolve_workers
 from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
-                                    images_from_folder, images_from_run)
+                                    images_from_csv, images_from_folder, images_from_run)
 from vggtune.core.errors import UserError
 from vggtune.tasks.runs import rel, report_files, write_csv, write_json
 from vggtune.use.inference import load_model, predict_probabilities
@@ -29,11 +29,15 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
     workers = resolve_workers(cfg.data.num_workers)
-    if cfg.data.root is None:
+    labels = cfg.data.get("labels")
+    if cfg.data.root is None or labels:
         check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait
     model = load_model(cfg.ckpt, cfg.device)
     names = model.class_names
-    if cfg.data.root is None:
+    if labels:
+        columns = {k: cfg.data.get(k) for k in ("path_column", "label_column", "split_column")}
+        data = images_from_csv(labels, cfg.data.root, names, cfg.data.subset, columns)
+    elif cfg.data.root is None:
         data = images_from_run(model.path, names, cfg.data.subset)
     else:
         data = images_from_folder(cfg.data.root, names)

@@ -38,7 +38,7 @@ def lr_find(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, cache_images=False)
-    module = build_module(cfg, datamodule.split.classes, datamodule.preprocessing.to_dict())
+    module = build_module(cfg, datamodule.split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights())
     # max_epochs=num_training: the test's steps however short an epoch is (one batch each at least), all with
     # the groups that train in epoch 0 (a later unfreeze would change what the loss curve measures).
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=int(opts.num_training),

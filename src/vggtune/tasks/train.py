@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict:
     split = datamodule.split
     _check_against_data(cfg, split.classes)
     _warn_schedule(schedule, cfg.trainer.max_epochs)
-    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict())
+    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights())
     trainer = build_trainer(cfg)
     if datamodule.cache_features:
         _use_feature_cache(cfg, datamodule, module, schedule)
@@ -162,7 +162,8 @@ def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str 
         sys.exit(interrupt.exit_status)
 
 
-def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -> VGGClassifier:
+def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
+                 class_weights: list[float] | None = None) -> VGGClassifier:
     """The LightningModule, from plain containers only (so checkpoints load with weights_only=True)."""
     model = cfg.model
     if str(model.weights).lower() == "none":
@@ -176,7 +177,7 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict) -
         arch=model.arch, class_names=list(class_names), weights=str(model.weights), dropout=float(model.dropout),
         preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
         finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile),
-        head=str(model.get("head", "vgg")))
+        head=str(model.get("head", "vgg")), class_weights=class_weights)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -251,11 +252,16 @@ def _prepare_run_folder(split, run_dir: Path) -> None:
     counts = split.counts()
     log.info("Data: %s (%s), %d classes: %s", split.root, split.layout, len(split.classes), ", ".join(split.classes))
     log.info("Images: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    train = counts["train"]
+    shown = ", ".join(f"{name} {n}" for name, n in list(train.items())[:20]) + (", ..." if len(train) > 20 else "")
+    ratio = max(train.values()) / max(1, min(train.values()))
+    log.info("Training images per class: %s (largest / smallest: %.1f)", shown, ratio)
     if split.skipped:
         with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
             for bad in split.skipped:
                 f.write(f"{bad.path}\t{bad.reason}\n")
-        log.warning("Skipped %d unusable image file(s), listed in %s:", len(split.skipped),
+        log.warning("Skipped %d unusable image file(s)%s, listed in %s:", len(split.skipped),
+                    " or CSV rows" if split.layout.startswith("csv") else "",
                     run_dir / "skipped_images.txt")
         for bad in split.skipped[:10]:
             log.warning("  %s: %s", bad.path, bad.reason)

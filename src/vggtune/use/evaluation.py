@@ -1,7 +1,7 @@
 """What ``vggtune eval`` measures: which labelled images to use, and the metrics over them.
 
-The images come either from the training run the checkpoint belongs to (its ``split.csv``)
-or from any folder of class folders. The metrics are torchmetrics' (the same definitions as
+The images come from the training run the checkpoint belongs to (its ``split.csv``), from any
+folder of class folders, or from a labels CSV. The metrics are torchmetrics' (the same definitions as
 the validation and test metrics logged during training).
 """
 
@@ -22,6 +22,7 @@ from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassF1
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import SUBSETS, class_folders, read_split_csv
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
+from vggtune.data.labels_csv import read_labels_csv, resolve_csv_path
 from vggtune.model.module import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,24 @@ def images_from_folder(root: str | Path, class_names: list[str]) -> LabelledImag
         raise UserError(f"none of the class folders in {path} ({', '.join(folders)}) is a class the model knows "
                         f"({', '.join(class_names)}){hint}")
     return labelled
+
+
+def images_from_csv(labels: str | Path, root: str | Path | None, class_names: list[str], subset: str = "test",
+                    columns: dict | None = None) -> LabelledImages:
+    """The rows of a labels CSV (only those of ``subset`` when it has a split column); classes the model
+    does not know are counted apart. Bad rows are left out with their line numbers in the log."""
+    csv_path = resolve_csv_path(labels, Path(str(root)).expanduser() if root else None)
+    rows, rejected = read_labels_csv(csv_path, Path(str(root)).expanduser().resolve() if root else csv_path.parent,
+                                     verify="header", on_bad_image="skip", **(columns or {}))
+    for bad in rejected.rows[:10]:
+        log.warning("  left out %s", bad.reason)
+    source, which = f"the rows of {csv_path}", ""
+    if rows and rows[0].subset is not None:
+        rows = [r for r in rows if r.subset == check_subset(subset)]
+        source, which = f"the {subset} rows of {csv_path}", f" with split {subset}"
+    if not rows:
+        raise UserError(f"{csv_path} has no usable rows{which}: pass another data.subset, or another data.labels")
+    return _label([(r.path, r.label) for r in rows], class_names, source)
 
 
 def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str) -> LabelledImages:
