@@ -75,7 +75,9 @@ def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(t
     whole = tmp_path / "whole"
     proc = run_cli("train", *recipe, f"hydra.run.dir={whole}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in (whole / "train.log").read_text()
+    # logged under vggtune's own logger name, not Lightning's
+    assert "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in \
+        (whole / "train.log").read_text()
 
     killed = tmp_path / "killed"
     child = _start(tmp_path, *recipe, f"hydra.run.dir={killed}")
@@ -120,6 +122,10 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, da
     out = child.communicate(timeout=300)[0]
     assert child.returncode == 128 + sig, out[-3000:]
     assert f"resume={run}" in out
+    log = (run / "train.log").read_text()  # one line each, under vggtune's logger, no empty line before
+    assert f"[vggtune.training.faults][WARNING] Interrupted by {sig.name} at epoch " in log
+    assert f"[vggtune.training.faults][WARNING] Resume with: vggtune train resume={run}\n" in log
+    assert "][INFO] \n" not in log and "][WARNING] \n" not in log
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
     assert saved["state_dict"] and saved["global_step"] < 1000 * 3  # stopped, not finished
     if sig == signal.SIGTERM:  # resumed to the end, the spent interrupted.ckpt goes

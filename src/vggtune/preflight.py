@@ -77,6 +77,9 @@ def prepare(task: str, args: list[str]) -> list[str]:
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
     _check_missing(cfg, task)
+    ckpt = cfg.get("ckpt")
+    if ckpt and task != "train" and not Path(str(ckpt)).expanduser().is_file():  # before the task imports Lightning
+        raise UserError(f"ckpt {Path(str(ckpt)).expanduser()} does not exist: pass ckpt=<run folder>/checkpoints/best.ckpt")
     if task in ("train", "lr_find"):
         check_train(cfg)
     if task == "lr_find":

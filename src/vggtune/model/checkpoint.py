@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
 from vggtune.model.module import VGGClassifier
-from vggtune.model.weights import safe_load
+from vggtune.model.weights import read_checkpoint
 
 
 _OLD_SCHEDULERS = "vggtune.schedulers."
@@ -30,23 +27,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
 
-
-def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
-                    fix: str = "pass ckpt=<run folder>/checkpoints/best.ckpt", mmap: bool = True) -> dict:
-    """A vggtune checkpoint loaded with ``weights_only=True``, or a UserError naming ``key`` and the fix.
-
-    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
-    """
-    path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise UserError(f"{key} {path} does not exist: {fix}")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{key} {path} is not a PyTorch checkpoint (not a torch.save archive): {fix}")
-    ckpt = safe_load(path, "checkpoint", mmap=mmap)
-    if not isinstance(ckpt, dict) or "vggtune" not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{key} {path} is not a vggtune checkpoint (no vggtune marker): {fix} (a checkpoint "
-                        "written by `vggtune train`)")
-    return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vggtune.core.errors import UserError
@@ -152,8 +151,9 @@ class FreezeSchedule(pl.Callback):
         n = apply_schedule(pl_module, pl_module.schedule, epoch)
         groups = pl_module.schedule.trainable_groups(epoch)
         if groups != self._current:
-            rank_zero_info("Epoch %d: training %s (%s parameters); frozen: %s", epoch, ", ".join(groups), f"{n:,}",
-                     ", ".join(g for g in GROUPS if g not in groups) or "nothing")
+            if trainer.is_global_zero:
+                log.info("Epoch %d: training %s (%s parameters); frozen: %s", epoch, ", ".join(groups), f"{n:,}",
+                         ", ".join(g for g in GROUPS if g not in groups) or "nothing")
             self._current = groups
         pl_module.log("trainable_params", float(n), on_step=False, on_epoch=True, sync_dist=True)
 

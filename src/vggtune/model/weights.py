@@ -1,5 +1,7 @@
 """A VGG with its weights: torchvision's ImageNet file (from the hub cache, or downloaded once), a
-state-dict file, or random init. Files are read with ``weights_only=True``: nothing in them runs.
+state-dict file, or random init; and reading vggtune checkpoints. Files are read with
+``weights_only=True``: nothing in them runs. No Lightning here: the command line's checks use this
+module before Hydra has set up logging (see tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -134,3 +137,21 @@ def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
     except Exception as e:  # noqa: BLE001 - a damaged archive raises several types
         raise UserError(f"could not read {what} {path} ({type(e).__name__}: {str(e)[:120]}); "
                         "is the file complete?") from None
+
+
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
+                    fix: str = "pass ckpt=<run folder>/checkpoints/best.ckpt", mmap: bool = True) -> dict:
+    """A vggtune checkpoint loaded with ``weights_only=True``, or a UserError naming ``key`` and the fix.
+
+    Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
+    """
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"{key} {path} does not exist: {fix}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{key} {path} is not a PyTorch checkpoint (not a torch.save archive): {fix}")
+    ckpt = safe_load(path, "checkpoint", mmap=mmap)
+    if not isinstance(ckpt, dict) or "vggtune" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{key} {path} is not a vggtune checkpoint (no vggtune marker): {fix} (a checkpoint "
+                        "written by `vggtune train`)")
+    return ckpt

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.model.arch import check_head
+from vggtune.model.weights import read_checkpoint
 
 MONITORS = ("val/acc", "val/bal_acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
 
@@ -57,8 +58,6 @@ def check_lr_find(cfg: DictConfig) -> None:
 
 def check_resume_checkpoint(path: Path, arch: str) -> None:
     """``ckpt_path`` must be a full training state written by ``vggtune train`` for the same model."""
-    from vggtune.model.checkpoint import read_checkpoint  # imports Lightning: only when resuming
-
     fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
     ckpt = read_checkpoint(path, "ckpt_path", fix)
     if "optimizer_states" not in ckpt or "loops" not in ckpt:

@@ -17,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import weights_identity
-from vggtune.model.checkpoint import AtomicCheckpointIO, read_checkpoint
+from vggtune.model.checkpoint import AtomicCheckpointIO
+from vggtune.model.weights import read_checkpoint
 from vggtune.model.finetune import FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks.checks import check_train
 from vggtune.tasks.runs import commit_run_config, report_run, write_json
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
-from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
+from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
 from vggtune.training.tensorboard import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """A Trainer from the trainer, callbacks and logger config groups, plus the callbacks every run needs."""
+    tidy_lightning_messages()
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(), SaveOnInterrupt(),
                   StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps)]

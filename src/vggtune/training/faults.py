@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vggtune.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 INTERRUPTED_CKPT = "interrupted.ckpt"
 
@@ -60,6 +62,23 @@ class StopOnNonFiniteLoss(pl.Callback):
                             "trainer.gradient_clip_val=1.0")
 
 
+class _NoLeadingNewline(logging.Filter):
+    """Lightning starts some messages with a newline ("\nDetected KeyboardInterrupt, attempting graceful
+    shutdown ...", lightning/pytorch/trainer/call.py): an empty line in the log file, the text on the next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = record.msg.lstrip("\n")
+        return True
+
+
+def tidy_lightning_messages() -> None:
+    """Install :class:`_NoLeadingNewline` on the logger Lightning's ``rank_zero_info`` writes to (once)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoLeadingNewline) for f in logger.filters):
+        logger.addFilter(_NoLeadingNewline())
+
+
 class SaveOnInterrupt(pl.Callback):
     """On Ctrl-C (SIGINT) or SIGTERM, save ``checkpoints/interrupted.ckpt`` and say how to resume."""
 
@@ -76,9 +95,11 @@ class SaveOnInterrupt(pl.Callback):
             return
         run_dir = Path(trainer.default_root_dir)
         self.saved = run_dir / "checkpoints" / INTERRUPTED_CKPT
-        trainer.save_checkpoint(self.saved)
-        rank_zero_info(f"\nInterrupted by {self.signal.name} at epoch {trainer.current_epoch}, step "
-                       f"{trainer.global_step}; saved {self.saved}.\nResume with: vggtune train resume={run_dir}")
+        trainer.save_checkpoint(self.saved, weights_only=False)  # said, or Lightning logs that it chose it
+        if trainer.is_global_zero:
+            log.warning("Interrupted by %s at epoch %d, step %d; saved %s", self.signal.name, trainer.current_epoch,
+                        trainer.global_step, self.saved)
+            log.warning("Resume with: vggtune train resume=%s", run_dir)
 
     @property
     def exit_status(self) -> int:
