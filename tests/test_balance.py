@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
+from conftest import TINY, assert_one_line_error, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.datasets import BalancedSampler
@@ -128,8 +128,8 @@ def test_on_a_ten_to_one_task_either_option_raises_the_minority_recall(unbalance
 
 def test_a_balanced_run_logs_counts_weights_the_loss_and_reports_balanced_accuracy(tmp_path, unbalanced):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", f"data.root={unbalanced}", *TINY, "data.balance=loss", "monitor=val/bal_acc",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here("train", f"data.root={unbalanced}", *TINY, "data.balance=loss", "monitor=val/bal_acc",
+                        f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "Training images per class: checks 40, dots 4 (largest / smallest: 10.0)" in log
