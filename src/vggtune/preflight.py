@@ -175,7 +175,9 @@ def check_overrides(task: str, overrides: list[str]) -> DictConfig:
 def _root_from_labels(cfg: DictConfig) -> str | None:
     """``data.root=<the CSV's folder>`` when ``data.labels`` is given and ``data.root`` is not."""
     data = cfg.get("data")
-    if data is None or not data.get("labels") or not OmegaConf.is_missing(data, "root") and data.get("root"):
+    if data is None or not data.get("labels"):
+        return None
+    if not OmegaConf.is_missing(data, "root") and data.get("root"):  # given: the CSV's paths may be relative to it
         return None
     csv_path = Path(str(data.labels)).expanduser()
     if not csv_path.is_file():

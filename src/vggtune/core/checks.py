@@ -26,9 +26,9 @@ def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int
     if mode not in PROGRESS_MODES:
         raise UserError(f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
                         "plain lines otherwise), bar or plain")
-    if isinstance(refresh_seconds, bool) or not isinstance(refresh_seconds, (int, float)) or not refresh_seconds >= 0:
+    if not is_number(refresh_seconds) or not refresh_seconds >= 0:
         raise UserError(f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, "
                         f"got {refresh_seconds!r}")
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+    if not is_number(every_n_steps, whole=True) or every_n_steps < 1:
         raise UserError(f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, "
                         f"got {every_n_steps!r}")

@@ -93,8 +93,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
             total = sum(counts.values())
             return [total / (len(names) * counts[name]) for name in names]
         if isinstance(given, Mapping):
-            unknown = sorted(set(given) - set(names))
-            if unknown or set(given) != set(names):
+            if set(given) != set(names):
                 raise UserError(f"data.class_weights names {', '.join(map(str, given))}, but the classes are "
                                 f"{', '.join(names)}: give one weight per class")
             weights = [given[name] for name in names]

@@ -29,7 +29,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vggtune.core.checks import check_progress_options
 
-# Lightning's own loggers print to stderr through handlers of their own (they do not propagate).
+# Lightning's loggers get handlers of their own (and stop propagating) when Lightning is imported before
+# logging is configured, as in a script that builds a Trainer itself: redirect those too.
 _REDIRECTED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
 
 
@@ -39,8 +40,6 @@ def progress_bar(mode: str = "auto", refresh_seconds: float = 1.0, every_n_steps
     if mode == "auto":
         mode = "bar" if _is_terminal(sys.stdout) else "plain"
     return TimedBar(refresh_seconds) if mode == "bar" else PlainProgress(every_n_steps)
-
-
 
 
 def _is_terminal(stream) -> bool:
