@@ -17,7 +17,6 @@ Families (all generated, nothing downloaded; scikit-learn's digits are the final
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -26,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
+
+from vggtune.training.demo_weights import fit_plain
 
 SOURCE_SIZE = 48  # pixels of the files written; the tools resize to the benchmark's image size
 FAMILIES = ("letters-a", "letters-b", "textures", "shapes", "digits-a", "digits-b")
@@ -40,23 +41,9 @@ TASKS = {  # name: (source family used for pretraining, target family fine-tuned
 
 
 def _letters(chars: str):
-    def draw(cls: int, rng: np.random.Generator) -> Image.Image:
-        bg = int(rng.integers(0, 256))
-        fg = int(rng.integers(0, 256))
-        while abs(fg - bg) < 90:
-            fg = int(rng.integers(0, 256))
-        big = 3 * SOURCE_SIZE
-        img = Image.new("L", (big, big), bg)
-        font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
-        d = ImageDraw.Draw(img)
-        x, y = big / 2 + rng.uniform(-0.12, 0.12) * big, big / 2 + rng.uniform(-0.12, 0.12) * big
-        d.text((x, y), chars[cls], fill=fg, font=font, anchor="mm", stroke_width=int(rng.integers(0, 6)),
-               stroke_fill=fg)
-        img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=bg)
-        img = img.resize((SOURCE_SIZE, SOURCE_SIZE), Image.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
-        a = np.asarray(img, np.float32) + rng.normal(0, 12, (SOURCE_SIZE, SOURCE_SIZE))
-        return Image.fromarray(a.clip(0, 255).astype(np.uint8)).convert("RGB")
-    return draw, list(chars)
+    from vggtune.data.demo import draw_letter
+
+    return (lambda cls, rng: draw_letter(chars[cls], SOURCE_SIZE, rng)), list(chars)
 
 
 def _textures():
@@ -65,44 +52,10 @@ def _textures():
     return (lambda cls, rng: draw_pattern(PATTERNS[cls], SOURCE_SIZE, rng)), list(PATTERNS)
 
 
-SHAPES = ("disc", "square", "triangle", "cross", "ring")
-
-
 def _shapes():
-    def draw(cls: int, rng: np.random.Generator) -> Image.Image:
-        s = SOURCE_SIZE
-        bg, fg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        while np.abs(bg - fg).sum() < 150:
-            fg = rng.integers(0, 256, 3)
-        img = Image.new("RGB", (s, s), tuple(int(c) for c in bg))
-        d = ImageDraw.Draw(img)
-        r = rng.uniform(0.22, 0.4) * s
-        cx, cy = s / 2 + rng.uniform(-0.15, 0.15) * s, s / 2 + rng.uniform(-0.15, 0.15) * s
-        col = tuple(int(c) for c in fg)
-        name = SHAPES[cls]
-        if name == "disc":
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
-        elif name == "ring":
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=col, width=max(2, int(r / 3)))
-        else:
-            a = rng.uniform(0, 2 * math.pi)
-            if name == "square":
-                pts = [(cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)]
-                d.polygon(pts, fill=col)
-            elif name == "triangle":
-                pts = [(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)) for k in range(3)]
-                d.polygon(pts, fill=col)
-            else:  # cross
-                w = r / 3
-                for k in range(2):
-                    b = a + k * math.pi / 2
-                    dx, dy = math.cos(b), math.sin(b)
-                    px, py = -dy * w, dx * w
-                    d.polygon([(cx - r * dx + px, cy - r * dy + py), (cx + r * dx + px, cy + r * dy + py),
-                               (cx + r * dx - px, cy + r * dy - py), (cx - r * dx - px, cy - r * dy - py)], fill=col)
-        a = np.asarray(img, np.float32) + rng.normal(0, 18, (s, s, 3))
-        return Image.fromarray(a.clip(0, 255).astype(np.uint8))
-    return draw, list(SHAPES)
+    from vggtune.data.demo import SHAPES, draw_shape
+
+    return (lambda cls, rng: draw_shape(SHAPES[cls], SOURCE_SIZE, rng)), list(SHAPES)
 
 
 def _digits(lo: int):
@@ -182,19 +135,9 @@ def pretrain(work: Path, source: str, arch: str = "vgg11_bn", size: int = 32, pe
     t0 = time.perf_counter()
 
     def fit(net, opt, loader, n_epochs, what):
-        for epoch in range(n_epochs):
-            net.train()
-            correct = seen = 0
-            for x, y in loader:
-                logits = net(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-            print(f"  pretrain {source} {what} epoch {epoch}: train acc {correct / seen:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        fit_plain(net, opt, loader, n_epochs, lambda epoch, acc: print(
+            f"  pretrain {source} {what} epoch {epoch}: train acc {acc:.3f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True))
 
     convs = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, len(ds.classes)))
     fit(convs, torch.optim.AdamW(convs.parameters(), lr=1e-3, weight_decay=1e-4), dl, epochs, "conv layers")

@@ -114,6 +114,20 @@ def test_load_weights_with_head_keeps_the_imagenet_classifier(tmp_path):
         load_weights(torchvision.models.vgg11(), "vgg11", str(tmp_path / "five.pth"), head=True)
 
 
+def test_a_file_of_conv_layers_only_serves_the_pooled_head_and_the_vgg_head_says_what_it_lacks(tmp_path):
+    convs = {k: v for k, v in _saved_vgg(tmp_path / "w.pth", arch="vgg11_bn").items() if k.startswith("features.")}
+    torch.save(convs, tmp_path / "convs.pth")
+    model = build_vgg("vgg11_bn", num_classes=3, weights=str(tmp_path / "convs.pth"), head="pooled")
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in convs.items())
+    with pytest.raises(UserError, match="conv layers only, which model.head=pooled needs"):
+        build_vgg("vgg11_bn", num_classes=3, weights=str(tmp_path / "convs.pth"), head="vgg")
+    del convs["features.0.weight"]  # and a damaged one is still refused under the pooled head
+    torch.save(convs, tmp_path / "broken.pth")
+    with pytest.raises(UserError, match="do not fit vgg11_bn"):
+        build_vgg("vgg11_bn", num_classes=3, weights=str(tmp_path / "broken.pth"), head="pooled")
+
+
 def test_pooled_head_keeps_the_pretrained_convs_and_replaces_pool_and_classifier(tmp_path):
     state = _saved_vgg(tmp_path / "w.pth", arch="vgg11_bn")
     model = build_vgg("vgg11_bn", num_classes=4, weights=str(tmp_path / "w.pth"), dropout=0.5, head="pooled")

@@ -114,3 +114,28 @@ def test_a_last_training_batch_of_one_image_is_left_out_so_batchnorm_can_train(t
     assert len(set(left_out)) > 1, left_out
     dm.batch_size = 3  # no remainder: nothing is dropped
     assert [len(y) for _, y in dm.train_dataloader()] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("balanced", [False, True], ids=["shuffled", "balanced"])
+def test_a_sampler_started_part_way_gives_the_rest_of_that_epoch_once(balanced):
+    from vggtune.data.datasets import BalancedSampler, EpochSampler
+
+    dataset = list(range(23))
+    def make():
+        if balanced:
+            return BalancedSampler(dataset, [i % 3 == 0 for i in dataset], num_replicas=2, rank=1, seed=5)
+        return EpochSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=5)
+    whole = make()
+    whole.set_epoch(3)
+    order = list(whole)
+    resumed = make()
+    resumed.set_epoch(3)
+    resumed.start_at(3, 8)  # 4 batches of 2 already trained on this rank
+    assert list(resumed) == order[8:]
+    assert list(resumed) == order  # once: the next pass over the epoch is whole
+    later = make()
+    later.start_at(3, 8)
+    later.set_epoch(4)  # another epoch: nothing left out
+    again = make()
+    again.set_epoch(4)
+    assert list(later) == list(again) and len(later) == len(order)

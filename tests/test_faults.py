@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -60,25 +61,42 @@ def pretrained(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, data, pretrained):
-    # The default recipe, not a test-friendly one: a BatchNorm VGG from a weights file, the default
-    # freeze_unfreeze schedule (the kill lands in epoch 1, where everything unfreezes), AdamW and
-    # loader worker processes (data.num_workers=auto). Two processes with the same seed: the
-    # uninterrupted run and the killed one, whose first epoch ran in another process; equal
-    # weights show both exact resume and same-seed repeatability. data.augment=light: the per-image
-    # augmentation seeds must resume too (the default is none).
-    recipe = [f"data.root={data}", "model=vgg11_bn", f"model.weights={pretrained}", "data.image_size=32", "data.augment=light",
-              "data.batch_size=4", "trainer=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-              "trainer.deterministic=true", "data.test_split=0", "seed=7",
-              "callbacks.best_checkpoint=null", "logger.images_every_n_epochs=0"]  # only last.ckpt is written
+@pytest.fixture(scope="module")
+def recipe(data, pretrained) -> list[str]:
+    """The default recipe, not a test-friendly one: a BatchNorm VGG from a weights file, the default
+    freeze_unfreeze schedule (epoch 1 unfreezes everything), AdamW, loader worker processes
+    (data.num_workers=auto) and data.augment=light, whose per-image seeds must resume too. Six
+    steps an epoch, each reported on its own line (the interruptions wait for them)."""
     assert ClassFolderDataModule(data).num_workers > 0  # auto: loader processes
-    whole = tmp_path / "whole"
-    proc = run_cli("train", *recipe, f"hydra.run.dir={whole}", cwd=tmp_path)
+    return [f"data.root={data}", "model=vgg11_bn", f"model.weights={pretrained}", "data.image_size=32",
+            "data.augment=light", "data.batch_size=2", "trainer=cpu", "trainer.max_epochs=2",
+            "trainer.deterministic=true", "data.test_split=0", "seed=7", "callbacks.best_checkpoint=null",
+            "logger.images_every_n_epochs=0",  # only last.ckpt is written
+            "callbacks.progress_bar.mode=plain", "callbacks.progress_bar.every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, recipe) -> Path:
+    """The run that every interrupted and resumed one must equal: another process, the same seed."""
+    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = run_cli("train", *recipe, f"hydra.run.dir={whole}", cwd=whole.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return whole
+
+
+def _assert_same_run(resumed: Path, whole: Path) -> None:
+    resumed_metrics = json.loads((resumed / "metrics.json").read_text())["metrics"]
+    assert resumed_metrics == json.loads((whole / "metrics.json").read_text())["metrics"]
+    assert "train/acc" in resumed_metrics and "train/loss" in resumed_metrics
+    a, b = _weights(whole / "checkpoints" / "last.ckpt"), _weights(resumed / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted):
     # logged under vggtune's own logger name, not Lightning's
     assert "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in \
-        (whole / "train.log").read_text()
-
+        (uninterrupted / "train.log").read_text()
     killed = tmp_path / "killed"
     child = _start(tmp_path, *recipe, f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"
@@ -91,11 +109,7 @@ def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(t
 
     proc = run_cli("train", f"resume={killed}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed_metrics = json.loads((killed / "metrics.json").read_text())["metrics"]
-    assert resumed_metrics == json.loads((whole / "metrics.json").read_text())["metrics"]
-    a, b = _weights(whole / "checkpoints" / "last.ckpt"), _weights(last)
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    _assert_same_run(killed, uninterrupted)
     assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run
 
 
@@ -113,26 +127,39 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_pa
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(tmp_path, data, sig):
+def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted, sig):
+    # As a terminal sends Ctrl-C and SLURM pre-empts a job: to every process of the group, the
+    # loader workers too. The signal lands part-way through epoch 1, where everything unfreezes.
     run = tmp_path / "run"
-    child = _start(tmp_path, f"data.root={data}", *RUN, "trainer.max_epochs=1000", f"hydra.run.dir={run}")
-    # An event, not a delay: the first epoch is saved, so the run is training, with 999 epochs to go.
-    _wait_for((run / "checkpoints" / "last.ckpt").exists)
-    child.send_signal(sig)
-    out = child.communicate(timeout=300)[0]
+    child = subprocess.Popen([*vggtune_command(), "train", *recipe, f"hydra.run.dir={run}"], cwd=tmp_path,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in child.stdout:
+        seen.append(line)
+        if line.startswith("epoch 2/2 step 2/"):
+            os.killpg(child.pid, sig)
+            break
+    out = "".join(seen) + child.communicate(timeout=300)[0]
     assert child.returncode == 128 + sig, out[-3000:]
     assert f"resume={run}" in out
     log = (run / "train.log").read_text()  # one line each, under vggtune's logger, no empty line before
-    assert f"[vggtune.training.faults][WARNING] Interrupted by {sig.name} at epoch " in log
+    assert f"[vggtune.training.faults][WARNING] Interrupted by {sig.name} at epoch 1, step " in log
     assert f"[vggtune.training.faults][WARNING] Resume with: vggtune train resume={run}\n" in log
     assert "][INFO] \n" not in log and "][WARNING] \n" not in log
     saved = torch.load(run / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
-    assert saved["state_dict"] and saved["global_step"] < 1000 * 3  # stopped, not finished
-    if sig == signal.SIGTERM:  # resumed to the end, the spent interrupted.ckpt goes
-        proc = run_cli("train", f"resume={run}", f"trainer.max_epochs={saved['epoch'] + 2}", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert (run / "checkpoints" / "last.ckpt").is_file()
-        assert not (run / "checkpoints" / "interrupted.ckpt").exists()
+    done = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+    assert saved["epoch"] == 1 and 2 <= done < 6, done  # part-way through the epoch
+
+    proc = run_cli("train", f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("not resumable", "weights_only"):  # Lightning's warnings that were not the user's to act on
+        assert noise not in proc.stdout + proc.stderr
+    resumed_steps = [line for line in proc.stdout.splitlines() if line.startswith("epoch 2/2 step ")]
+    assert resumed_steps[0].startswith(f"epoch 2/2 step {done + 1}/6 ")  # goes on where it stopped
+    _assert_same_run(run, uninterrupted)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # spent once the run went past it
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):

@@ -34,10 +34,10 @@ def _datamodule(root, arch="vgg11"):
                                  arch=arch)
 
 
-def _module(dm, arch="vgg11", optim=SGD, **finetune):
+def _module(dm, arch="vgg11", optim=SGD, head="vgg", **finetune):
     torch.manual_seed(0)
     return VGGClassifier(arch, dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(), optim=optim,
-                         finetune=finetune)
+                         finetune=finetune, head=head)
 
 
 class Snapshots(pl.Callback):
@@ -166,7 +166,8 @@ def test_backbone_lr_ratio_overrides_the_decay():
 def test_resume_after_the_unfreeze_gives_the_same_state_as_an_uninterrupted_run(data, tmp_path):
     def run(epochs_before_stop, ckpt_path=None, ckpt_dir=None):
         dm = _datamodule(data)
-        module = _module(dm, optim=ADAMW, name="freeze_unfreeze", unfreeze_at_epoch=1)
+        # The pooled head: the schedule is the same, the checkpoints 40 MB instead of 0.5 GB.
+        module = _module(dm, optim=ADAMW, head="pooled", name="freeze_unfreeze", unfreeze_at_epoch=1)
 
         class StopAfter(pl.Callback):
             def on_train_epoch_end(self, trainer, pl_module):

@@ -59,5 +59,5 @@ def test_the_wheel_builds_quietly_and_its_command_composes_a_config_outside_the_
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"FROM {target}" in proc.stdout  # the installed wheel, not the checkout
-    assert "arch: vgg19" in proc.stdout and "max_epochs: 6" in proc.stdout  # a group and an experiment
+    assert "arch: vgg19" in proc.stdout and "max_epochs: 5" in proc.stdout  # a group and an experiment
     assert not (elsewhere / "outputs").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from functools import cached_property
 
@@ -13,12 +14,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggtune.core.checks import check_positive_int, is_number
 from vggtune.core.errors import UserError
-from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset
+from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
+from vggtune.model.resume import batches_done_in_epoch
 
 log = logging.getLogger(__name__)
 BALANCE_MODES = ("none", "sampler", "loss")
@@ -63,6 +65,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self._on_device_transform = False
         self.datasets: dict[str, Dataset] = {}
         self._first_epoch = 0  # the epoch a resumed run starts in (load_state_dict)
+        self._resume_batches = 0  # the batches of it trained before the interruption
 
     @cached_property
     def split(self) -> DataSplit:
@@ -157,23 +160,30 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # iterator, whose workers have already drawn their first indices: the first resumed epoch
         # replayed epoch 0's order (lightning #21938, fix PR #21941 open). Set the epoch it will set.
         sampler.set_epoch(self._first_epoch)
+        # Interrupted part-way through that epoch (Ctrl-C, SIGTERM): its remaining batches, not all of it.
+        sampler.start_at(self._first_epoch, self._resume_batches * self.batch_size)
         # A last batch of one image cannot train BatchNorm (the pooled head's, or a _bn body's at 32 px:
         # "Expected more than 1 value per channel"), so that one image sits out the epoch; the shuffle
         # picks another one each epoch.
         drop_last = len(sampler) > self.batch_size and len(sampler) % self.batch_size == 1
         # A private generator: creating the iterator must not draw from the global RNG (dropout's).
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=drop_last,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                               drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed),
+                               worker_init_fn=_leave_signals_to_main, position=self.state_dict)
 
     def state_dict(self) -> dict:
-        """The epoch that Lightning's fit loop will resume in, saved with every checkpoint."""
+        """Where Lightning's fit loop will resume: the epoch, and the batches of it already trained."""
         trainer = self.trainer
-        return {"epoch": trainer.fit_loop.epoch_progress.current.processed} if trainer is not None else {}
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.fit_loop.epoch_progress.current.processed,
+                "batches_done": batches_done_in_epoch(trainer)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restored before the loaders are built, so that the first resumed epoch draws its own order."""
         self._first_epoch = int(state_dict.get("epoch", 0))
+        self._resume_batches = int(state_dict.get("batches_done", 0))
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, in split order."""
@@ -186,7 +196,21 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _loader(self, subset: str) -> DataLoader:
         return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, worker_init_fn=_leave_signals_to_main)
+
+
+def _leave_signals_to_main(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step, saves a
+    checkpoint and then stops them.
+
+    A terminal sends SIGINT to the whole process group, and SLURM sends SIGTERM to every process of
+    a pre-empted job: a worker killed by it makes the main process fail with "DataLoader worker ...
+    is killed by signal: Terminated", in the middle of saving. A worker still exits when the main
+    process dies (torch's workers watch their parent). Lightning seeds workers only when a loader
+    has no ``worker_init_fn``; these need none: every item seeds itself (SeededDataset).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:

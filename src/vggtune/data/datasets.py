@@ -1,13 +1,15 @@
-"""Datasets whose random augmentation depends only on (seed, epoch, item), and the sampler that sets the epoch."""
+"""Datasets whose random augmentation depends only on (seed, epoch, item), the samplers that set the epoch,
+and the training loader that resumes part-way through one."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from vggtune.core.errors import UserError
 from vggtune.data.images import load_rgb
@@ -77,10 +79,25 @@ class EpochSampler(DistributedSampler):
     from a checkpoint replays its epochs exactly. Lightning keeps a DistributedSampler as it is.
     """
 
+    _start: tuple[int, int] | None = None
+
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+    def start_at(self, epoch: int, index: int) -> None:
+        """The next pass over ``epoch`` leaves out the first ``index`` items of this rank's order (a resume)."""
+        self._start = (epoch, index) if index > 0 else None
+
+    def __iter__(self):
+        return self._resumed(list(super().__iter__()))
+
+    def _resumed(self, order: list[int]):
+        if self._start is not None and self._start[0] == self.epoch:
+            order = order[self._start[1]:]
+            self._start = None  # once: the epochs after it run whole
+        return iter(order)
 
 
 class BalancedSampler(EpochSampler):
@@ -101,4 +118,26 @@ class BalancedSampler(EpochSampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
-        return iter(drawn[self.rank:self.total_size:self.num_replicas])
+        return self._resumed(drawn[self.rank:self.total_size:self.num_replicas])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning counts as resumable mid-epoch (it has ``state_dict``/``load_state_dict``).
+
+    Where an interrupted epoch goes on is set before this loader exists: the data module's own state
+    (restored before ``train_dataloader`` is called) tells the :class:`EpochSampler` to leave out the
+    batches already trained, and (seed, epoch, item) fix everything else. The loader's state cannot
+    carry it: Lightning makes the iterator before it restores a loader's state, and restores none
+    when ``estimated_stepping_batches`` built the loader first, as a one-cycle schedule does
+    (lightning #20550). Its state is the position, kept in the checkpoint for the record.
+    """
+
+    def __init__(self, *args, position: Callable[[], dict], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict:
+        return self._position()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to do: the data module's state already put the sampler at this position."""

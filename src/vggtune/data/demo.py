@@ -1,16 +1,19 @@
-"""A small generated data set (coloured textures: checks, stripes, dots) for the offline demo and tests."""
+"""Small generated data sets for the offline demo, the benchmarks and tests: coloured textures (checks,
+stripes, dots), filled shapes, letters."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 
 log = logging.getLogger(__name__)
@@ -47,19 +50,81 @@ def draw_pattern(pattern: str, size: int, rng: np.random.Generator) -> Image.Ima
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
+SHAPES = ("disc", "square", "triangle", "cross", "ring")
+
+
+def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One ``size`` x ``size`` image of a filled ``shape`` in a random colour, size, place and angle, on noisy colour."""
+    bg, fg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    while np.abs(bg - fg).sum() < 150:
+        fg = rng.integers(0, 256, 3)
+    img = Image.new("RGB", (size, size), tuple(int(c) for c in bg))
+    d = ImageDraw.Draw(img)
+    r = rng.uniform(0.22, 0.4) * size
+    cx, cy = size / 2 + rng.uniform(-0.15, 0.15) * size, size / 2 + rng.uniform(-0.15, 0.15) * size
+    col = tuple(int(c) for c in fg)
+    if shape == "disc":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+    elif shape == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=col, width=max(2, int(r / 3)))
+    elif shape in ("square", "triangle"):
+        a, k = rng.uniform(0, 2 * math.pi), 4 if shape == "square" else 3
+        d.polygon([(cx + r * math.cos(a + i * 2 * math.pi / k), cy + r * math.sin(a + i * 2 * math.pi / k))
+                   for i in range(k)], fill=col)
+    elif shape == "cross":
+        a, w = rng.uniform(0, 2 * math.pi), r / 3
+        for b in (a, a + math.pi / 2):
+            dx, dy = math.cos(b), math.sin(b)
+            px, py = -dy * w, dx * w
+            d.polygon([(cx - r * dx + px, cy - r * dy + py), (cx + r * dx + px, cy + r * dy + py),
+                       (cx + r * dx - px, cy + r * dy - py), (cx - r * dx - px, cy - r * dy - py)], fill=col)
+    else:
+        raise ValueError(f"unknown shape {shape!r}: one of {SHAPES}")
+    pixels = np.asarray(img, np.float32) + rng.normal(0, 18, (size, size, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def draw_letter(letter: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One ``size`` x ``size`` image of ``letter`` in Pillow's bundled font: grey on grey, random size, offset,
+    rotation, stroke and blur, with noise."""
+    bg = int(rng.integers(0, 256))
+    fg = int(rng.integers(0, 256))
+    while abs(fg - bg) < 90:
+        fg = int(rng.integers(0, 256))
+    big = 3 * size
+    img = Image.new("L", (big, big), bg)
+    font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
+    x, y = big / 2 + rng.uniform(-0.12, 0.12) * big, big / 2 + rng.uniform(-0.12, 0.12) * big
+    ImageDraw.Draw(img).text((x, y), letter, fill=fg, font=font, anchor="mm", stroke_width=int(rng.integers(0, 6)),
+                             stroke_fill=fg)
+    img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=bg)
+    img = img.resize((size, size), Image.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    pixels = np.asarray(img, np.float32) + rng.normal(0, 12, (size, size))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB")
+
+
+# name: (class names, draw(class name, size, rng))
+FAMILIES = {"textures": (PATTERNS, draw_pattern), "shapes": (SHAPES, draw_shape),
+            "letters-a": (tuple("KLMNO"), draw_letter), "letters-b": (tuple("ABCDE"), draw_letter)}
+
+
 def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, classes: int = 3,
-                      seed: int = 0) -> Path:
-    """Write ``classes`` class folders of ``per_class`` JPEGs each to ``root`` (atomically), and return it."""
+                      seed: int = 0, family: str = "textures") -> Path:
+    """Write ``classes`` class folders of ``per_class`` JPEGs of ``family`` (textures or shapes) to ``root``
+    (atomically), and return it."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
+    names, draw = FAMILIES[family]
     root = Path(root)
     rng = np.random.default_rng(seed)
     root.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a half-written data set is never mistaken for a
     # finished one, and several processes (DDP ranks) can race safely.
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    for pattern in PATTERNS[:classes]:
-        (tmp / pattern).mkdir()
+    for name in names[:classes]:
+        (tmp / name).mkdir()
         for i in range(per_class):
-            draw_pattern(pattern, size, rng).save(tmp / pattern / f"{pattern}_{i:03d}.jpg", quality=92)
+            draw(name, size, rng).save(tmp / name / f"{name}_{i:03d}.jpg", quality=92)
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     try:
         os.rename(tmp, root)
@@ -71,14 +136,17 @@ def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, cla
 class DemoDataModule(ClassFolderDataModule):
     """A ClassFolderDataModule that first generates the demo data set into ``root`` if it is missing."""
 
-    def __init__(self, root: str = "data/demo", per_class: int = 150, source_size: int = 64,
-                 classes: int = 3, **kwargs):
+    def __init__(self, root: str = "data/demo/letters", per_class: int = 90, source_size: int = 48,
+                 classes: int = 5, family: str = "letters-b", **kwargs):
         super().__init__(root=root, **kwargs)
-        self.demo = dict(per_class=per_class, size=source_size, classes=classes)
+        if family not in FAMILIES:
+            raise UserError(f"data.family={family} is not a demo family: choose one of {', '.join(FAMILIES)}")
+        self.demo = dict(per_class=per_class, size=source_size, classes=classes, family=family)
 
     def prepare_data(self) -> None:
         """Generate the data set if it is missing (safe to call from several processes)."""
         if not Path(self.root).expanduser().exists():
-            log.info("Generating the demo data set (%s classes x %s images) into %s", self.demo["classes"],
-                     self.demo["per_class"], self.root)
+            names = FAMILIES[self.demo["family"]][0][:self.demo["classes"]]
+            log.info("Generating the demo data set (%s: %s x %s images) into %s", self.demo["family"],
+                     ", ".join(names), self.demo["per_class"], self.root)
             make_demo_dataset(Path(self.root).expanduser(), **self.demo)

@@ -28,7 +28,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a vggtune checkpoint with ``weights_only=True``, or raise a UserError saying what is wrong.
 

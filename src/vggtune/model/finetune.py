@@ -27,6 +27,7 @@ from torch import nn
 
 from vggtune.core.errors import UserError
 from vggtune.model.arch import GROUPS, layer_groups
+from vggtune.model.resume import batches_done_in_epoch
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def apply_schedule(pl_module: pl.LightningModule, schedule: Schedule, epoch: int
 
 
 class FreezeSchedule(pl.Callback):
-    """Applies the module's :class:`Schedule` at the start of every training epoch."""
+    """Applies the module's :class:`Schedule` at the start of every training epoch (and of a resumed one)."""
 
     def __init__(self):
         self._ddp_synced: set[int] | None = None
@@ -145,8 +146,17 @@ class FreezeSchedule(pl.Callback):
         # The model is wrapped now: remember which tensors DDP reduces itself.
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             self._ddp_synced = {id(p) for p in pl_module.parameters() if p.requires_grad}
+        if batches_done_in_epoch(trainer):  # resumed part-way through an epoch: it gets no epoch start
+            self._apply(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._apply(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
+        pl_module.log("trainable_params", float(n), on_step=False, on_epoch=True, sync_dist=True)
+
+    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         n = apply_schedule(pl_module, pl_module.schedule, epoch)
         groups = pl_module.schedule.trainable_groups(epoch)
@@ -155,7 +165,6 @@ class FreezeSchedule(pl.Callback):
                 log.info("Epoch %d: training %s (%s parameters); frozen: %s", epoch, ", ".join(groups), f"{n:,}",
                          ", ".join(g for g in GROUPS if g not in groups) or "nothing")
             self._current = groups
-        pl_module.log("trainable_params", float(n), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         if not self._ddp_synced:

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from vggtune import __version__
 from vggtune.model.arch import frozen_trunk
 from vggtune.model.finetune import Schedule, param_groups
+from vggtune.model.resume import batches_done_in_epoch
 from vggtune.model.weights import build_vgg
 
 DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
@@ -53,6 +54,9 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 
+TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch
+
+
 class VGGClassifier(pl.LightningModule):
     """A VGG classifier over ``class_names``; every argument is a plain value, saved as a hyperparameter.
 
@@ -87,6 +91,7 @@ class VGGClassifier(pl.LightningModule):
         self.test_metrics = classification_metrics(n, "test/")
         self.val_acc_best = MaxMetric()
         self._resumed_acc_best: float | None = None  # torchmetrics states are not in the state dict
+        self._resumed_train_metrics: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised image batch, or for a batch of cached backbone outputs (2-D)."""
@@ -108,6 +113,13 @@ class VGGClassifier(pl.LightningModule):
         self.val_acc_best.reset()  # forget the sanity check's validation
         if self._resumed_acc_best is not None:  # a resumed run goes on from the best before the interruption
             self.val_acc_best.update(torch.tensor(self._resumed_acc_best))
+        if self._resumed_train_metrics and batches_done_in_epoch(self.trainer):
+            for name, states in self._resumed_train_metrics.items():
+                metric = getattr(self, name)
+                for key, value in states.items():
+                    setattr(metric, key, value.to(self.device))
+                metric._update_count = 1  # torchmetrics warns on compute() before any update()
+        self._resumed_train_metrics = None
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -169,6 +181,14 @@ class VGGClassifier(pl.LightningModule):
         best = float(self.val_acc_best.max_value)
         if best != float("-inf"):
             checkpoint["vggtune"]["val_acc_best"] = best
+        # Part-way through an epoch: its training metrics so far, so that the resumed epoch's train/acc
+        # and train/loss count every batch. One process's share only, so not under DDP.
+        if batches_done_in_epoch(self._trainer) and self.trainer.world_size == 1:
+            checkpoint["vggtune"]["train_metrics"] = {
+                name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).metric_state.items()}
+                for name in TRAIN_METRICS}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_acc_best = (checkpoint.get("vggtune") or {}).get("val_acc_best")
+        ours = checkpoint.get("vggtune") or {}
+        self._resumed_acc_best = ours.get("val_acc_best")
+        self._resumed_train_metrics = ours.get("train_metrics")

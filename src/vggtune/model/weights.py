@@ -35,8 +35,9 @@ def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: f
     # torchvision refuses weights together with num_classes != 1000: build the ImageNet shape,
     # load, then swap the head.
     model = torchvision.models.get_model(check_arch(arch), weights=None, dropout=dropout)
-    load_weights(model, arch, weights)
-    if check_head(head) == "pooled":
+    pooled = check_head(head) == "pooled"
+    load_weights(model, arch, weights, convs_only=pooled)
+    if pooled:
         model.avgpool = ConcatPool()
         model.classifier = pooled_classifier(num_classes, dropout)
     else:
@@ -44,11 +45,14 @@ def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: f
     return model
 
 
-def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False) -> None:
+def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False,
+                 convs_only: bool = False) -> None:
     """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
 
     Everything but the head is loaded; ``head=True`` loads the 1000-class ImageNet head too, for
     using the pretrained network as it was trained (its predictions are ImageNet categories).
+    ``convs_only=True`` loads the conv layers alone (``features.*``), for the pooled head, which
+    replaces fc6 and fc7: a file that holds only those (a backbone) is then enough.
     """
     source = str(weights)
     if source.lower() == "none":
@@ -57,7 +61,7 @@ def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: b
         state, source = _imagenet_state_dict(arch), "torchvision's ImageNet weights"
     else:
         state = load_state_dict_file(Path(source).expanduser())
-    _load_backbone(model, arch, state, source)
+    _load_backbone(model, arch, state, source, convs_only)
     if head:
         head_state = {k.removeprefix("classifier.6."): v for k, v in state.items() if k.startswith("classifier.6.")}
         if head_state.keys() != {"weight", "bias"} or head_state["weight"].shape != model.classifier[6].weight.shape:
@@ -107,15 +111,20 @@ def _strip_prefixes(key: str) -> str:
     return key.replace("._orig_mod.", ".")
 
 
-def _load_backbone(model: nn.Module, arch: str, state: dict, source: str) -> None:
+def _load_backbone(model: nn.Module, arch: str, state: dict, source: str, convs_only: bool = False) -> None:
     """Load everything but the head, which is replaced anyway and may have another class count."""
-    state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.6.")}
+    keep = (lambda k: k.startswith("features.")) if convs_only else (lambda k: not k.startswith("classifier.6."))
+    state = {k: v for k, v in state.items() if keep(k)}
+    expected = {k: v for k, v in model.state_dict().items() if keep(k)}
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if state.keys() != expected.keys() or wrong:
         guess = guess_arch(state)
-        hint = f"it looks like {guess} weights: pass model={guess}" if guess and guess != arch else \
-            "pass weights saved from the same architecture"
+        if guess and guess != arch:
+            hint = f"it looks like {guess} weights: pass model={guess}"
+        elif not wrong and state.keys() < expected.keys() and all(k.startswith("features.") for k in state):
+            hint = "it holds the conv layers only, which model.head=pooled needs (model.head=vgg needs fc6 and fc7)"
+        else:
+            hint = "pass weights saved from the same architecture"
         raise UserError(f"weights {source} do not fit {arch}: {hint}")
     model.load_state_dict(state, strict=False)
 

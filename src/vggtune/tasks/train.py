@@ -21,6 +21,7 @@ from vggtune.model.checkpoint import AtomicCheckpointIO
 from vggtune.model.weights import read_checkpoint
 from vggtune.model.finetune import FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
+from vggtune.tasks import demo
 from vggtune.tasks.checks import check_train
 from vggtune.tasks.runs import commit_run_config, report_run, write_json
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
@@ -39,6 +40,7 @@ def train(cfg: DictConfig) -> dict:
     resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
+    demo.prepare(cfg)  # experiment=demo: its pretrained file, made once
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
@@ -63,9 +65,16 @@ def train(cfg: DictConfig) -> dict:
     if cfg.test_after_fit and "test" in split.subsets and best:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    scratch_cfg = demo.scratch_config(cfg) if trainer.is_global_zero else None
+    if scratch_cfg is not None:
+        log.info("Demo: now the same network from random init, on the same images, for comparison")
+        scratch = train(scratch_cfg)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
-        report_run(run_dir, summary)
+        if not demo.is_baseline(cfg):
+            report_run(run_dir, summary)
+    if scratch_cfg is not None:
+        demo.report(summary, scratch, cfg.monitor, run_dir)
     return summary
 
 
@@ -167,7 +176,7 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
                  class_weights: list[float] | None = None) -> VGGClassifier:
     """The LightningModule, from plain containers only (so checkpoints load with weights_only=True)."""
     model = cfg.model
-    if str(model.weights).lower() == "none":
+    if str(model.weights).lower() == "none" and not demo.is_baseline(cfg):
         log.warning("Training %s from random init (model.weights=none): no pretrained weights. For a real "
                     "fine-tune, use model.weights=imagenet (downloaded once) or model.weights=/path/to/%s.pth",
                     model.arch, model.arch)
@@ -185,8 +194,9 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """A Trainer from the trainer, callbacks and logger config groups, plus the callbacks every run needs."""
     tidy_lightning_messages()
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(), SaveOnInterrupt(),
-                  StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps)]
+    # SaveOnInterrupt last: a deferred Ctrl-C raises in its on_train_batch_end, after the others' have run.
+    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(),
+                  StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps), SaveOnInterrupt()]
     logger = False
     if cfg.get("logger"):  # logger=null: no TensorBoard at all
         logger = instantiate(cfg.logger.tensorboard)

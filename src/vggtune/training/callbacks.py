@@ -10,6 +10,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
+from vggtune.model.resume import batches_done_in_epoch
+
 
 class EpochSeed(pl.Callback):
     """Re-seed every RNG at the start of each training epoch from (seed, epoch).
@@ -17,14 +19,38 @@ class EpochSeed(pl.Callback):
     Dropout in an epoch then depends only on the seed and the epoch number (shuffling and
     augmentation are seeded by :class:`~vggtune.data.datasets.EpochSampler`), so a run resumed from
     a checkpoint replays the same epochs as an uninterrupted one: Lightning does not checkpoint
-    RNG states.
+    RNG states. A checkpoint written part-way through an epoch (Ctrl-C, SIGTERM) keeps torch's
+    generators as they are between two steps, and the resumed run goes on from them.
     """
 
     def __init__(self, seed: int):
         self.seed = int(seed)
+        self._trainer: pl.Trainer | None = None
+        self._restored: dict | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seed_everything((self.seed * 1000 + trainer.current_epoch) % 2**32, workers=True, verbose=False)
+
+    def state_dict(self) -> dict:
+        if not batches_done_in_epoch(self._trainer):
+            return {}
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict) or None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restored is not None and batches_done_in_epoch(trainer):  # resumed part-way: no epoch start
+            torch.set_rng_state(self._restored["torch"])
+            if "cuda" in self._restored and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._restored["cuda"])
+        self._restored = None
 
 
 class ReplicaCheck(pl.Callback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -80,13 +81,51 @@ def tidy_lightning_messages() -> None:
 
 
 class SaveOnInterrupt(pl.Callback):
-    """On Ctrl-C (SIGINT) or SIGTERM, save ``checkpoints/interrupted.ckpt`` and say how to resume."""
+    """On Ctrl-C (SIGINT) or SIGTERM, save ``checkpoints/interrupted.ckpt`` and say how to resume.
+
+    Both stop between two training steps, so that the checkpoint resumes exactly: Lightning defers
+    SIGTERM to the end of a step itself; Ctrl-C, which Python raises wherever the main thread is
+    (in the middle of an optimizer step, say), is deferred here the same way while training runs on
+    one process. A second Ctrl-C stops at once. Under DDP the ranks must stop at the same step, so
+    there Ctrl-C stops at once as before and SIGTERM (which Lightning broadcasts) is the exact way.
+    """
 
     def __init__(self):
         self.signal: signal.Signals | None = None
         self.saved: Path | None = None
+        self._stop_requested = False
+        self._previous_handler = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._stop_requested = False
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def _on_ctrl_c(self, signum, frame) -> None:
+        if self._stop_requested:  # the second one
+            self._restore_handler()
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        log.warning("Ctrl-C: stopping after this training step and saving a checkpoint that resumes exactly "
+                    "(Ctrl-C again to stop at once)")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_handler()
+        if self._stop_requested:  # pressed during the last validation: training is done, testing is not
+            raise KeyboardInterrupt
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
         if isinstance(exception, KeyboardInterrupt):
             self.signal = signal.SIGINT
         elif isinstance(exception, SIGTERMException):

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vggtune.core.checks import check_progress_options
+from vggtune.model.resume import batches_done_in_epoch
 
 # Lightning's loggers get handlers of their own (and stop propagating) when Lightning is imported before
 # logging is configured, as in a script that builds a Trainer itself: redirect those too.
@@ -67,6 +68,11 @@ class TimedBar(TQDMProgressBar):
             return False
         self._last_draw = now
         return True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if batches_done_in_epoch(trainer):  # resumed part-way through an epoch, which gets no epoch start
+            self.on_train_epoch_start(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -136,6 +142,8 @@ class PlainProgress(ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.monotonic()
         self._steps_done = 0
+        if batches_done_in_epoch(trainer):  # resumed part-way through an epoch, which gets no epoch start
+            self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._window_start = self._last_step_end = time.monotonic()

@@ -1,0 +1,55 @@
+"""The offline demo's two extra steps around ``vggtune train experiment=demo``: make its pretrained file
+before the fine-tune, and train the same network from random init after it, to compare."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vggtune.tasks.runs import rel
+from vggtune.training.demo_weights import demo_weights
+
+log = logging.getLogger(__name__)
+
+SCRATCH_DIR = "from_scratch"
+
+
+def prepare(cfg: DictConfig) -> None:
+    """With ``demo.pretrain``: write ``model.weights`` (the demo's pretrained conv layers) if it is missing."""
+    pretrain = (cfg.get("demo") or {}).get("pretrain")
+    if pretrain:
+        demo_weights(cfg.model.weights, cfg.model.arch, cfg.data.image_size, seed=cfg.seed,
+                     **OmegaConf.to_container(pretrain))
+
+
+def scratch_config(cfg: DictConfig) -> DictConfig | None:
+    """The run to compare with (``demo.compare_from_scratch``): the same network, images, epochs and seed
+    from random init, trained as ``model.weights=none`` trains by default (every layer, one learning
+    rate), into ``from_scratch/`` in the run folder, without checkpoints. None when not asked for."""
+    if not (cfg.get("demo") or {}).get("compare_from_scratch") or cfg.get("resume"):
+        return None
+    scratch = cfg.copy()
+    with open_dict(scratch):
+        scratch.demo = {"baseline": True}
+        scratch.paths.run_dir = f"{cfg.paths.run_dir}/{SCRATCH_DIR}"
+        scratch.model.weights = "none"
+        scratch.finetune.name, scratch.finetune.unfreeze_at_epoch, scratch.finetune.lr_decay = "full", 0, 1.0
+        scratch.finetune.backbone_lr_ratio, scratch.finetune.bn = None, "train"
+        scratch.callbacks.best_checkpoint = scratch.callbacks.last_checkpoint = None
+        scratch.test_after_fit = False
+        scratch.ckpt_path = None
+    return scratch
+
+
+def is_baseline(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` is the demo's run from random init (trained on purpose: no warning, no summary)."""
+    return bool((cfg.get("demo") or {}).get("baseline"))
+
+
+def report(pretrained: dict, scratch: dict, monitor: str, run_dir) -> None:
+    """The fine-tune from the pretrained file beside the run from random init, in one line."""
+    a, b = pretrained["metrics"].get(monitor), scratch["metrics"].get(monitor)
+    log.info("Demo: %s %.3f fine-tuned from the pretrained conv layers, %.3f from random init (the same network, "
+             "images, epochs and seed; in %s/). TensorBoard shows both runs: tensorboard --logdir %s",
+             monitor, a, b, SCRATCH_DIR, rel(run_dir))
