@@ -1,0 +1,87 @@
+"""The README's own command lines, copied from its code blocks at test time, run as a user would type them.
+
+Placeholders are the only thing replaced: ``~`` is a home folder made here (with ``pictures/flowers``
+and the other folders the examples name), ``DIR`` is that flowers folder, and ``...`` or
+``outputs/train/<run>/checkpoints/best.ckpt`` is a checkpoint trained here first. ``train`` and
+``lr_find`` lines end with ``--cfg job`` (they would fine-tune ImageNet weights, which no test
+downloads): every key and group they name must exist and take the value given. ``eval``,
+``predict`` and ``export`` lines run for real, and ``--help`` as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, make_class_folders, run_cli_here
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every line of a code block that starts with ``vggtune``, without its trailing comment."""
+    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [re.sub(r"\s+#.*$", "", line) for line in lines if line.startswith("vggtune ")]
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_the_examples_this_file_runs():
+    tasks = {shlex.split(c)[1] for c in COMMANDS}
+    assert {"train", "lr_find", "eval", "predict", "export"} <= tasks, COMMANDS
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    make_class_folders(home / "pictures" / "flowers", classes=3, per_class=6)
+    make_class_folders(home / "pictures" / "new_labelled_batch", classes=3, per_class=2, seed=1)
+    unsorted = make_class_folders(home / "pictures" / "unsorted_tmp", classes=2, per_class=2, seed=2)
+    (home / "pictures" / "unsorted").mkdir()
+    for image in unsorted.rglob("*.*"):
+        image.rename(home / "pictures" / "unsorted" / f"{image.parent.name}_{image.name}")
+    return home
+
+
+@pytest.fixture(scope="module")
+def checkpoint(home) -> Path:
+    proc = run_cli_here("train", f"data.root={home / 'pictures' / 'flowers'}", *TINY, "data.batch_size=4",
+                        "hydra.run.dir=run", cwd=home, env={"HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home / "run" / "checkpoints" / "best.ckpt"
+
+
+def _same(got, typed: str) -> bool:
+    try:
+        return float(got) == float(typed)
+    except (TypeError, ValueError):
+        return str(got) == typed
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
+    args = shlex.split(command)[1:]
+    args = [a.replace("outputs/train/<run>/checkpoints/best.ckpt", str(checkpoint)).replace("ckpt=...", f"ckpt={checkpoint}")
+            .replace("=DIR", f"={home / 'pictures' / 'flowers'}") for a in args]
+    task = args[0]
+    if task in ("train", "lr_find") and not {"--cfg", "--help"} & set(args):
+        args += ["--cfg", "job"]
+    proc = run_cli_here(*args, cwd=tmp_path, env={"HOME": str(home)})
+    assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])
+    if "--cfg" in args and "job" in args:
+        composed = OmegaConf.create(proc.stdout)
+        for override in args[1:]:
+            key, _, value = override.partition("=")
+            if "." in key and value:  # each key.path=value is in the composed config, ~ expanded
+                assert _same(OmegaConf.select(composed, key), value.replace("~", str(home), 1)), override
+    if task == "predict":
+        rows = (tmp_path / "predictions.csv").read_text().splitlines()
+        assert len(rows) == 1 + 4  # a header and one row per image in ~/pictures/unsorted
+    if task == "export":
+        assert (tmp_path / "model.onnx").stat().st_size > 0
