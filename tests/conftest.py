@@ -35,7 +35,7 @@ def linear_probe_from_a_weights_file(tmp_path: Path, data: Path, *extra: str) ->
     state = torchvision.models.vgg11().state_dict()
     torch.save(state, tmp_path / "vgg11-local.pth")
     run_dir = tmp_path / "run"
-    proc = run_cli("train", f"data.root={data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
+    proc = run_cli_here("train", f"data.root={data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
                    f"model.weights={tmp_path / 'vgg11-local.pth'}", "finetune=linear_probe", *extra,
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     return state, run_dir, proc
@@ -126,9 +126,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
-    """One finished tiny training run through the real CLI; returns its run folder."""
+    """One finished tiny training run through the CLI (in this process); returns its run folder."""
     work = tmp_path_factory.mktemp("work")
     run_dir = work / "outputs" / "tiny"
-    proc = run_cli("train", f"data.root={tiny_data}", *TINY, f"hydra.run.dir={run_dir}", cwd=work)
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, f"hydra.run.dir={run_dir}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run_dir

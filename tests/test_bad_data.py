@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
+from conftest import assert_one_line_error, make_class_folders, run_cli_here, TINY
 from vggtune.data.scan import scan_images
 
 BAD = {"empty.jpg", "truncated.jpg", "random.jpg", "text.png", "bomb.png", "loop.jpg", "unreadable.png"}
@@ -48,7 +48,7 @@ def test_bad_files_are_left_out_and_listed_and_valid_odd_ones_are_used(tmp_path)
     data = make_class_folders(tmp_path / "d", classes=2, per_class=6)
     _messy_folder(data / "checks")
     run_dir = tmp_path / "run"
-    proc = run_cli("train", f"data.root={data}", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here("train", f"data.root={data}", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reasons = {os.path.basename(p): r for p, r in _reasons(run_dir).items()}
     expected_bad = BAD if os.geteuid() != 0 else BAD - {"unreadable.png"}  # root reads any file

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from conftest import run_cli
+from conftest import run_cli_here
 from vggtune.training.demo_weights import demo_weights
 
 SMALL = ["demo.pretrain.per_class=6", "demo.pretrain.epochs=1", "data.per_class=8", "data.batch_size=4",
@@ -19,7 +19,7 @@ SMALL = ["demo.pretrain.per_class=6", "demo.pretrain.epochs=1", "data.per_class=
 
 
 def test_the_demo_pretrains_once_fine_tunes_and_compares_with_random_init(tmp_path):
-    proc = run_cli("train", "experiment=demo", *SMALL, "hydra.run.dir=run", cwd=tmp_path)
+    proc = run_cli_here("train", "experiment=demo", *SMALL, "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "WARNING" not in out  # the run from random init is on purpose: no warning about it

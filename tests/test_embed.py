@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 from sklearn.metrics import silhouette_score
 
-from conftest import assert_one_line_error, make_class_folders, run_cli, run_cli_here
+from conftest import assert_one_line_error, make_class_folders, run_cli_here
 from vggtune.data.images import load_rgb
 from vggtune.data.transforms import eval_transform
 from vggtune.model.arch import Preprocessing
@@ -25,7 +25,7 @@ def embed_run(tiny_run, tiny_data, tmp_path_factory):
     """`vggtune embed` of the tiny data set with the tiny run's checkpoint: (run folder, process)."""
     work = tmp_path_factory.mktemp("embed")
     run_dir = work / "run"
-    proc = run_cli("embed", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_data}",
+    proc = run_cli_here("embed", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_data}",
                    "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
@@ -103,7 +103,7 @@ def test_silhouette_by_class_is_printed_and_saved(embed_run):
 def test_without_checkpoint_embeds_with_the_imagenet_network(tmp_path):
     data = make_class_folders(tmp_path / "few", classes=2, per_class=3)  # 6 images: t-SNE's perplexity must drop
     run_dir = tmp_path / "run"
-    proc = run_cli("embed", f"data.root={data}", "model=vgg11", "model.weights=none", "data.image_size=32",
+    proc = run_cli_here("embed", f"data.root={data}", "model=vgg11", "model.weights=none", "data.image_size=32",
                    "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(run_dir / "embeddings.npy").shape == (6, 4096)

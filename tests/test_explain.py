@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from conftest import assert_one_line_error, run_cli, run_cli_here
+from conftest import assert_one_line_error, run_cli_here
 from vggtune.inspect.gradcam import CropBox
 from vggtune.model.arch import preprocessing
 
@@ -40,7 +40,7 @@ def explain_run(ckpt, inputs, tmp_path_factory):
     """`vggtune explain` of the folder, top 2 classes, on block3 (8 x 8 cells at 32 px)."""
     work = tmp_path_factory.mktemp("explain")
     run_dir = work / "run"
-    proc = run_cli("explain", f"ckpt={ckpt}", f"input={inputs}", "top_k=2", "layer=block3", "device=cpu",
+    proc = run_cli_here("explain", f"ckpt={ckpt}", f"input={inputs}", "top_k=2", "layer=block3", "device=cpu",
                    f"hydra.run.dir={run_dir}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc

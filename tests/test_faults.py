@@ -93,6 +93,7 @@ def _assert_same_run(resumed: Path, whole: Path) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+@pytest.mark.xdist_group("uninterrupted")  # one worker builds the fixture once
 def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted):
     # logged under vggtune's own logger name, not Lightning's
     assert "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in \
@@ -126,6 +127,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_pa
     assert ckpt["epoch"] == 0 and ckpt["state_dict"]
 
 
+@pytest.mark.xdist_group("uninterrupted")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted, sig):
     # As a terminal sends Ctrl-C and SLURM pre-empts a job: to every process of the group, the

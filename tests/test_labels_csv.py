@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
+from conftest import assert_one_line_error, make_class_folders, run_cli_here, TINY
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import discover, labelled_images
 
@@ -137,7 +137,7 @@ def test_train_and_eval_from_a_csv_without_data_root(images, tmp_path):
     csv_path = _write(flat.parent / "labels.csv", ["filename", "label"],
                       [[f"images/{n}", labels[n]] for n in names] + [["images/gone.png", "checks"]])
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "data.labels=labels.csv", *TINY, f"hydra.run.dir={run_dir}", cwd=flat.parent)
+    proc = run_cli_here("train", "data.labels=labels.csv", *TINY, f"hydra.run.dir={run_dir}", cwd=flat.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(csv), 3 classes: checks, hstripes, vstripes" in proc.stdout + proc.stderr
     with open(run_dir / "split.csv", newline="") as f:

@@ -11,7 +11,7 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import assert_one_line_error, run_cli, run_cli_here
+from conftest import assert_one_line_error, run_cli_here
 from vggtune.model.arch import layer_groups
 from vggtune.model.weights import build_vgg
 from vggtune.tasks.summary import summarize
@@ -23,7 +23,7 @@ def _numel(module: nn.Module) -> int:
 
 def test_cli_prints_and_writes_the_counts_of_the_model(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("summary", "model=vgg11", "data.image_size=32", "model.num_classes=5", "finetune=linear_probe",
+    proc = run_cli_here("summary", "model=vgg11", "data.image_size=32", "model.num_classes=5", "finetune=linear_probe",
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     numbers = json.loads((run_dir / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""Sweeps through the real CLI: a two-job multirun, DDP inside a sweep, the refused combination,
+"""Sweeps through the CLI (in this process where the jobs run in it, as a process where they do not): a two-job multirun, DDP inside a sweep, the refused combination,
 Optuna, and the submitit launcher."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _summary(sweep_dir):
 
 
 def test_two_job_multirun_has_two_job_folders_and_a_sorted_summary(tmp_path, tiny_data):
-    proc = run_cli("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=0.1,0.0001", cwd=tmp_path)
+    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=0.1,0.0001", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
@@ -64,7 +64,7 @@ def test_ddp_spawn_inside_a_sweep_job_trains_on_two_ranks(tmp_path, tiny_data):
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="hydra-optuna-sweeper not installed: pip install 'vggtune[sweep]'")
 def test_two_trial_optuna_search(tmp_path, tiny_data):
-    proc = run_cli("train", "-m", f"data.root={tiny_data}", *SWEEP, "hparams_search=optuna",
+    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "hparams_search=optuna",
                    "hydra.sweeper.n_trials=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from conftest import TINY, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli_here, TINY
 from vggtune.model.finetune import GROUPS
 from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
 from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, row_normalised
@@ -110,7 +110,7 @@ def test_hparams_session_has_the_config_and_the_metrics(events, tiny_run):
 
 def test_images_every_n_epochs_0_writes_no_images_but_the_rest(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=0",
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=0",
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = load_events(run_dir)
@@ -119,7 +119,7 @@ def test_images_every_n_epochs_0_writes_no_images_but_the_rest(tmp_path, tiny_da
 
 
 def test_a_negative_image_frequency_is_refused_in_one_line(tmp_path, tiny_data):
-    proc = run_cli("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=-1", cwd=tmp_path)
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=-1", cwd=tmp_path)
     assert_one_line_error(proc, "logger.images_every_n_epochs", "at least 0")
 
 

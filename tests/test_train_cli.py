@@ -8,7 +8,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here
+from conftest import assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here, TINY
 
 
 def test_run_folder_has_every_promised_file(tiny_run):
@@ -58,7 +58,7 @@ def test_tensorboard_event_file_has_the_loss(tiny_run):
 
 def test_runs_never_overwrite_an_existing_run(tiny_run, tmp_path, tiny_data):
     before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
-    proc = run_cli("train", f"data.root={tiny_data}", "model=vgg11", "model.weights=none",
+    proc = run_cli_here("train", f"data.root={tiny_data}", "model=vgg11", "model.weights=none",
                    f"hydra.run.dir={tiny_run}", cwd=tmp_path)
     assert proc.returncode == 2 and "already holds files" in proc.stderr
     after = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and p.suffix != ".log"}
@@ -66,7 +66,7 @@ def test_runs_never_overwrite_an_existing_run(tiny_run, tmp_path, tiny_data):
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    proc = run_cli("train", "--cfg", "job", "model=vgg19", "optim.lr=3e-4", cwd=tmp_path)
+    proc = run_cli_here("train", "--cfg", "job", "model=vgg19", "optim.lr=3e-4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "arch: vgg19" in proc.stdout and "lr: 0.0003" in proc.stdout
     assert not (tmp_path / "outputs").exists()

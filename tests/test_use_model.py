@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 from torchvision.transforms import v2
 
-from conftest import make_class_folders, run_cli
+from conftest import make_class_folders, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.data.images import load_rgb
 from vggtune.use import export
@@ -68,7 +68,7 @@ def corrupt_copy(src: Path, dst: Path) -> Path:
 
 def test_eval_on_the_runs_test_split_writes_every_file_and_agrees_with_the_model(tiny_run, ckpt, model, tmp_path):
     run_dir = tmp_path / "ev"
-    proc = run_cli("eval", f"ckpt={ckpt}", "data.num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here("eval", f"ckpt={ckpt}", "data.num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.csv"):
         assert (run_dir / name).is_file(), name
@@ -106,7 +106,7 @@ def test_eval_on_a_folder_leaves_out_and_reports_unknown_classes_and_unreadable_
     broken = corrupt_copy(next((tiny_data / known).glob("*.jpg")), root / known / "broken.jpg")
 
     run_dir = tmp_path / "ev"
-    proc = run_cli("eval", f"ckpt={ckpt}", f"data.root={root}", "data.num_workers=0", "data.batch_size=7", *FAST,
+    proc = run_cli_here("eval", f"ckpt={ckpt}", f"data.root={root}", "data.num_workers=0", "data.batch_size=7", *FAST,
                    f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -171,7 +171,7 @@ def test_predict_folder_lists_every_file_with_top_k_or_the_reason(tiny_data, ckp
     (folder / "gone.jpg").symlink_to(folder / "moved_away.jpg")  # a broken link still gets its row
 
     run_dir = tmp_path / "pred"
-    proc = run_cli("predict", f"ckpt={ckpt}", f"input={folder}", "output=preds.csv", "top_k=2", "batch_size=2",
+    proc = run_cli_here("predict", f"ckpt={ckpt}", f"input={folder}", "output=preds.csv", "top_k=2", "batch_size=2",
                    "num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["path"]: r for r in read_csv(tmp_path / "preds.csv")}  # relative output: the current folder
@@ -227,7 +227,7 @@ def _check_sidecar(info: dict, model, logits: bool) -> None:
 def test_onnx_export_gives_the_models_probabilities_for_images_prepared_as_its_json_says(tiny_data, ckpt, model,
                                                                                         tmp_path):
     out = tmp_path / "exported" / "classifier.onnx"
-    proc = run_cli("export", f"ckpt={ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
+    proc = run_cli_here("export", f"ckpt={ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(Path(f"{out}.json").read_text())
