@@ -26,7 +26,7 @@ RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_si
     "optim.lr=0.001"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
 def data(tmp_path_factory):
     return make_class_folders(tmp_path_factory.mktemp("faults") / "d", classes=2, per_class=8)
 
@@ -50,7 +50,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
 def pretrained(tmp_path_factory) -> str:
     """A vgg11_bn state dict in torchvision's layout, standing in for the ImageNet file."""
     import torchvision
@@ -61,7 +61,7 @@ def pretrained(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
 def recipe(data, pretrained) -> list[str]:
     """The default recipe, not a test-friendly one: a BatchNorm VGG from a weights file, the default
     freeze_unfreeze schedule (epoch 1 unfreezes everything), AdamW, loader worker processes
@@ -75,7 +75,7 @@ def recipe(data, pretrained) -> list[str]:
             "callbacks.progress_bar.mode=plain", "callbacks.progress_bar.every_n_steps=1"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
 def uninterrupted(tmp_path_factory, recipe) -> Path:
     """The run that every interrupted and resumed one must equal: another process, the same seed."""
     whole = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -93,7 +93,6 @@ def _assert_same_run(resumed: Path, whole: Path) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.xdist_group("uninterrupted")  # one worker builds the fixture once
 def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted):
     # logged under vggtune's own logger name, not Lightning's
     assert "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in \
@@ -127,7 +126,6 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_pa
     assert ckpt["epoch"] == 0 and ckpt["state_dict"]
 
 
-@pytest.mark.xdist_group("uninterrupted")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted, sig):
     # As a terminal sends Ctrl-C and SLURM pre-empts a job: to every process of the group, the
