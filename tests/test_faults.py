@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TINY, make_class_folders, run_cli, vggtune_command
+from conftest import TINY, make_class_folders, run_cli, run_cli_here, vggtune_command
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.model.checkpoint import AtomicCheckpointIO
@@ -77,9 +77,10 @@ def recipe(data, pretrained) -> list[str]:
 
 @pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
 def uninterrupted(tmp_path_factory, recipe) -> Path:
-    """The run that every interrupted and resumed one must equal: another process, the same seed."""
+    """The run that every interrupted and resumed one must equal, the same seed (this process; the
+    interrupted runs are processes of their own)."""
     whole = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = run_cli("train", *recipe, f"hydra.run.dir={whole}", cwd=whole.parent)
+    proc = run_cli_here("train", *recipe, f"hydra.run.dir={whole}", cwd=whole.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return whole
 
@@ -107,7 +108,7 @@ def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(t
     assert not (killed / "metrics.json").exists()
     assert torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] == 0
 
-    proc = run_cli("train", f"resume={killed}", cwd=tmp_path)
+    proc = run_cli_here("train", f"resume={killed}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(killed, uninterrupted)
     assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run
@@ -151,7 +152,7 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
     done = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
     assert saved["epoch"] == 1 and 2 <= done < 6, done  # part-way through the epoch
 
-    proc = run_cli("train", f"resume={run}", cwd=tmp_path)
+    proc = run_cli("train", f"resume={run}", cwd=tmp_path)  # a fresh process: every warning shows
     assert proc.returncode == 0, proc.stderr[-3000:]
     for noise in ("not resumable", "weights_only"):  # Lightning's warnings that were not the user's to act on
         assert noise not in proc.stdout + proc.stderr
