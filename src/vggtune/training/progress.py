@@ -92,6 +92,14 @@ class TimedBar(TQDMProgressBar):
         super().teardown(trainer, pl_module, stage)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Ctrl-C, SIGTERM, an error: end the bars' lines first, so that what is logged next (where the
+        # interrupted run was saved) starts on a line of its own instead of after the last frame.
+        self._stop.set()
+        for name in ("_train_progress_bar", "_val_progress_bar"):
+            bar = getattr(self, name, None)
+            if bar is not None and not bar.disable:
+                with contextlib.suppress(Exception):
+                    bar.close()
         self._close()
 
     def _close(self) -> None:
