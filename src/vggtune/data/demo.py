@@ -110,8 +110,8 @@ FAMILIES = {"textures": (PATTERNS, draw_pattern), "shapes": (SHAPES, draw_shape)
 
 def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, classes: int = 3,
                       seed: int = 0, family: str = "textures") -> Path:
-    """Write ``classes`` class folders of ``per_class`` JPEGs of ``family`` (textures or shapes) to ``root``
-    (atomically), and return it."""
+    """Write ``classes`` class folders of ``per_class`` JPEGs of ``family`` (one of :data:`FAMILIES`) to
+    ``root`` (atomically), and return it."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
     names, draw = FAMILIES[family]

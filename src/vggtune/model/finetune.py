@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("linear_probe", "freeze_unfreeze", "gradual", "full")
 BN_MODES = ("frozen", "train")
+# How a network from random init trains by default: every layer from the first step at one learning rate.
+FROM_SCRATCH = {"name": "full", "unfreeze_at_epoch": 0, "lr_decay": 1.0, "backbone_lr_ratio": None, "bn": "train"}
 
 
 @dataclass(frozen=True)

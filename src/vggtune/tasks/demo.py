@@ -7,6 +7,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vggtune.model.finetune import FROM_SCRATCH
 from vggtune.tasks.runs import rel
 from vggtune.training.demo_weights import demo_weights
 
@@ -34,8 +35,7 @@ def scratch_config(cfg: DictConfig) -> DictConfig | None:
         scratch.demo = {"baseline": True}
         scratch.paths.run_dir = f"{cfg.paths.run_dir}/{SCRATCH_DIR}"
         scratch.model.weights = "none"
-        scratch.finetune.name, scratch.finetune.unfreeze_at_epoch, scratch.finetune.lr_decay = "full", 0, 1.0
-        scratch.finetune.backbone_lr_ratio, scratch.finetune.bn = None, "train"
+        scratch.finetune.update(FROM_SCRATCH)
         scratch.callbacks.best_checkpoint = scratch.callbacks.last_checkpoint = None
         scratch.test_after_fit = False
         scratch.ckpt_path = None

@@ -19,7 +19,7 @@ from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import weights_identity
 from vggtune.model.checkpoint import AtomicCheckpointIO
 from vggtune.model.weights import read_checkpoint
-from vggtune.model.finetune import FreezeSchedule, Schedule
+from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks import demo
 from vggtune.tasks.checks import check_train
@@ -102,8 +102,7 @@ def _from_scratch_defaults(cfg: DictConfig) -> None:
     if str(cfg.model.weights).lower() != "none" or _finetune_chosen(cfg):
         return
     with open_dict(cfg):
-        cfg.finetune.name, cfg.finetune.unfreeze_at_epoch, cfg.finetune.lr_decay = "full", 0, 1.0
-        cfg.finetune.backbone_lr_ratio, cfg.finetune.bn = None, "train"
+        cfg.finetune.update(FROM_SCRATCH)
     log.info("model.weights=none: nothing is pretrained, so every layer trains from the first step at one "
              "learning rate (finetune=full finetune.lr_decay=1); choose finetune=... to change that")
 
