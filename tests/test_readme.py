@@ -81,7 +81,8 @@ def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
             if "." in key and value:  # each key.path=value is in the composed config, ~ expanded
                 assert _same(OmegaConf.select(composed, key), value.replace("~", str(home), 1)), override
     if task == "predict":
-        rows = (tmp_path / "predictions.csv").read_text().splitlines()
+        written = sorted(tmp_path.rglob("predictions.csv"))  # output=..., or the run folder's
+        rows = written[0].read_text().splitlines()
         assert len(rows) == 1 + 4  # a header and one row per image in ~/pictures/unsorted
     if task == "export":
         assert (tmp_path / "model.onnx").stat().st_size > 0

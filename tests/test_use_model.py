@@ -41,10 +41,11 @@ def model(ckpt):
 
 
 def direct_probs(model, paths) -> torch.Tensor:
-    """The model run by hand, one stacked batch, with the preprocessing the checkpoint records."""
+    """The model run by hand, one stacked batch, with the preprocessing and the temperature the checkpoint
+    records (test_calibration.py checks the temperature's part)."""
     x = torch.stack([model.transform(load_rgb(p)) for p in paths])
     with torch.inference_mode():
-        return model.module(x).softmax(dim=1)
+        return (model.module(x) / model.temperature).softmax(dim=1)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -215,7 +216,7 @@ def _raw_batch(info: dict, paths) -> torch.Tensor:
 def _model_outputs(model, paths, logits: bool) -> torch.Tensor:
     with torch.inference_mode():
         out = model.module(torch.stack([model.transform(load_rgb(p)) for p in paths]))
-    return out if logits else out.softmax(dim=1)
+    return out if logits else (out / model.temperature).softmax(dim=1)
 
 
 def _check_sidecar(info: dict, model, logits: bool) -> None:

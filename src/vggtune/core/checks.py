@@ -21,6 +21,13 @@ def is_number(value, whole: bool = False) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool)
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is true or false (not 1, "yes" or null), else a UserError naming the key."""
+    if not isinstance(value, bool):
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int) -> None:
     """One line naming the key, for a value that the progress callback cannot use."""
     if mode not in PROGRESS_MODES:

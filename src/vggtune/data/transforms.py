@@ -9,6 +9,7 @@ from vggtune.core.errors import UserError
 from vggtune.model.arch import Preprocessing
 
 AUGMENT_LEVELS = ("none", "light", "strong")
+TTA_MODES = ("none", "flip", "five_crop")
 DEFAULT_CROP_SCALE = 0.35
 
 
@@ -20,6 +21,42 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
     """Resize the short side, centre-crop, normalise: what the ImageNet weights were evaluated with."""
     return v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size),
                        *_to_normalized_tensor(prep)])
+
+
+class _Views(torch.nn.Module):
+    """Several views of one image, stacked (views, 3, H, W); the first is always what :func:`eval_transform` gives."""
+
+    def __init__(self, prep: Preprocessing, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.resize = v2.Resize(prep.resize_size, antialias=True)
+        self.crop, self.tensor = v2.CenterCrop(prep.image_size), v2.Compose(_to_normalized_tensor(prep))
+        self.five = v2.FiveCrop(prep.image_size)
+
+    def forward(self, image) -> torch.Tensor:
+        image = self.resize(image)
+        if self.mode == "flip":
+            plain = self.tensor(self.crop(image))
+            return torch.stack([plain, plain.flip(-1)])
+        tl, tr, bl, br, centre = self.five(image)  # torchvision's centre crop is CenterCrop's
+        return torch.stack([self.tensor(v) for v in (centre, tl, tr, bl, br)])
+
+
+def check_tta(mode: str) -> str:
+    """``mode`` if it names a test-time augmentation, else a UserError listing them."""
+    if mode not in TTA_MODES:
+        raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return mode
+
+
+def tta_transform(prep: Preprocessing, mode: str = "none"):
+    """The evaluation transform (``none``), or one giving a stack of views whose probabilities are averaged.
+
+    ``flip``: the image and its mirror (not for digits or text, where a mirror changes the class);
+    ``five_crop``: the four corner crops and the centre crop of the resized image. View 0 is always
+    the plain evaluation view, so the gain of the augmentation can be measured in the same pass.
+    """
+    return eval_transform(prep) if check_tta(mode) == "none" else _Views(prep, mode)
 
 
 def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True) -> None:

@@ -55,4 +55,5 @@ def model_from_checkpoint(path: str | os.PathLike):
         hparams["scheduler"] = {**scheduler, "_target_": moved}
     model = VGGClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
+    model.calibration = (ckpt.get("vggtune") or {}).get("calibration")
     return model.eval()

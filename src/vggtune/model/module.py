@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassStatScores
 
 from vggtune import __version__
+from vggtune.model import calibration
 from vggtune.model.arch import frozen_trunk
 from vggtune.model.finetune import Schedule, param_groups
 from vggtune.model.resume import batches_done_in_epoch
@@ -90,6 +92,11 @@ class VGGClassifier(pl.LightningModule):
         self.val_metrics = classification_metrics(n, "val/")
         self.test_metrics = classification_metrics(n, "test/")
         self.val_acc_best = MaxMetric()
+        # Every validation logit and target of the epoch, gathered across ranks, for the temperature.
+        self.val_logits, self.val_targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        # {"temperature", "ece", ...} fitted on the last validation epoch (model/calibration.py); saved in
+        # every checkpoint, so best.ckpt holds the temperature of its own weights.
+        self.calibration: dict | None = None
         self._resumed_acc_best: float | None = None  # torchmetrics states are not in the state dict
         self._resumed_train_metrics: dict | None = None
 
@@ -147,6 +154,9 @@ class VGGClassifier(pl.LightningModule):
         self.log(loss_name, F.cross_entropy(logits, y), on_epoch=True, prog_bar=loss_name == "val/loss",
                  sync_dist=True)
         metrics.update(logits, y)
+        if metrics is self.val_metrics and self._trainer is not None and not self._trainer.sanity_checking:
+            self.val_logits.update(logits.detach().float())
+            self.val_targets.update(y)
         return {"probs": logits.detach().float().softmax(dim=1), "target": y}
 
     def on_validation_epoch_end(self) -> None:
@@ -156,6 +166,21 @@ class VGGClassifier(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc_best(values["val/acc"])
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+            self._fit_temperature()
+
+    def _fit_temperature(self) -> None:
+        """Fit the temperature on this epoch's validation logits; log it with the ECE before and after."""
+        if not self.val_targets.update_called:
+            return
+        logits, targets = self.val_logits.compute(), self.val_targets.compute().long()
+        self.val_logits.reset()
+        self.val_targets.reset()
+        # The same on every rank: each computes from the gathered logits.
+        temperature = calibration.fit_temperature(logits, targets)
+        summary = calibration.summarise(logits.cpu(), targets.cpu(), temperature)
+        self.calibration = {**summary, "fitted_on": "val", "epoch": int(self.current_epoch)}
+        self.log_dict({"val/temperature": temperature, "val/ece": summary["ece"],
+                       "val/ece_calibrated": summary["ece_calibrated"]})
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
@@ -181,6 +206,8 @@ class VGGClassifier(pl.LightningModule):
         best = float(self.val_acc_best.max_value)
         if best != float("-inf"):
             checkpoint["vggtune"]["val_acc_best"] = best
+        if self.calibration is not None:
+            checkpoint["vggtune"]["calibration"] = dict(self.calibration)
         # Part-way through an epoch: its training metrics so far, so that the resumed epoch's train/acc
         # and train/loss count every batch. One process's share only, so not under DDP.
         if batches_done_in_epoch(self._trainer) and self.trainer.world_size == 1:
@@ -192,3 +219,9 @@ class VGGClassifier(pl.LightningModule):
         ours = checkpoint.get("vggtune") or {}
         self._resumed_acc_best = ours.get("val_acc_best")
         self._resumed_train_metrics = ours.get("train_metrics")
+        self.calibration = ours.get("calibration")
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature, or 1.0 (no change) when the model was never validated."""
+        return float((self.calibration or {}).get("temperature", 1.0))

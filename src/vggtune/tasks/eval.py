@@ -8,17 +8,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vggtune.core.checks import check_positive_int
+from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.data.datamodule import resolve_workers
+from vggtune.data.transforms import check_tta
+from vggtune.model import calibration
 from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
                                     images_from_csv, images_from_folder, images_from_run)
 from vggtune.core.errors import UserError
 from vggtune.tasks.runs import rel, report_files, write_csv, write_json
-from vggtune.use.inference import load_model, predict_probabilities
+from vggtune.use.inference import LoadedModel, Predictions, load_model, predict_probabilities
 
 log = logging.getLogger(__name__)
 
-FILES = ("metrics.json", "per_class.csv", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.csv")
+FILES = ("metrics.json", "per_class.csv", "confusion_matrix.png", "confusion_matrix.csv", "misclassified.csv",
+         "reliability.png")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -29,6 +32,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
     workers = resolve_workers(cfg.data.num_workers)
+    tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
     labels = cfg.data.get("labels")
     if cfg.data.root is None or labels:
         check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait
@@ -47,7 +51,8 @@ def evaluate(cfg: DictConfig) -> dict:
              len(data.items), data.source)
 
     paths = [p for p, _ in data.items]
-    pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating")
+    log.info(model.describe_calibration() if calibrate else "calibrate=false: probabilities not calibrated")
+    pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating", tta=tta, calibrate=calibrate)
     skipped = {str(paths[i]): reason for i, reason in sorted(pred.failures.items())}
     if skipped:
         log.warning("Left out %d image(s) that could not be read (listed in metrics.json):", len(skipped))
@@ -60,20 +65,54 @@ def evaluate(cfg: DictConfig) -> dict:
     result = compute_metrics(pred.probs, targets, names)
 
     summary = {"checkpoint": str(model.path.resolve()), "data": _describe_data(data, len(pred.indices), skipped),
-               "metrics": result.metrics, "per_class": result.per_class, "class_names": names}
+               "metrics": result.metrics, "per_class": result.per_class, "class_names": names,
+               "calibration": _calibration(model, pred, targets, calibrate, data, cfg.data.subset),
+               "tta": _tta_gain(pred, targets, names, tta, result)}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "metrics.json", summary)
     _write_tables(run_dir, result, names)
     mistakes = _write_misclassified(run_dir / "misclassified.csv", [paths[i] for i in pred.indices], pred.probs,
                                     targets, names)
     _plot_confusion(run_dir / "confusion_matrix.png", result.confusion, names)
+    _plot_reliability(run_dir / "reliability.png", pred, targets,
+                      model.temperature if model.module.calibration is not None else None)
     log.info(_summary_table(summary))
     report_files(run_dir, {
         "metrics.json": "accuracy, macro F1, per-class scores, which images (and which were left out)",
         "per_class.csv": "precision, recall, F1, images and predictions per class",
         "confusion_matrix.png": "true class down, predicted class across (counts also in confusion_matrix.csv)",
-        "misclassified.csv": f"the {mistakes} misclassified images: path, true, predicted, confidence"})
+        "misclassified.csv": f"the {mistakes} misclassified images: path, true, predicted, confidence",
+        "reliability.png": "confidence against accuracy per bin, before and after the temperature (ECE)"})
     return summary
+
+
+def _calibration(model: LoadedModel, pred: Predictions, targets: torch.Tensor, applied: bool,
+                 data: LabelledImages, subset: str) -> dict:
+    """ECE and NLL of these images without and with the checkpoint's temperature."""
+    raw = pred.uncalibrated().probs
+    out = {"applied": applied and model.module.calibration is not None, "ece_bins": calibration.ECE_BINS,
+           "ece": calibration.calibration_error(raw, targets), "nll": calibration.nll(raw, targets)}
+    fitted = model.module.calibration
+    if fitted is None:
+        return {**out, "temperature": None}
+    scaled = Predictions(pred.indices, pred.logits, model.temperature, pred.failures).probs
+    out.update(temperature=model.temperature, fitted_on=f"{fitted['images']} validation images, epoch {fitted['epoch']}",
+               ece_calibrated=calibration.calibration_error(scaled, targets),
+               nll_calibrated=calibration.nll(scaled, targets))
+    if data.source.startswith("the val split of"):
+        log.warning("The temperature was fitted on these validation images, so their calibrated ECE is "
+                    "optimistic: data.subset=test (or other images) measures it fairly")
+    return out
+
+
+def _tta_gain(pred: Predictions, targets: torch.Tensor, names: list[str], tta: str, result: EvalResult) -> dict:
+    """What the test-time augmentation changed: the metrics of the plain view alone, and the gain."""
+    if tta == "none":
+        return {"mode": "none"}
+    plain = compute_metrics(pred.plain_probs, targets, names).metrics
+    return {"mode": tta, "views": int(pred.logits.shape[1]),
+            **{f"{k}_without": v for k, v in plain.items()},
+            **{f"{k}_gain": result.metrics[k] - v for k, v in plain.items()}}
 
 
 def _describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str]) -> dict:
@@ -128,10 +167,52 @@ def _plot_confusion(path: Path, matrix: torch.Tensor, names: list[str]) -> None:
     plt.close(fig)
 
 
+def _plot_reliability(path: Path, pred: Predictions, targets: torch.Tensor, temperature: float | None) -> None:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), before and after T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [("softmax(logits)", pred.uncalibrated().probs, "tab:red")]
+    if temperature is not None:
+        scaled = Predictions(pred.indices, pred.logits, temperature, pred.failures).probs
+        curves.append((f"softmax(logits / {temperature:.3f})", scaled, "tab:blue"))
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    for label, probs, colour in curves:
+        rows = [r for r in calibration.reliability_bins(probs, targets) if r["images"]]
+        ece = calibration.calibration_error(probs, targets)
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o-", color=colour,
+                label=f"{label}: ECE {ece:.3f}")
+        hist.hist(probs.max(dim=1).values.numpy(), bins=calibration.ECE_BINS, range=(0, 1), color=colour,
+                  alpha=0.5)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"reliability ({len(targets)} images, {calibration.ECE_BINS} bins)")
+    hist.set_xlabel("confidence (top probability)")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _summary_table(summary: dict) -> str:
-    m, data = summary["metrics"], summary["data"]
+    m, data, cal = summary["metrics"], summary["data"], summary["calibration"]
     top5 = f"   top-5 accuracy {m['acc_top5']:.4f}" if "acc_top5" in m else ""
-    lines = [f"{data['images']} images: accuracy {m['acc']:.4f}{top5}   macro F1 {m['f1']:.4f}", ""]
+    lines = [f"{data['images']} images: accuracy {m['acc']:.4f}{top5}   macro F1 {m['f1']:.4f}"]
+    if cal["temperature"] is None:
+        lines.append(f"  calibration error (ECE) {cal['ece']:.4f}; the checkpoint has no temperature")
+    else:
+        lines.append(f"  calibration error (ECE) {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} with the "
+                     f"temperature {cal['temperature']:.3f}" + ("" if cal["applied"] else " (calibrate=false: not applied)"))
+    tta = summary["tta"]
+    if tta["mode"] != "none":
+        lines.append(f"  tta={tta['mode']} ({tta['views']} views): accuracy {tta['acc_without']:.4f} -> {m['acc']:.4f} "
+                     f"({tta['acc_gain']:+.4f}), macro F1 {tta['f1_without']:.4f} -> {m['f1']:.4f} ({tta['f1_gain']:+.4f})")
+    lines.append("")
     width = max(len("class"), *(len(r["class"]) for r in summary["per_class"]))
     lines.append(f"  {'class'.ljust(width)}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'images':>7}")
     for r in summary["per_class"]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from vggtune.core.checks import check_bool
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_json
 from vggtune.use import export
 from vggtune.use.inference import load_model
@@ -25,7 +26,8 @@ def export_checkpoint(cfg: DictConfig) -> dict:
         log.warning("output=%s ends in %s, but format=%s writes a %s file", out.name, out.suffix, fmt, fmt)
     loaded = load_model(cfg.ckpt, "cpu")  # exported and checked on the CPU, where onnxruntime runs by default
     net = loaded.module.model.to(memory_format=torch.contiguous_format)
-    model = export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits)).eval()
+    temperature = loaded.temperature if check_bool("calibrate", cfg.get("calibrate", True)) else 1.0
+    model = export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits), temperature=temperature).eval()
     if fmt == "torchscript":
         log.warning("TorchScript is deprecated in torch %s (torch.jit.load warns, and a later torch may drop it); "
                     "format=onnx is the portable choice", torch.__version__)
@@ -45,7 +47,8 @@ def export_checkpoint(cfg: DictConfig) -> dict:
         f"RGB in [0, 1], normalised inside; output: {info['output']}",
         f"  checked with {check['runtime']} on {check['batch']} random images: max abs difference "
         f"{check['max_abs_diff']:.2g} from PyTorch",
-        f"  {rel(sidecar)}: class names, input size, mean and std"]))
+        f"  calibration: {info['calibration']['how']}",
+        f"  {rel(sidecar)}: class names, input size, mean and std, calibration"]))
     report_files(run_dir, {"export.json": f"a copy of {rel(sidecar)}"} if copied else
                  {out.name: "the exported model", sidecar.name: "class names, input size, mean and std"})
     return info

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vggtune.core.checks import check_positive_int
+from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import resolve_workers
+from vggtune.data.transforms import check_tta
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
 from vggtune.use.inference import Predictions, find_images, load_model, predict_probabilities
 
@@ -27,6 +28,7 @@ def predict(cfg: DictConfig) -> Path:
     top_k = check_positive_int("top_k", cfg.top_k)
     batch_size = check_positive_int("batch_size", cfg.batch_size)
     workers = resolve_workers(cfg.num_workers, "num_workers")
+    tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
     out = output_path(cfg.output, run_dir, "predictions.csv")
     paths = find_images(cfg.input)
     model = load_model(cfg.ckpt, cfg.device)
@@ -36,7 +38,10 @@ def predict(cfg: DictConfig) -> Path:
         top_k = len(names)
     log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
 
-    pred = predict_probabilities(model, paths, batch_size, workers)
+    log.info(model.describe_calibration() if calibrate else "calibrate=false: probabilities not calibrated")
+    if tta != "none":
+        log.info("tta=%s: each image's probabilities are the mean over its views", tta)
+    pred = predict_probabilities(model, paths, batch_size, workers, tta=tta, calibrate=calibrate)
     if not pred.indices:
         reason = pred.failures[0]
         raise UserError(f"input {paths[0]} cannot be classified: {reason}" if len(paths) == 1 else

@@ -26,19 +26,22 @@ _CHECK_BATCH = 3  # differs from the batch of 2 the export traces with, so the c
 
 
 class ExportedClassifier(nn.Module):
-    """``net`` with normalisation in front and (unless ``logits``) a softmax after it."""
+    """``net`` with normalisation in front and (unless ``logits``) ``softmax(logits / temperature)`` after it."""
 
-    def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False):
+    def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False, temperature: float = 1.0):
         super().__init__()
         self.net = net
         self.logits = logits
+        self.temperature = float(temperature)  # a constant in the graph; 1.0 leaves the softmax as it was
         self.register_buffer("pixel_mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities (or logits) for a float RGB batch in [0, 1] of shape (N, 3, size, size)."""
         out = self.net((image - self.pixel_mean) / self.pixel_std)
-        return out if self.logits else out.softmax(dim=1)
+        if self.logits:
+            return out
+        return (out / self.temperature).softmax(dim=1) if self.temperature != 1.0 else out.softmax(dim=1)
 
 
 def check_format(fmt: str) -> str:
@@ -163,6 +166,17 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
         "mean": list(prep.mean),
         "std": list(prep.std),
         "normalized_inside": True,
+        "calibration": _describe_calibration(model),
         "arch": arch,
         "checkpoint": str(checkpoint.resolve()),
     }
+
+
+def _describe_calibration(model: ExportedClassifier) -> dict:
+    t = model.temperature
+    if model.logits:
+        return {"temperature": t, "applied": False,
+                "how": f"calibrated probabilities are softmax(logits / {t:.6g})" if t != 1.0 else "no temperature"}
+    return {"temperature": t, "applied": t != 1.0,
+            "how": f"the probabilities are softmax(logits / {t:.6g}), folded into the graph" if t != 1.0
+            else "no temperature: the probabilities are softmax(logits)"}

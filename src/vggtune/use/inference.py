@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from vggtune.core.errors import UserError
 from vggtune.data.images import is_image_name, load_rgb
-from vggtune.data.transforms import eval_transform
+from vggtune.data.transforms import eval_transform, tta_transform
 from vggtune.model.arch import Preprocessing, imagenet_weights, preprocessing
 from vggtune.model.checkpoint import model_from_checkpoint
 from vggtune.model.module import VGGClassifier
@@ -40,6 +40,20 @@ class LoadedModel:
     def transform(self):
         """The evaluation transform the model was trained with."""
         return eval_transform(self.preprocessing)
+
+    @property
+    def temperature(self) -> float:
+        """The checkpoint's fitted temperature (1.0 when it has none)."""
+        return self.module.temperature
+
+    def describe_calibration(self) -> str:
+        """One line on whether (and with what) the probabilities are calibrated."""
+        c = self.module.calibration
+        if not c:
+            return "probabilities not calibrated: the checkpoint has no temperature (trained without validation?)"
+        return (f"probabilities calibrated: logits divided by the temperature {c['temperature']:.3f}, fitted on "
+                f"{c['images']} validation images at epoch {c['epoch']} (their ECE {c['ece']:.3f} -> "
+                f"{c['ece_calibrated']:.3f})")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -163,24 +177,44 @@ class Predictions:
     """Class probabilities for the readable images among some paths, and why the others were left out."""
 
     indices: list[int]  # into the paths, one per row of ``probs``
-    probs: torch.Tensor  # (len(indices), number of classes), float32 on the CPU
+    logits: torch.Tensor  # (len(indices), views, classes) as the network gave them; one view without TTA
+    temperature: float  # the logits are divided by it before the softmax (1.0: uncalibrated)
     failures: dict[int, str]  # index into the paths -> reason the file was not predicted
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(len(indices), classes) float32 on the CPU: the mean over the views of ``softmax(logits / T)``."""
+        return (self.logits / self.temperature).softmax(dim=2).mean(dim=1)
+
+    @property
+    def plain_probs(self) -> torch.Tensor:
+        """The probabilities of the plain evaluation view alone (what ``tta=none`` gives)."""
+        return (self.logits[:, 0] / self.temperature).softmax(dim=1)
+
+    def uncalibrated(self) -> Predictions:
+        """The same predictions with the temperature left out."""
+        return Predictions(self.indices, self.logits, 1.0, self.failures)
 
 
 @torch.inference_mode()
 def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
-                          desc: str = "Predicting") -> Predictions:
-    """Softmax probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
+                          desc: str = "Predicting", tta: str = "none", calibrate: bool = True) -> Predictions:
+    """The probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
 
-    The bar is shown only on a terminal (tqdm's ``disable=None``), so logs and captured output stay clean.
+    ``tta`` (:data:`~vggtune.data.transforms.TTA_MODES`) averages the probabilities of several views
+    of each image; ``calibrate`` divides the logits by the checkpoint's temperature. The bar is shown
+    only on a terminal (tqdm's ``disable=None``), so logs and captured output stay clean.
     """
     indices, chunks, failures = [], [], {}
+    transform = tta_transform(model.preprocessing, tta)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
-        for images, idx, bad in image_batches(paths, model.transform, batch_size, num_workers):
+        for images, idx, bad in image_batches(paths, transform, batch_size, num_workers):
             failures.update(bad)
             if images is not None:
-                chunks.append(model.module(images.to(model.device)).float().softmax(dim=1).cpu())
+                views = images.unsqueeze(1) if images.ndim == 4 else images  # (batch, views, 3, H, W)
+                logits = model.module(views.flatten(0, 1).to(model.device)).float().cpu()
+                chunks.append(logits.view(*views.shape[:2], -1))
                 indices += idx
             bar.update(len(idx) + len(bad))
-    probs = torch.cat(chunks) if chunks else torch.empty(0, len(model.class_names))
-    return Predictions(indices, probs, failures)
+    logits = torch.cat(chunks) if chunks else torch.empty(0, 1, len(model.class_names))
+    return Predictions(indices, logits, model.temperature if calibrate else 1.0, failures)
