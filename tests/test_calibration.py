@@ -110,6 +110,15 @@ def test_training_fits_the_temperature_on_the_validation_logits_and_checkpoints_
     assert fresh.temperature == pytest.approx(expected_t, rel=1e-3)
 
 
+def test_a_validation_on_its_own_fits_the_temperature_too():
+    # trainer.validate runs under inference_mode, where autograd (the fit's LBFGS) is off.
+    logits, targets = _scripted(3, seed=4)
+    module = ScriptedClassifier(2.0 * logits, 3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=_loader(targets), verbose=False)
+    assert module.temperature == pytest.approx(scipy_temperature(2.0 * logits, targets), rel=1e-3)
+
+
 # --- eval, predict and export of a checkpoint with a temperature --------------------------------
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import assert_one_line_error, run_cli_here, TINY
 from vggtune.model.finetune import GROUPS
 from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
-from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, row_normalised
+from vggtune.training.figures import row_normalised
+from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid
 
 # Every scalar the README promises (the tiny run trains every group: finetune=full).
 SCALARS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/bal_acc", "val/f1", "val/acc_best", "trainable_params",

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggtune.core.checks import check_positive_int, is_number
 from vggtune.core.errors import UserError
-from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader
+from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
@@ -42,11 +42,12 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune",
                  crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
                  path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
-                 balance: str = "none", class_weights: list[float] | dict[str, float] | None = None):
+                 balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
+                 label_delim: str | None = None):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
-        self.labels = labels
+        self.labels, self.label_delim = labels, label_delim
         if balance not in BALANCE_MODES:
             raise UserError(f"data.balance={balance} is not a mode: choose none, sampler (every class equally "
                             "likely in each epoch's draw) or loss (class weights in the training loss)")
@@ -72,7 +73,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         """The discovered classes and subsets (scanned once, on first use)."""
         self.prepare_data()
         split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image,
-                         self.labels, self.columns)
+                         self.labels, self.columns, self.label_delim)
+        if split.multilabel and self.balance != "none":
+            raise UserError(f"data.balance={self.balance} balances single-label classes; with several labels per "
+                            "image (data.label_delim) use data.balance=none")
         n_train = len(split.subsets["train"])
         if self.batch_size > n_train:
             raise UserError(f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
@@ -83,6 +87,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def class_names(self) -> list[str]:
         """Class names in label order (sorted folder names)."""
         return self.split.classes
+
+    @property
+    def num_labels(self) -> int | None:
+        """Multi-label: the number of labels a target has; None for one class per image."""
+        return len(self.split.classes) if self.split.multilabel else None
 
     def loss_weights(self) -> list[float] | None:
         """With ``balance=loss``: the weight of each class in the training loss (``class_weights`` as
@@ -110,7 +119,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
                             device: torch.device, head: str = "vgg") -> None:
         """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
-        images = {s: ImageListDataset(items, self.eval_transform) for s, items in self.split.subsets.items()}
+        images = {s: ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
+                  for s, items in self.split.subsets.items()}
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
         trunk, _ = frozen_trunk(model, train_fc)
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
@@ -124,7 +134,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         for subset, items in self.split.subsets.items():
             path = build_cache([p for p, _ in items], self.preprocessing, self.cache_dir, max(1, self.num_workers))
             train = subset == "train" and self.augment == "light"
-            self.datasets[subset] = CachedImageDataset(path, [label for _, label in items], size, train,
+            labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
+            self.datasets[subset] = CachedImageDataset(path, labels, size, train,
                                                        seed=self.seed if train else None,
                                                        crop_scale=self.crop_scale, flip=self.flip)
         self._on_device_transform = True
@@ -142,9 +153,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
             return
         for subset, items in self.split.subsets.items():
             if subset == "train":
-                self.datasets[subset] = ImageListDataset(items, self.train_transform, seed=self.seed)
+                self.datasets[subset] = ImageListDataset(items, self.train_transform, seed=self.seed,
+                                                         num_labels=self.num_labels)
             else:
-                self.datasets[subset] = ImageListDataset(items, self.eval_transform)
+                self.datasets[subset] = ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by (seed, epoch) and split across DDP ranks."""

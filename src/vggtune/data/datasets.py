@@ -49,13 +49,23 @@ class SeededDataset(Dataset):
             yield
 
 
-class ImageListDataset(SeededDataset):
-    """(image tensor, class index) for a list of (path, class index) pairs."""
+def multi_hot(label: tuple[int, ...], num_labels: int) -> torch.Tensor:
+    """A multi-label target: float 1.0 at each of the image's class indices, 0.0 elsewhere."""
+    target = torch.zeros(num_labels)
+    target[list(label)] = 1.0
+    return target
 
-    def __init__(self, items: list[tuple[Path, int]], transform, seed: int | None = None):
+
+class ImageListDataset(SeededDataset):
+    """(image tensor, class index) for a list of (path, class index) pairs; with ``num_labels``
+    (multi-label), (image tensor, multi-hot float target) for (path, tuple of class indices) pairs."""
+
+    def __init__(self, items: list[tuple[Path, int]], transform, seed: int | None = None,
+                 num_labels: int | None = None):
         super().__init__(seed)
         self.items = items
         self.transform = transform
+        self.num_labels = num_labels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -67,6 +77,8 @@ class ImageListDataset(SeededDataset):
         except Exception as e:  # noqa: BLE001 - name the file, whatever PIL raised
             raise UserError(f"could not decode {path} during training ({type(e).__name__}: {e}); "
                             "run with data.verify=full to find such files before training starts") from None
+        if self.num_labels is not None:
+            label = multi_hot(label, self.num_labels)
         with self.seeded(index):
             return self.transform(image), label
 

@@ -1,8 +1,9 @@
 """Small generated data sets for the offline demo, the benchmarks and tests: coloured textures (checks,
-stripes, dots), filled shapes, letters."""
+stripes, dots), filled shapes, letters; and, for several labels per image, 2 x 2 grids of them."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -103,9 +104,21 @@ def draw_letter(letter: str, size: int, rng: np.random.Generator) -> Image.Image
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB")
 
 
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
+           "magenta": (200, 50, 200)}
+
+
+def draw_colour(colour: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A ``size`` x ``size`` patch of one named colour (:data:`COLOURS`), its shade varied, with noise."""
+    base = np.array(COLOURS[colour], np.float32) * rng.uniform(0.75, 1.1) + rng.normal(0, 10, 3)
+    pixels = np.broadcast_to(base, (size, size, 3)) + rng.normal(0, 14, (size, size, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
 # name: (class names, draw(class name, size, rng))
 FAMILIES = {"textures": (PATTERNS, draw_pattern), "shapes": (SHAPES, draw_shape),
-            "letters-a": (tuple("KLMNO"), draw_letter), "letters-b": (tuple("ABCDE"), draw_letter)}
+            "letters-a": (tuple("KLMNO"), draw_letter), "letters-b": (tuple("ABCDE"), draw_letter),
+            "colours": (tuple(COLOURS), draw_colour)}
 
 
 def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, classes: int = 3,
@@ -133,6 +146,53 @@ def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, cla
     return root
 
 
+def draw_grid(names: list[str], size: int, rng: np.random.Generator, family: str = "textures") -> Image.Image:
+    """A ``size`` x ``size`` image of 2 x 2 cells: each of ``names`` (classes of ``family``) in a random cell
+    of its own, the other cells plain noisy grey. Textures are drawn at 64 px and cut to the cell, so that
+    their stripes and dots keep the scale of the single-texture images."""
+    cell = size // 2
+    img = Image.new("RGB", (2 * cell, 2 * cell))
+    cells = rng.permutation(4)
+    draw = FAMILIES[family][1]
+    for k in range(4):
+        if k < len(names):
+            tile = draw(names[k], max(cell, 64), rng) if family == "textures" else draw(names[k], cell, rng)
+            tile = tile.crop((0, 0, cell, cell))
+        else:
+            grey = np.full((cell, cell, 3), float(rng.integers(60, 200)), np.float32) + rng.normal(0, 14, (cell, cell, 3))
+            tile = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
+        img.paste(tile, (int(cells[k] % 2) * cell, int(cells[k] // 2) * cell))
+    return img
+
+
+def make_multilabel_dataset(root: str | Path, images: int = 300, size: int = 64, seed: int = 0,
+                            family: str = "textures", max_labels: int = 3) -> Path:
+    """Write ``images`` JPEGs of :func:`draw_grid` (1 to ``max_labels`` different classes of ``family`` each) to
+    ``root/images/`` and ``root/labels.csv`` (``path,labels``; the labels separated by spaces), atomically."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
+    names = list(FAMILIES[family][0])
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    (tmp / "images").mkdir()
+    with open(tmp / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels"])
+        for i in range(images):
+            chosen = sorted(rng.choice(names, size=int(rng.integers(1, max_labels + 1)), replace=False))
+            name = f"images/{i:04d}.jpg"
+            draw_grid(chosen, size, rng, family).save(tmp / name, quality=92)
+            writer.writerow([name, " ".join(chosen)])
+    os.chmod(tmp, 0o755)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 class DemoDataModule(ClassFolderDataModule):
     """A ClassFolderDataModule that first generates the demo data set into ``root`` if it is missing."""
 
@@ -150,3 +210,23 @@ class DemoDataModule(ClassFolderDataModule):
             log.info("Generating the demo data set (%s: %s x %s images) into %s", self.demo["family"],
                      ", ".join(names), self.demo["per_class"], self.root)
             make_demo_dataset(Path(self.root).expanduser(), **self.demo)
+
+
+class MultilabelDemoDataModule(ClassFolderDataModule):
+    """The multi-label demo: :func:`make_multilabel_dataset` into ``root`` if it is missing, read from its CSV."""
+
+    def __init__(self, root: str = "data/demo/texture_grids", images: int = 300, source_size: int = 64,
+                 family: str = "textures", **kwargs):
+        kwargs.setdefault("labels", "labels.csv")
+        kwargs.setdefault("label_delim", " ")
+        super().__init__(root=root, **kwargs)
+        if family not in FAMILIES:
+            raise UserError(f"data.family={family} is not a demo family: choose one of {', '.join(FAMILIES)}")
+        self.demo = dict(images=images, size=source_size, family=family)
+
+    def prepare_data(self) -> None:
+        """Generate the data set if it is missing (safe to call from several processes)."""
+        if not Path(self.root).expanduser().exists():
+            log.info("Generating the multi-label demo data set (%d grids of 1 to 3 %s) into %s",
+                     self.demo["images"], self.demo["family"], self.root)
+            make_multilabel_dataset(Path(self.root).expanduser(), **self.demo)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vggtune.core.errors import UserError
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
-from vggtune.data.labels_csv import LabelledRow, check_classes, read_labels_csv, resolve_csv_path
+from vggtune.data.labels_csv import LabelledRow, check_classes, check_delim, read_labels_csv, resolve_csv_path
 from vggtune.data.scan import BadImage, scan_images
 
 SUBSETS = ("train", "val", "test")
@@ -26,31 +26,45 @@ MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder 
 
 @dataclass
 class DataSplit:
-    """The images of each subset as (path, class index) pairs, and the class names."""
+    """The images of each subset as (path, class index) pairs, and the class names.
+
+    Multi-label (``label_delim`` set): each item's label is a tuple of class indices, maybe empty.
+    """
 
     root: Path
     classes: list[str]
-    subsets: dict[str, list[tuple[Path, int]]]
+    subsets: dict[str, list[tuple[Path, int | tuple[int, ...]]]]
     layout: str
     skipped: list[BadImage] = field(default_factory=list)
+    label_delim: str | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_delim is not None
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class for each subset."""
+        """Images per class for each subset (multi-label: images that have the label)."""
         out = {}
         for subset, items in self.subsets.items():
-            n = Counter(label for _, label in items)
+            n = Counter(i for _, label in items for i in (label if self.multilabel else (label,)))
             out[subset] = {name: n[i] for i, name in enumerate(self.classes)}
         return out
 
+    def label_text(self, label: int | tuple[int, ...]) -> str:
+        """A label as a split file and a CSV write it: the class name, or the names joined by the delimiter."""
+        if self.multilabel:
+            return self.label_delim.join(self.classes[i] for i in label)
+        return self.classes[label]
+
     def write_csv(self, path: Path) -> None:
-        """One row per image: path relative to the data root, class name, subset."""
+        """One row per image: path relative to the data root, class name (or names), subset."""
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path", "class", "subset"])
             for subset in SUBSETS:
                 for p, label in self.subsets.get(subset, []):
                     where = p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else p.as_posix()
-                    w.writerow([where, self.classes[label], subset])
+                    w.writerow([where, self.label_text(label), subset])
 
 
 def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]]:
@@ -61,16 +75,21 @@ def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]
 
 def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
              verify: str = "header", on_bad_image: str = "skip", labels: str | Path | None = None,
-             columns: dict | None = None) -> DataSplit:
+             columns: dict | None = None, label_delim: str | None = None) -> DataSplit:
     """Find classes and images under ``root`` and split them (see the module docstring).
 
     With ``labels`` (a CSV file) the images and classes come from its rows instead; ``columns``
-    names its path, label and split columns (``path_column``, ``label_column``, ``split_column``).
+    names its path, label and split columns (``path_column``, ``label_column``, ``split_column``);
+    ``label_delim`` makes each label cell a list of labels (multi-label).
     """
     root = _check_root(root)
     check_fractions(val_split, test_split)
+    if check_delim(label_delim) is not None and not labels:
+        raise UserError(f"data.label_delim={label_delim!r} needs data.labels=<a CSV file> with several labels per "
+                        "row; class folders give one label per image")
     if labels:
-        return _discover_csv(root, labels, val_split, test_split, seed, verify, on_bad_image, columns or {})
+        return _discover_csv(root, labels, val_split, test_split, seed, verify, on_bad_image, columns or {},
+                             label_delim)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image)
@@ -85,7 +104,8 @@ def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, 
 
 
 def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str = "skip",
-                    labels: str | Path | None = None, columns: dict | None = None) -> DataSplit:
+                    labels: str | Path | None = None, columns: dict | None = None,
+                    label_delim: str | None = None) -> DataSplit:
     """Every usable image under ``root`` with its class, unsplit: for looking at a data set, not training.
 
     A folder of class folders gives one subset, ``all`` (a single class is allowed); a folder
@@ -93,12 +113,13 @@ def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str 
     """
     root = _check_root(root)
     if labels:
-        rows, rejected = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, **(columns or {}))
-        classes = sorted({r.label for r in rows})
+        rows, rejected = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image,
+                                         label_delim=label_delim, **(columns or {}))
+        classes = sorted({label for r in rows for label in r.labels(label_delim)})
         if not classes:
             raise UserError(f"{resolve_csv_path(labels, root)} has no usable rows: see the reasons above")
-        index = {name: i for i, name in enumerate(classes)}
-        return DataSplit(root, classes, {"all": [(r.path, index[r.label]) for r in rows]}, "csv", rejected.rows)
+        return DataSplit(root, classes, {"all": _items(rows, classes, label_delim)}, "csv", rejected.rows,
+                         label_delim)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image, min_classes=1)
@@ -149,32 +170,44 @@ def _class_files(root: Path, verify: str, on_bad_image: str, min_classes: int = 
 
 
 def _discover_csv(root: Path, labels, val_split: float, test_split: float, seed: int, verify: str,
-                  on_bad_image: str, columns: dict) -> DataSplit:
-    rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, **columns)
+                  on_bad_image: str, columns: dict, delim: str | None = None) -> DataSplit:
+    rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, label_delim=delim,
+                                   **columns)
     csv_path = reject.csv_path
     given_split = bool(rows) and rows[0].subset is not None
-    subsets = _split_rows(rows, val_split, test_split, seed)
-    classes, subsets = check_classes(subsets, reject)
+    subsets = _split_rows(rows, val_split, test_split, seed, stratify=delim is None)
+    classes, subsets = check_classes(subsets, reject, delim)
     if len(classes) < 2:
         raise UserError(f"{csv_path} gives {len(classes)} class(es) to train on "
                         f"({', '.join(classes) or 'no usable rows'}): a classifier needs at least two")
     if not subsets["val"]:
         raise UserError(f"{csv_path} has no usable val rows in its split column: mark some rows val (the best "
                         "checkpoint is chosen on them), or drop the column to split by data.val_split")
-    index = {name: i for i, name in enumerate(classes)}
-    out = {s: [(r.path, index[r.label]) for r in items] for s, items in subsets.items() if items or s != "test"}
+    out = {s: _items(items, classes, delim) for s, items in subsets.items() if items or s != "test"}
     layout = "csv with its own split" if given_split else "csv"
-    return DataSplit(root, classes, out, layout, reject.rows)
+    return DataSplit(root, classes, out, layout, reject.rows, delim)
 
 
-def _split_rows(rows: list[LabelledRow], val_split: float, test_split: float,
-                seed: int) -> dict[str, list[LabelledRow]]:
-    """The subsets: the CSV's own when it has a split column, else a seeded split stratified per class."""
+def _items(rows: list[LabelledRow], classes: list[str], delim: str | None) -> list:
+    """(path, class index) pairs; multi-label: (path, tuple of class indices)."""
+    index = {name: i for i, name in enumerate(classes)}
+    if delim is None:
+        return [(r.path, index[r.label]) for r in rows]
+    return [(r.path, tuple(index[label] for label in r.labels(delim))) for r in rows]
+
+
+def _split_rows(rows: list[LabelledRow], val_split: float, test_split: float, seed: int,
+                stratify: bool = True) -> dict[str, list[LabelledRow]]:
+    """The subsets: the CSV's own when it has a split column, else a seeded split stratified per class
+    (multi-label: a seeded split of all rows, since an image belongs to several classes)."""
     if rows and rows[0].subset is not None:
         out: dict[str, list[LabelledRow]] = {}
         for r in rows:
             out.setdefault(r.subset, []).append(r)
         return out
+    if not stratify:
+        train, val, test = _split_one_class("(all rows)", rows, val_split, test_split, random.Random(f"{seed}/all"))
+        return {"train": train, "val": val, "test": test}
     by_class: dict[str, list[LabelledRow]] = {}
     for r in rows:
         by_class.setdefault(r.label, []).append(r)

@@ -42,7 +42,8 @@ def weights_identity(weights: str, seed: int) -> str:
 def cache_key(arch: str, weights: str, prep: Preprocessing, train_fc: bool,
               subsets: dict[str, list[tuple[Path, int]]], head: str = "vgg") -> str:
     """A hash of everything the cached outputs depend on."""
-    files = {s: [(str(p), int(label), *_file_stamp(p)) for p, label in items] for s, items in subsets.items()}
+    files = {s: [(str(p), list(label) if isinstance(label, tuple) else int(label), *_file_stamp(p))
+                 for p, label in items] for s, items in subsets.items()}
     identity = {"format": CACHE_FORMAT, "arch": arch, "weights": weights, "prep": prep.to_dict(),
                 "trunk_ends_after": "conv" if train_fc else "fc7", "files": files,
                 "torch": torch.__version__.split("+")[0]}

@@ -7,6 +7,9 @@ Column names are found among common ones (``path``/``filename``/``image``..., ``
 with different labels, an unknown subset, a class that only val or test has) is left out with its
 line number and reason, or stops the run with ``data.on_bad_image=fail``.
 
+With ``data.label_delim`` (e.g. ``" "``) a label cell holds several labels, and the task is
+multi-label: an image may have any number of them, none included (an empty cell).
+
 Reading is one pass of Python's csv module plus one ``stat`` per row; the image checks run in
 :func:`vggtune.data.scan.scan_images`'s thread pool, as for class folders.
 """
@@ -35,8 +38,30 @@ class LabelledRow:
 
     line: int
     path: Path
-    label: str
+    label: str  # multi-label: the row's labels, sorted, joined by the delimiter
     subset: str | None
+
+    def labels(self, delim: str | None) -> tuple[str, ...]:
+        """The row's labels: one, or (with a delimiter) those in the cell, none included."""
+        return split_labels(self.label, delim)
+
+
+def split_labels(cell: str, delim: str | None) -> tuple[str, ...]:
+    """The labels of a label cell, sorted and without repeats (all of it without a delimiter)."""
+    if delim is None:
+        return (cell,)
+    parts = cell.split(delim) if delim.strip() else cell.split()  # " ": any run of whitespace
+    return tuple(sorted({p.strip() for p in parts if p.strip()}))
+
+
+def check_delim(delim) -> str | None:
+    """``data.label_delim`` if usable: null (one label per row) or a non-empty string."""
+    if delim is None:
+        return None
+    if not isinstance(delim, str) or delim == "" or delim in ("\n", "\r"):
+        raise UserError(f"data.label_delim must be the character(s) between the labels of a row (e.g. "
+                        f"data.label_delim=' ' or data.label_delim=';'), or null for one label per row; got {delim!r}")
+    return delim
 
 
 class Rejects:
@@ -65,8 +90,10 @@ class Columns:
 
 def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = None,
                     label_column: str | None = None, split_column: str | None = None,
-                    verify: str = "header", on_bad_image: str = "skip") -> tuple[list[LabelledRow], Rejects]:
-    """The usable rows of ``csv_path`` and the rows left out."""
+                    verify: str = "header", on_bad_image: str = "skip",
+                    label_delim: str | None = None) -> tuple[list[LabelledRow], Rejects]:
+    """The usable rows of ``csv_path`` and the rows left out (``label_delim``: several labels a row)."""
+    label_delim = check_delim(label_delim)
     csv_path = resolve_csv_path(csv_path, root)
     reject = Rejects(csv_path, on_bad_image)
     if on_bad_image not in ("skip", "fail"):
@@ -88,7 +115,9 @@ def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = 
                 places = str(root) if root == csv_path.parent else f"{root} and {csv_path.parent}"
                 reject(line, value, f"no such file (looked in {places})")
                 continue
-            if not label:
+            if label_delim is not None:
+                label = label_delim.join(split_labels(label, label_delim))  # empty: an image with no label
+            elif not label:
                 reject(line, path, "empty label")
                 continue
             subset = None
@@ -170,16 +199,20 @@ def _drop_conflicts(rows: list[LabelledRow], reject: Rejects) -> list[LabelledRo
     return kept
 
 
-def check_classes(subsets: dict[str, list[LabelledRow]], reject: Rejects) -> tuple[list[str], dict[str, list[LabelledRow]]]:
-    """The classes (those train has, sorted); rows of val/test whose class train never has are rejected."""
-    classes = sorted({r.label for r in subsets.get("train", [])})
+def check_classes(subsets: dict[str, list[LabelledRow]], reject: Rejects,
+                  delim: str | None = None) -> tuple[list[str], dict[str, list[LabelledRow]]]:
+    """The classes (those train has, sorted); rows of val/test with a class train never has are rejected."""
+    classes = sorted({label for r in subsets.get("train", []) for label in r.labels(delim)})
+    known = set(classes)
     out = {"train": subsets.get("train", [])}
     for subset in ("val", "test"):
         kept = []
         for r in subsets.get(subset, []):
-            if r.label in classes:
+            unknown = [label for label in r.labels(delim) if label not in known]
+            if not unknown:
                 kept.append(r)
             else:
-                reject(r.line, r.path, f"class {r.label!r} is in {subset} but not in train")
+                kind = "label" if delim is not None else "class"
+                reject(r.line, r.path, f"{kind} {unknown[0]!r} is in {subset} but not in train")
         out[subset] = kept
     return classes, out

@@ -29,7 +29,13 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     falls without end as ``T`` goes to 0, and a sharper model would only look better on these images),
     1.0 is returned: nothing to fit.
     """
-    logits, targets = logits.detach().double().cpu(), targets.detach().long().cpu()
+    # Validation runs under no_grad, and trainer.validate under inference_mode: leave both for the fit,
+    # with copies of the inputs (inference tensors cannot take part in autograd).
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(logits.detach().double().cpu().clone(), targets.detach().long().cpu().clone(), max_iter)
+
+
+def _fit(logits: torch.Tensor, targets: torch.Tensor, max_iter: int) -> float:
     keep = torch.isfinite(logits).all(dim=1)
     logits, targets = logits[keep], targets[keep]
     if len(logits) == 0 or bool((logits.argmax(dim=1) == targets).all()):

@@ -55,5 +55,8 @@ def model_from_checkpoint(path: str | os.PathLike):
         hparams["scheduler"] = {**scheduler, "_target_": moved}
     model = VGGClassifier(**hparams)
     model.load_state_dict(ckpt["state_dict"])
-    model.calibration = (ckpt.get("vggtune") or {}).get("calibration")
+    ours = ckpt.get("vggtune") or {}
+    model.calibration = ours.get("calibration")
+    if ours.get("thresholds") is not None:
+        model.thresholds = [float(t) for t in ours["thresholds"]]
     return model.eval()

@@ -11,7 +11,7 @@ from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassStatScores
 
 from vggtune import __version__
-from vggtune.model import calibration
+from vggtune.model import calibration, multilabel as ml
 from vggtune.model.arch import frozen_trunk
 from vggtune.model.finetune import Schedule, param_groups
 from vggtune.model.resume import batches_done_in_epoch
@@ -65,12 +65,16 @@ class VGGClassifier(pl.LightningModule):
     ``optim`` and ``scheduler`` are Hydra configs (``_target_`` + ``_partial_``) instantiated in
     :meth:`configure_optimizers`; ``finetune`` holds the :class:`~vggtune.model.finetune.Schedule` fields;
     ``preprocessing`` is what a later ``eval``/``predict``/``export`` needs to feed the model.
+    ``label_delim`` (not None): several labels per image (BCE, sigmoid outputs), written in label
+    cells joined by it; ``threshold`` is then the cut for every label, or None to choose one per label
+    on each validation epoch.
     """
 
     def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
                  preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
                  finetune: dict | None = None, channels_last: bool = False, compile: bool = False,
-                 head: str = "vgg", class_weights: list[float] | None = None):
+                 head: str = "vgg", class_weights: list[float] | None = None, label_delim: str | None = None,
+                 threshold: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -87,16 +91,24 @@ class VGGClassifier(pl.LightningModule):
         if compile:
             self.model.compile()  # in place: state-dict keys keep their names (no "_orig_mod.")
         n = len(self.class_names)
-        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.multilabel = label_delim is not None
+        if self.multilabel:  # at the fixed threshold if one is given, else at 0.5 (val/f1_tuned: each label's own)
+            cut = ml.DEFAULT_THRESHOLD if threshold is None else float(threshold)
+            self.train_acc = ml.multilabel_metrics(n, "", cut)["acc"]
+            self.val_metrics, self.test_metrics = ml.multilabel_metrics(n, "val/", cut), ml.multilabel_metrics(n, "test/", cut)
+        else:
+            self.train_acc = MulticlassAccuracy(n, average="micro")
+            self.val_metrics = classification_metrics(n, "val/")
+            self.test_metrics = classification_metrics(n, "test/")
         self.train_loss = MeanMetric()
-        self.val_metrics = classification_metrics(n, "val/")
-        self.test_metrics = classification_metrics(n, "test/")
         self.val_acc_best = MaxMetric()
         # Every validation logit and target of the epoch, gathered across ranks, for the temperature.
         self.val_logits, self.val_targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         # {"temperature", "ece", ...} fitted on the last validation epoch (model/calibration.py); saved in
         # every checkpoint, so best.ckpt holds the temperature of its own weights.
         self.calibration: dict | None = None
+        # Multi-label: each label's threshold, chosen on the last validation epoch (or ``threshold`` for all).
+        self.thresholds: list[float] | None = [float(threshold)] * n if self.multilabel and threshold is not None else None
         self._resumed_acc_best: float | None = None  # torchmetrics states are not in the state dict
         self._resumed_train_metrics: dict | None = None
 
@@ -128,11 +140,30 @@ class VGGClassifier(pl.LightningModule):
                 metric._update_count = 1  # torchmetrics warns on compute() before any update()
         self._resumed_train_metrics = None
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy over the classes, or (multi-label) binary cross-entropy per label."""
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+        return F.cross_entropy(logits, y, weight=weight)
+
+    @property
+    def metric_threshold(self) -> float:
+        """Multi-label: the cut that the logged metrics (and TensorBoard's images) use for every label."""
+        threshold = self.hparams.get("threshold")
+        return ml.DEFAULT_THRESHOLD if threshold is None else float(threshold)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes, or (multi-label) a sigmoid per label."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(dim=1)
+
+    def _metric_target(self, y: torch.Tensor) -> torch.Tensor:
+        return y.long() if self.multilabel else y  # torchmetrics' multi-label metrics take 0/1 integers
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, weight=self.class_weights)
-        self.train_acc(logits, y)
+        loss = self.loss(logits, y, weight=self.class_weights)
+        self.train_acc(logits, self._metric_target(y))
         self.train_loss(loss.detach())
         # The step loss is this rank's; the epoch values are torchmetrics metrics, reduced across ranks.
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -151,13 +182,19 @@ class VGGClassifier(pl.LightningModule):
     def _eval_step(self, batch, metrics: MetricCollection, loss_name: str) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        self.log(loss_name, F.cross_entropy(logits, y), on_epoch=True, prog_bar=loss_name == "val/loss",
-                 sync_dist=True)
-        metrics.update(logits, y)
+        self.log(loss_name, self.loss(logits, y), on_epoch=True, prog_bar=loss_name == "val/loss", sync_dist=True)
+        if self.multilabel and metrics is self.test_metrics and self.thresholds is not None:
+            # test/* as eval measures them: each label at the checkpoint's threshold (mAP needs none)
+            hard = ml.predicted_labels(logits.detach().float().sigmoid(), self.thresholds).long()
+            metrics["map"].update(logits, y.long())
+            for name in ("acc", "f1"):
+                metrics[name].update(hard, y.long())
+        else:
+            metrics.update(logits, self._metric_target(y))
         if metrics is self.val_metrics and self._trainer is not None and not self._trainer.sanity_checking:
             self.val_logits.update(logits.detach().float())
-            self.val_targets.update(y)
-        return {"probs": logits.detach().float().softmax(dim=1), "target": y}
+            self.val_targets.update(y.float() if self.multilabel else y)
+        return {"probs": self.probabilities(logits.detach().float()), "target": y}
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -166,16 +203,22 @@ class VGGClassifier(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc_best(values["val/acc"])
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
-            self._fit_temperature()
+            self._fit_on_validation()
 
-    def _fit_temperature(self) -> None:
-        """Fit the temperature on this epoch's validation logits; log it with the ECE before and after."""
+    def _fit_on_validation(self) -> None:
+        """From this epoch's validation logits (gathered from every rank, so the same on each): the
+        temperature, logged with the ECE before and after; multi-label, each label's threshold."""
         if not self.val_targets.update_called:
             return
-        logits, targets = self.val_logits.compute(), self.val_targets.compute().long()
+        logits, targets = self.val_logits.compute(), self.val_targets.compute()
         self.val_logits.reset()
         self.val_targets.reset()
-        # The same on every rank: each computes from the gathered logits.
+        if self.multilabel:
+            if self.hparams.threshold is None:
+                self.thresholds = ml.best_thresholds(logits.sigmoid(), targets)
+                self.log("val/f1_tuned", ml.tuned_f1(logits.sigmoid(), targets, self.thresholds))
+            return
+        targets = targets.long()
         temperature = calibration.fit_temperature(logits, targets)
         summary = calibration.summarise(logits.cpu(), targets.cpu(), temperature)
         self.calibration = {**summary, "fitted_on": "val", "epoch": int(self.current_epoch)}
@@ -188,7 +231,7 @@ class VGGClassifier(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x).softmax(dim=1)
+        return self.probabilities(self(x))
 
     def configure_optimizers(self):
         optim = dict(self.hparams.optim or DEFAULT_OPTIM)
@@ -208,6 +251,8 @@ class VGGClassifier(pl.LightningModule):
             checkpoint["vggtune"]["val_acc_best"] = best
         if self.calibration is not None:
             checkpoint["vggtune"]["calibration"] = dict(self.calibration)
+        if self.thresholds is not None:
+            checkpoint["vggtune"]["thresholds"] = list(self.thresholds)
         # Part-way through an epoch: its training metrics so far, so that the resumed epoch's train/acc
         # and train/loss count every batch. One process's share only, so not under DDP.
         if batches_done_in_epoch(self._trainer) and self.trainer.world_size == 1:
@@ -220,6 +265,8 @@ class VGGClassifier(pl.LightningModule):
         self._resumed_acc_best = ours.get("val_acc_best")
         self._resumed_train_metrics = ours.get("train_metrics")
         self.calibration = ours.get("calibration")
+        if ours.get("thresholds") is not None:
+            self.thresholds = [float(t) for t in ours["thresholds"]]
 
     @property
     def temperature(self) -> float:

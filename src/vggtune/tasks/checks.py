@@ -7,16 +7,21 @@ and the Python API skip the command line).
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.model.arch import check_head
 from vggtune.model.weights import read_checkpoint
 
+log = logging.getLogger(__name__)
+
 MONITORS = ("val/acc", "val/bal_acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
+MULTILABEL_MONITORS = ("val/map", "val/acc", "val/f1", "val/f1_tuned", "val/loss", "val/acc_best")
 
 
 def check_train(cfg: DictConfig) -> None:
@@ -28,11 +33,13 @@ def check_train(cfg: DictConfig) -> None:
     lr = cfg.optim.get("lr")
     if not is_number(lr) or lr <= 0:
         raise UserError(f"optim.lr must be a positive number, e.g. optim.lr=1e-3, got {lr!r}")
-    if cfg.monitor not in MONITORS:
-        hint = difflib.get_close_matches(str(cfg.monitor), MONITORS, n=1)
+    known = MONITORS + tuple(m for m in MULTILABEL_MONITORS if m not in MONITORS)
+    if cfg.monitor not in known:
+        hint = difflib.get_close_matches(str(cfg.monitor), known, n=1)
         did_you_mean = f" (did you mean monitor={hint[0]}?)" if hint else ""
         raise UserError(f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
-                        f"{', '.join(MONITORS)}")
+                        f"{', '.join(MONITORS)} (several labels per image: {', '.join(MULTILABEL_MONITORS)})")
+    check_threshold(cfg.get("threshold", "auto"))
     if cfg.monitor_mode not in ("max", "min"):
         raise UserError(f"monitor_mode must be max or min, got {cfg.monitor_mode!r}")
     warmup = OmegaConf.select(cfg, "scheduler.warmup_fraction", default=None)
@@ -45,6 +52,48 @@ def check_train(cfg: DictConfig) -> None:
         check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
+
+
+def check_threshold(value) -> float | None:
+    """``threshold``: ``auto`` (None: chosen per label on the validation images) or a probability in (0, 1)."""
+    if value == "auto" or value is None:
+        return None
+    if not is_number(value) or not 0 < value < 1:
+        raise UserError(f"threshold must be auto (each label's own, chosen on the validation images) or a "
+                        f"probability between 0 and 1, e.g. threshold=0.5; got {value!r}")
+    return float(value)
+
+
+def check_against_data(cfg: DictConfig, classes: list[str], multilabel: bool = False) -> None:
+    """What needs the data's classes: the monitored metric, and a checkpoint to resume from."""
+    if multilabel:
+        _multilabel_monitor(cfg)
+    elif cfg.monitor in ("val/map", "val/f1_tuned"):
+        raise UserError(f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
+                        "class per image: use monitor=val/acc")
+    if cfg.monitor == "val/acc_top5" and len(classes) < 5:
+        raise UserError(f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
+                        "use monitor=val/acc")
+    if cfg.ckpt_path:
+        trained = (read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
+        if trained is not None and list(trained) != list(classes):
+            raise UserError(f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
+                            f"{cfg.data.root} has {', '.join(classes)}: resume with the run's own data "
+                            "(leave data.root out), or start a new run")
+
+
+def _multilabel_monitor(cfg: DictConfig) -> None:
+    """Several labels per image: monitor val/map unless the command line chose a metric."""
+    chosen = HydraConfig.initialized() and any(o.lstrip("+~").startswith("monitor=")
+                                               for o in HydraConfig.get().overrides.task)
+    if cfg.monitor == "val/acc" and not chosen:
+        log.info("Several labels per image: the best checkpoint is the one with the highest val/map (macro mean "
+                 "average precision); pass monitor=... to choose another metric")
+        with open_dict(cfg):
+            cfg.monitor, cfg.monitor_mode = "val/map", "max"
+    elif cfg.monitor not in MULTILABEL_MONITORS:
+        raise UserError(f"monitor={cfg.monitor} is not logged with several labels per image: choose one of "
+                        f"{', '.join(MULTILABEL_MONITORS)}")
 
 
 def check_lr_find(cfg: DictConfig) -> None:

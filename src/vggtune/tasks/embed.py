@@ -78,19 +78,26 @@ def run(cfg: DictConfig) -> dict:
     check_metric(cfg.metric)
     columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
     # the folder (or CSV) is checked before the model loads
-    split = labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns)
+    split = labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns,
+                            data.get("label_delim"))
     items = [item for subset in split.subsets.values() for item in subset]
+    classes = split.classes
+    if split.multilabel:  # one colour per point: the image's first label (sorted), or "(no label)"
+        if any(not label for _, label in items):
+            classes = [*classes, "(no label)"]
+        items = [(path, label[0] if label else len(classes) - 1, label) for path, label in items]
+        log.info("Several labels per image: each point is coloured by the image's first label")
     net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, data.image_size, cfg.device)
     source = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
     log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes), split.root,
              source, net.device)
     start = time.perf_counter()
     thumb = max(8, min(48, 8192 // math.ceil(math.sqrt(min(len(items), projector_max)))))  # sprite <= 8192 px
-    enc = encode(net, [p for p, _ in items], batch_size, workers, thumb)
+    enc = encode(net, [item[0] for item in items], batch_size, workers, thumb)
     log.info("fc7 vectors of %d images in %.1f s", len(enc.kept), time.perf_counter() - start)
 
     run_dir = Path(cfg.paths.run_dir)
-    rows = [(items[i][0].relative_to(split.root).as_posix(), split.classes[items[i][1]], net.class_names[p])
+    rows = [(items[i][0].relative_to(split.root).as_posix(), split.label_text(items[i][-1]), net.class_names[p])
             for i, p in zip(enc.kept, enc.predicted)]
     labels = np.array([items[i][1] for i in enc.kept])
     skipped = [(str(b.path), b.reason) for b in split.skipped] + [(str(items[i][0]), r) for i, r in enc.failures]
@@ -98,11 +105,11 @@ def run(cfg: DictConfig) -> dict:
         np.save(f, enc.vectors)
     write_csv(run_dir / "embeddings.csv", ["path", "class", "predicted"], rows)
     summary = {"images": len(rows), "dimensions": int(enc.vectors.shape[1]), "data_root": str(split.root),
-               "network": source, "classes": split.classes, "metric": cfg.metric,
+               "network": source, "classes": classes, "metric": cfg.metric,
                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
     files = {"embeddings.npy": f"{enc.vectors.shape[0]} x {enc.vectors.shape[1]} fc7 vectors (float32)",
              "embeddings.csv": "path, class, predicted: one row per vector, in the same order"}
-    files.update(_maps(enc.vectors, labels, split.classes, cfg, run_dir, summary))
+    files.update(_maps(enc.vectors, labels, classes, cfg, run_dir, summary))
     files.update(_projector(enc, rows, cfg, run_dir, projector_max))
     write_json(run_dir / "embed.json", summary)
     files["embed.json"] = "counts, silhouette score, skipped files"

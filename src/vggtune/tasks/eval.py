@@ -12,10 +12,12 @@ from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.data.datamodule import resolve_workers
 from vggtune.data.transforms import check_tta
 from vggtune.model import calibration
-from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_unknown,
-                                    images_from_csv, images_from_folder, images_from_run)
+from vggtune.tasks.checks import check_threshold
+from vggtune.tasks.eval_multilabel import evaluate_multilabel
+from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_data,
+                                    describe_unknown, images_from_csv, images_from_folder, images_from_run)
 from vggtune.core.errors import UserError
-from vggtune.tasks.runs import rel, report_files, write_csv, write_json
+from vggtune.tasks.runs import rel, report_files, score_cell, write_csv, write_json
 from vggtune.use.inference import LoadedModel, Predictions, load_model, predict_probabilities
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,17 @@ def evaluate(cfg: DictConfig) -> dict:
     labels = cfg.data.get("labels")
     if cfg.data.root is None or labels:
         check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait
+    threshold = check_threshold(cfg.get("threshold", "auto"))
     model = load_model(cfg.ckpt, cfg.device)
-    names = model.class_names
+    names, delim = model.class_names, model.label_delim
     if labels:
         columns = {k: cfg.data.get(k) for k in ("path_column", "label_column", "split_column")}
-        data = images_from_csv(labels, cfg.data.root, names, cfg.data.subset, columns)
+        data = images_from_csv(labels, cfg.data.root, names, cfg.data.subset, columns,
+                               cfg.data.get("label_delim") or delim)
     elif cfg.data.root is None:
-        data = images_from_run(model.path, names, cfg.data.subset)
+        data = images_from_run(model.path, names, cfg.data.subset, delim)
     else:
-        data = images_from_folder(cfg.data.root, names)
+        data = images_from_folder(cfg.data.root, names, model.multilabel)
     if data.unknown:
         log.warning(describe_unknown(data.unknown, names))
     log.info("Evaluating %s on %d image files: %s (unreadable ones are left out and listed)", rel(model.path),
@@ -61,10 +65,13 @@ def evaluate(cfg: DictConfig) -> dict:
     if not pred.indices:
         first = next(iter(skipped.items()))
         raise UserError(f"none of the {len(paths)} images in {data.source} could be read ({first[0]}: {first[1]})")
+    if model.multilabel:
+        return evaluate_multilabel(run_dir, model, data, pred, paths, skipped, model.thresholds(threshold or "auto"),
+                                    tta)
     targets = torch.tensor([data.items[i][1] for i in pred.indices])
     result = compute_metrics(pred.probs, targets, names)
 
-    summary = {"checkpoint": str(model.path.resolve()), "data": _describe_data(data, len(pred.indices), skipped),
+    summary = {"checkpoint": str(model.path.resolve()), "data": describe_data(data, len(pred.indices), skipped),
                "metrics": result.metrics, "per_class": result.per_class, "class_names": names,
                "calibration": _calibration(model, pred, targets, calibrate, data, cfg.data.subset),
                "tta": _tta_gain(pred, targets, names, tta, result)}
@@ -95,7 +102,7 @@ def _calibration(model: LoadedModel, pred: Predictions, targets: torch.Tensor, a
     fitted = model.module.calibration
     if fitted is None:
         return {**out, "temperature": None}
-    scaled = Predictions(pred.indices, pred.logits, model.temperature, pred.failures).probs
+    scaled = pred.with_temperature(model.temperature).probs
     out.update(temperature=model.temperature, fitted_on=f"{fitted['images']} validation images, epoch {fitted['epoch']}",
                ece_calibrated=calibration.calibration_error(scaled, targets),
                nll_calibrated=calibration.nll(scaled, targets))
@@ -115,23 +122,12 @@ def _tta_gain(pred: Predictions, targets: torch.Tensor, names: list[str], tta: s
             **{f"{k}_gain": result.metrics[k] - v for k, v in plain.items()}}
 
 
-def _describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str]) -> dict:
-    return {"source": data.source, "images": evaluated, "unreadable": skipped, "unknown_classes": data.unknown}
-
-
 def _write_tables(run_dir: Path, result: EvalResult, names: list[str]) -> None:
     cols = ["class", "precision", "recall", "f1", "images", "predicted"]
     write_csv(run_dir / "per_class.csv", cols,
-              ([_cell(row[c]) for c in cols] for row in result.per_class))
+              ([score_cell(row[c]) for c in cols] for row in result.per_class))
     write_csv(run_dir / "confusion_matrix.csv", ["true \\ predicted", *names],
               ([name, *counts] for name, counts in zip(names, result.confusion.tolist())))
-
-
-def _cell(value) -> str:
-    # An undefined score (precision of a class never predicted) is left empty, not written as 0.
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _write_misclassified(path: Path, paths: list[Path], probs: torch.Tensor, targets: torch.Tensor,
@@ -176,7 +172,7 @@ def _plot_reliability(path: Path, pred: Predictions, targets: torch.Tensor, temp
 
     curves = [("softmax(logits)", pred.uncalibrated().probs, "tab:red")]
     if temperature is not None:
-        scaled = Predictions(pred.indices, pred.logits, temperature, pred.failures).probs
+        scaled = pred.with_temperature(temperature).probs
         curves.append((f"softmax(logits / {temperature:.3f})", scaled, "tab:blue"))
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")

@@ -40,7 +40,7 @@ def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, 
     image = load_rgb(path)
     x = x.to(net.device)
     with torch.no_grad():
-        top = model(x).softmax(dim=1)[0].topk(top_k)
+        top = net.module.probabilities(model(x))[0].topk(top_k)  # multi-label: the top labels' sigmoids
     classes = [net.class_names[c] for c in top.indices.tolist()]
     box = CropBox.of(image.size, net.preprocessing)
     heat = gradcam(model, layers[layer], x, top.indices.tolist(), box, image.size)

@@ -26,8 +26,10 @@ def export_checkpoint(cfg: DictConfig) -> dict:
         log.warning("output=%s ends in %s, but format=%s writes a %s file", out.name, out.suffix, fmt, fmt)
     loaded = load_model(cfg.ckpt, "cpu")  # exported and checked on the CPU, where onnxruntime runs by default
     net = loaded.module.model.to(memory_format=torch.contiguous_format)
-    temperature = loaded.temperature if check_bool("calibrate", cfg.get("calibrate", True)) else 1.0
-    model = export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits), temperature=temperature).eval()
+    calibrate = check_bool("calibrate", cfg.get("calibrate", True)) and not loaded.multilabel
+    model = export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits),
+                                      temperature=loaded.temperature if calibrate else 1.0,
+                                      multilabel=loaded.multilabel).eval()
     if fmt == "torchscript":
         log.warning("TorchScript is deprecated in torch %s (torch.jit.load warns, and a later torch may drop it); "
                     "format=onnx is the portable choice", torch.__version__)
@@ -36,7 +38,8 @@ def export_checkpoint(cfg: DictConfig) -> dict:
 
     check = export.write(model, loaded.preprocessing, fmt, out)
     info = export.describe(out, fmt, model, loaded.preprocessing, loaded.class_names,
-                           loaded.module.hparams["arch"], loaded.path)
+                           loaded.module.hparams["arch"], loaded.path,
+                           loaded.thresholds() if loaded.multilabel else None)
     info["check"] = check
     sidecar = out.with_name(out.name + ".json")
     write_json(sidecar, info)

@@ -6,12 +6,14 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import resolve_workers
 from vggtune.data.transforms import check_tta
+from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
 from vggtune.use.inference import Predictions, find_images, load_model, predict_probabilities
 
@@ -33,7 +35,7 @@ def predict(cfg: DictConfig) -> Path:
     paths = find_images(cfg.input)
     model = load_model(cfg.ckpt, cfg.device)
     names = model.class_names
-    if top_k > len(names):
+    if top_k > len(names) and not model.multilabel:
         log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
         top_k = len(names)
     log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
@@ -47,13 +49,52 @@ def predict(cfg: DictConfig) -> Path:
         raise UserError(f"input {paths[0]} cannot be classified: {reason}" if len(paths) == 1 else
                         f"none of the {len(paths)} files under {cfg.input} is a readable image "
                         f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images")
-    header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
-    write_csv(out, header, _rows(paths, pred, names, top_k))
+    if model.multilabel:
+        thresholds = model.thresholds(check_threshold(cfg.get("threshold", "auto")) or "auto")
+        header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
+        write_csv(out, header, _multilabel_rows(paths, pred, names, thresholds, model.label_delim))
+        what = "one row per file: path, the labels over their thresholds, every label's probability, or the error"
+        report = _multilabel_report(paths, pred, names, thresholds, out)
+    else:
+        header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
+        write_csv(out, header, _rows(paths, pred, names, top_k))
+        what = f"one row per file: path, top-{top_k} classes and probabilities, or the error"
+        report = _report(paths, pred, names, top_k, out)
     copied = keep_copy(out, run_dir, "predictions.csv")
-    log.info(_report(paths, pred, names, top_k, out))
-    report_files(run_dir, {"predictions.csv": f"a copy of {rel(out)}" if copied else
-                           f"one row per file: path, top-{top_k} classes and probabilities, or the error"})
+    log.info(report)
+    report_files(run_dir, {"predictions.csv": f"a copy of {rel(out)}" if copied else what})
     return out
+
+
+def _multilabel_rows(paths: list[Path], pred: Predictions, names: list[str], thresholds: list[float], delim: str):
+    """One row per path: the labels at or over their thresholds (most probable first) and every probability."""
+    row_of = dict(zip(pred.indices, range(len(pred.indices))))
+    probs = pred.probs
+    for i, path in enumerate(paths):
+        if i in row_of:
+            p = probs[row_of[i]].tolist()
+            over = sorted((j for j in range(len(names)) if p[j] >= thresholds[j]), key=lambda j: -p[j])
+            yield [str(path.absolute()), delim.join(names[j] for j in over), *(f"{v:.6f}" for v in p), ""]
+        else:
+            yield [str(path.absolute()), "", *([""] * len(names)), pred.failures[i]]
+
+
+def _multilabel_report(paths: list[Path], pred: Predictions, names: list[str], thresholds: list[float],
+                       out: Path) -> str:
+    over = pred.probs >= torch.tensor(thresholds)
+    if len(paths) == 1 and pred.indices:
+        p = pred.probs[0].tolist()
+        shown = ", ".join(f"{names[j]} {p[j]:.4f}" for j in sorted(over[0].nonzero().flatten().tolist(),
+                                                                       key=lambda j: -p[j]))
+        lines = [f"{paths[0]}: {shown or 'no label over its threshold'}"]
+    else:
+        counts = over.sum(dim=0).tolist()
+        lines = [f"Predicted {len(pred.indices)} image(s); images per label: "
+                 + ", ".join(f"{n} {c}" for n, c in zip(names, counts))]
+    if pred.failures:
+        lines.append(f"{len(pred.failures)} file(s) are not readable images; their rows give the reason")
+    lines.append(f"Predictions: {rel(out)}")
+    return "\n".join(lines)
 
 
 def _rows(paths: list[Path], pred: Predictions, names: list[str], top_k: int):

@@ -68,7 +68,8 @@ def rel(path: str | Path) -> str:
 def report_run(run_dir: Path, summary: dict) -> None:
     """Print what the run produced and where (the last thing a user reads)."""
     metrics = summary["metrics"]
-    shown = [k for k in ("val/acc", "val/f1", "val/loss", "val/acc_best", "test/acc", "test/f1") if k in metrics]
+    names = ("val/acc", "val/map", "val/f1", "val/loss", "val/acc_best", "test/acc", "test/map", "test/f1")
+    shown = [k for k in dict.fromkeys((summary.get("monitor"), *names)) if k in metrics]
     lines = [f"Run folder: {rel(run_dir)}",
              "  metrics:     " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown)]
     if summary.get("best_checkpoint"):
@@ -119,3 +120,10 @@ def report_files(run_dir: Path, files: dict[str, str]) -> None:
     width = max(map(len, files))
     lines = [f"Run folder: {rel(run_dir)}", *(f"  {name.ljust(width)}  {what}" for name, what in files.items())]
     log.info("\n".join(lines))
+
+
+def score_cell(value) -> str:
+    """A CSV cell for a score: 4 decimals; an undefined one (precision of a class never predicted) empty, not 0."""
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -18,11 +18,10 @@ from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import weights_identity
 from vggtune.model.checkpoint import AtomicCheckpointIO
-from vggtune.model.weights import read_checkpoint
 from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks import demo
-from vggtune.tasks.checks import check_train
+from vggtune.tasks.checks import check_against_data, check_threshold, check_train
 from vggtune.tasks.runs import commit_run_config, report_run, write_json
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
 from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
@@ -45,9 +44,10 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
     split = datamodule.split
-    _check_against_data(cfg, split.classes)
+    check_against_data(cfg, split.classes, split.multilabel)
     _warn_schedule(schedule, cfg.trainer.max_epochs)
-    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights())
+    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights(),
+                          label_delim=split.label_delim)
     trainer = build_trainer(cfg)
     if datamodule.cache_features:
         _use_feature_cache(cfg, datamodule, module, schedule)
@@ -172,7 +172,7 @@ def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str 
 
 
 def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
-                 class_weights: list[float] | None = None) -> VGGClassifier:
+                 class_weights: list[float] | None = None, label_delim: str | None = None) -> VGGClassifier:
     """The LightningModule, from plain containers only (so checkpoints load with weights_only=True)."""
     model = cfg.model
     if str(model.weights).lower() == "none" and not demo.is_baseline(cfg):
@@ -186,7 +186,8 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
         arch=model.arch, class_names=list(class_names), weights=str(model.weights), dropout=float(model.dropout),
         preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
         finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile),
-        head=str(model.get("head", "vgg")), class_weights=class_weights)
+        head=str(model.get("head", "vgg")), class_weights=class_weights, label_delim=label_delim,
+        threshold=check_threshold(cfg.get("threshold", "auto")))
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -231,19 +232,6 @@ def _drop_stale_interrupted(run_dir: Path) -> None:
         log.info("Removed %s: the run went on past it (last.ckpt is newer)", interrupted)
 
 
-def _check_against_data(cfg: DictConfig, classes: list[str]) -> None:
-    """What needs the data's classes: the monitored metric, and a checkpoint to resume from."""
-    if cfg.monitor == "val/acc_top5" and len(classes) < 5:
-        raise UserError(f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
-                        "use monitor=val/acc")
-    if cfg.ckpt_path:
-        trained = (read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
-        if trained is not None and list(trained) != list(classes):
-            raise UserError(f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
-                            f"{cfg.data.root} has {', '.join(classes)}: resume with the run's own data "
-                            "(leave data.root out), or start a new run")
-
-
 def _warn_schedule(schedule: Schedule, max_epochs: int) -> None:
     change = schedule.last_change_epoch()  # counted from 0
     if schedule.name in ("freeze_unfreeze", "gradual") and change >= max_epochs:
@@ -262,11 +250,12 @@ def _prepare_run_folder(split, run_dir: Path) -> None:
     split.write_csv(run_dir / "split.csv")
     counts = split.counts()
     log.info("Data: %s (%s), %d classes: %s", split.root, split.layout, len(split.classes), ", ".join(split.classes))
-    log.info("Images: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    log.info("Images: %s", ", ".join(f"{s} {len(items)}" for s, items in split.subsets.items()))
     train = counts["train"]
     shown = ", ".join(f"{name} {n}" for name, n in list(train.items())[:20]) + (", ..." if len(train) > 20 else "")
     ratio = max(train.values()) / max(1, min(train.values()))
-    log.info("Training images per class: %s (largest / smallest: %.1f)", shown, ratio)
+    log.info("Training images per %s: %s (largest / smallest: %.1f)", "label" if split.multilabel else "class",
+             shown, ratio)
     if split.skipped:
         with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
             for bad in split.skipped:

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_positive_int
-from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid, tensorboard_logger
+from vggtune.training.tensorboard_images import ConfusionMatrixImage, PerLabelScores, PredictionGrid, tensorboard_logger
 
 # The HPARAMS table's metric columns. TensorBoard fills them from these scalar tags of the same run,
 # so they show the latest values while a run trains and the final ones after it.
@@ -37,7 +37,7 @@ def tensorboard_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     grid = check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
     callbacks = [EpochSpeed(), HparamsSession(flat_config(cfg)), DataText()]
     if every:
-        callbacks += [ConfusionMatrixImage(every), PredictionGrid(every, grid)]
+        callbacks += [ConfusionMatrixImage(every), PerLabelScores(every), PredictionGrid(every, grid)]
     return callbacks
 
 

@@ -1,4 +1,5 @@
-"""The images TensorBoard shows during training: the validation confusion matrix and a grid of predictions.
+"""The images TensorBoard shows during training: the validation confusion matrix (per-label scores with
+several labels per image) and a grid of predictions; the figures themselves are in ``figures.py``.
 
 Each is a Lightning callback fed by what ``VGGClassifier.validation_step`` returns (detached
 probabilities and targets, on the device) and the batch's images. The collective steps (the
@@ -10,85 +11,15 @@ arrays for ``SummaryWriter.add_image``.
 
 from __future__ import annotations
 
-import math
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
 
-# Beyond this many classes the per-cell numbers would overlap; the colours alone still tell.
-_ANNOTATE_UP_TO = 20
-WRONG, RIGHT = "#c62828", "#2e7d32"
-
-
-def figure_to_array(fig: Figure, dpi: int = 100) -> np.ndarray:
-    """``fig`` rendered as an (H, W, 3) uint8 array: what ``add_image(..., dataformats="HWC")`` takes."""
-    fig.set_dpi(dpi)
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def row_normalised(counts: np.ndarray) -> np.ndarray:
-    """Each row of a confusion matrix divided by its total (the true class's images); empty rows stay 0."""
-    counts = np.asarray(counts, dtype=np.float64)
-    totals = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-
-
-def confusion_matrix_figure(counts: np.ndarray, class_names: list[str], title: str) -> Figure:
-    """``counts[i, j]`` images of true class i predicted as j, drawn normalised per true class.
-
-    Rows are labelled with the class name and its number of images, so a 1.0 from a single image
-    is not mistaken for a reliable class.
-    """
-    rates = row_normalised(counts)
-    n = len(class_names)
-    side = min(3.5 + 0.45 * n, 24)
-    fig = Figure(figsize=(side + 1.8, side), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    totals = np.asarray(counts).sum(axis=1)
-    small = 9 if n <= 10 else 7
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=small)
-    ax.set_yticks(range(n), [f"{name} ({int(t)})" for name, t in zip(class_names, totals)], fontsize=small)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class (images)")
-    if n <= _ANNOTATE_UP_TO:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=small,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
-    ax.set_title(title)
-    return fig
-
-
-def prediction_grid_figure(images: np.ndarray, true: list[int], pred: list[int], conf: list[float],
-                           class_names: list[str], title: str) -> Figure:
-    """Images (N, H, W, 3 floats in 0..1) in a square grid, each titled with its true and predicted class.
-
-    The predicted class carries the model's confidence (softmax probability); mistakes are titled in
-    red, hits in green.
-    """
-    n = len(images)
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(2.1 * cols, 2.35 * rows + 0.4), layout="constrained")
-    fig.suptitle(title)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, image, t, p, c in zip(axes, images, true, pred, conf):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"true: {class_names[t]}\npred: {class_names[p]} ({c:.2f})", fontsize=8,
-                     color=RIGHT if t == p else WRONG)
-    return fig
+from vggtune.training.figures import (confusion_matrix_figure, figure_to_array, multilabel_grid_figure,
+                                      per_label_figure, prediction_grid_figure)
 
 
 def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -104,6 +35,7 @@ class _ValidationImage(pl.Callback):
     """
 
     tag = ""
+    multilabel: bool | None = False  # the kind of task the image is for (None: either)
 
     def __init__(self, every_n_epochs: int):
         self.every_n_epochs = every_n_epochs
@@ -112,6 +44,9 @@ class _ValidationImage(pl.Callback):
     def due(self, trainer: pl.Trainer) -> bool:
         """Whether this validation epoch gets an image."""
         if trainer.sanity_checking:
+            return False
+        module = getattr(trainer, "lightning_module", None)
+        if self.multilabel is not None and bool(getattr(module, "multilabel", False)) != self.multilabel:
             return False
         epoch = trainer.current_epoch
         return (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
@@ -185,6 +120,35 @@ class ConfusionMatrixImage(_ValidationImage):
         return confusion_matrix_figure(data, class_names, f"Confusion matrix, {title}")
 
 
+class PerLabelScores(_ValidationImage):
+    """``val/per_label`` (several labels per image): each label's precision, recall and F1 at the
+    metrics' threshold, in place of the confusion matrix."""
+
+    tag = "val/per_label"
+    multilabel = True
+
+    def __init__(self, every_n_epochs: int):
+        super().__init__(every_n_epochs)
+        self.stats: MultilabelStatScores | None = None
+        self.threshold = 0.5
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        if self.stats is None:
+            self.threshold = pl_module.metric_threshold
+            self.stats = MultilabelStatScores(len(pl_module.class_names), threshold=self.threshold, average=None,
+                                              validate_args=False)
+        self.stats.to(pl_module.device).reset()
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        self.stats.update(probs, target.long())
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
+        return self.stats.compute().cpu().numpy()  # summed over DDP ranks
+
+    def draw(self, data: np.ndarray, class_names: list[str], title: str):
+        return per_label_figure(data, class_names, f"Per label at threshold {self.threshold:g}, {title}")
+
+
 class PredictionGrid(_ValidationImage):
     """``val/predictions``: ``n_images`` validation images, misclassified first, with true/predicted label.
 
@@ -193,22 +157,31 @@ class PredictionGrid(_ValidationImage):
     """
 
     tag = "val/predictions"
+    multilabel = None  # both: a multi-label grid lists the labels over the threshold
 
     def __init__(self, every_n_epochs: int, n_images: int = 16):
         super().__init__(every_n_epochs)
         self.n_images = n_images
         self._best: dict[str, torch.Tensor] | None = None
+        self._threshold: float | None = None  # multi-label: the metrics' threshold
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         self._best = None
+        self._threshold = pl_module.metric_threshold if getattr(pl_module, "multilabel", False) else None
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
         if images.ndim != 4:
             return  # data.cache_features: the batches hold backbone outputs, there are no images to show
-        conf, pred = probs.max(dim=1)
-        wrong = pred != target
-        score = torch.where(wrong, 2.0 + conf, 1.0 - conf)  # mistakes in [2, 3], hits in [0, 1]
-        batch = {"score": score, "image": images.detach().float(), "target": target, "pred": pred, "conf": conf}
+        if self._threshold is not None:  # mistakes: labels wrong, most first; hits: the least sure first
+            wrong_labels = ((probs >= self._threshold) != (target > 0.5)).float().sum(dim=1)
+            margin = (probs - self._threshold).abs().min(dim=1).values
+            score = torch.where(wrong_labels > 0, 2.0 + wrong_labels / probs.shape[1], 1.0 - margin)
+            batch = {"score": score, "image": images.detach().float(), "target": target.float(), "probs": probs}
+        else:
+            conf, pred = probs.max(dim=1)
+            wrong = pred != target
+            score = torch.where(wrong, 2.0 + conf, 1.0 - conf)  # mistakes in [2, 3], hits in [0, 1]
+            batch = {"score": score, "image": images.detach().float(), "target": target, "pred": pred, "conf": conf}
         if self._best is None:  # pad with never-chosen slots, so every rank gathers the same shapes
             self._best = {k: v[:1].expand(self.n_images, *v.shape[1:]).clone() for k, v in batch.items()}
             self._best["score"].fill_(-1.0)
@@ -226,9 +199,12 @@ class PredictionGrid(_ValidationImage):
         mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
         images = (best["image"][keep] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        return {"images": images, **{k: best[k][keep].tolist() for k in ("target", "pred", "conf")}}
+        return {"images": images, **{k: v[keep].tolist() for k, v in best.items() if k not in ("image", "score")}}
 
     def draw(self, data: dict, class_names: list[str], title: str):
+        if self._threshold is not None:
+            return multilabel_grid_figure(data["images"], data["target"], data["probs"], self._threshold, class_names,
+                                          f"Predictions (labels over {self._threshold:g}; mistakes first), {title}")
         return prediction_grid_figure(data["images"], data["target"], data["pred"], data["conf"], class_names,
                                       f"Predictions (misclassified first), {title}")
 

@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
-                                         MulticlassRecall)
+                                         MulticlassRecall, MultilabelAveragePrecision, MultilabelF1Score,
+                                         MultilabelPrecision, MultilabelRecall)
 
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import SUBSETS, class_folders, read_split_csv
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
-from vggtune.data.labels_csv import read_labels_csv, resolve_csv_path
+from vggtune.data.labels_csv import read_labels_csv, resolve_csv_path, split_labels
 from vggtune.model.module import classification_metrics
+from vggtune.model.multilabel import multilabel_metrics, predicted_labels
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 class LabelledImages:
     """Images with the index of their true class in the model's class list."""
 
-    items: list[tuple[Path, int]]
+    items: list[tuple[Path, int]]  # multi-label: (path, tuple of class indices)
     source: str  # where they came from, in words
     unknown: dict[str, int] = field(default_factory=dict)  # class folders the model does not know -> images
 
@@ -44,7 +46,8 @@ def check_subset(subset: str) -> str:
     return subset
 
 
-def images_from_run(ckpt: Path, class_names: list[str], subset: str = "test") -> LabelledImages:
+def images_from_run(ckpt: Path, class_names: list[str], subset: str = "test",
+                    label_delim: str | None = None) -> LabelledImages:
     """The ``subset`` images of the training run that wrote ``ckpt`` (``<run>/checkpoints/<name>.ckpt``)."""
     check_subset(subset)
     run_dir = ckpt.resolve().parent.parent
@@ -63,14 +66,16 @@ def images_from_run(ckpt: Path, class_names: list[str], subset: str = "test") ->
     if not rows:
         raise UserError(f"the training run {run_dir} has no {subset} images (trained with data.test_split=0?): "
                         "pass data.subset=val, or data.root=<a folder of class folders>")
-    labelled = _label(rows, class_names, f"the {subset} split of {run_dir}")
+    if label_delim is not None:
+        rows = [(path, split_labels(text, label_delim)) for path, text in rows]
+    labelled = _label(rows, class_names, f"the {subset} split of {run_dir}", label_delim is not None)
     if labelled.unknown:  # the run's own split can only hold the model's classes
         raise UserError(f"{split_file} names classes the checkpoint does not know ({', '.join(labelled.unknown)}): "
                         "is the checkpoint from another run? Pass data.root=<a folder of class folders>")
     return labelled
 
 
-def images_from_folder(root: str | Path, class_names: list[str]) -> LabelledImages:
+def images_from_folder(root: str | Path, class_names: list[str], multilabel: bool = False) -> LabelledImages:
     """Every image in the class folders of ``root``; folders the model has no class for are counted apart."""
     path = Path(str(root)).expanduser()
     if not path.is_dir():
@@ -84,8 +89,8 @@ def images_from_folder(root: str | Path, class_names: list[str]) -> LabelledImag
     if set(folders) <= set(SUBSETS) and not set(folders) & set(class_names):
         raise UserError(f"data.root {path} holds {', '.join(folders)} folders, not class folders: "
                         f"pass data.root={path / ('test' if 'test' in folders else folders[-1])}")
-    rows = [(image, name) for name in folders for image in list_images(path / name)]
-    labelled = _label(rows, class_names, f"the class folders of {path}")
+    rows = [(image, (name,) if multilabel else name) for name in folders for image in list_images(path / name)]
+    labelled = _label(rows, class_names, f"the class folders of {path}", multilabel)
     if not labelled.items:
         known = [f for f in folders if f in class_names]
         if known:
@@ -99,12 +104,13 @@ def images_from_folder(root: str | Path, class_names: list[str]) -> LabelledImag
 
 
 def images_from_csv(labels: str | Path, root: str | Path | None, class_names: list[str], subset: str = "test",
-                    columns: dict | None = None) -> LabelledImages:
+                    columns: dict | None = None, label_delim: str | None = None) -> LabelledImages:
     """The rows of a labels CSV (only those of ``subset`` when it has a split column); classes the model
     does not know are counted apart. Bad rows are left out with their line numbers in the log."""
     csv_path = resolve_csv_path(labels, Path(str(root)).expanduser() if root else None)
     rows, rejected = read_labels_csv(csv_path, Path(str(root)).expanduser().resolve() if root else csv_path.parent,
-                                     verify="header", on_bad_image="skip", **(columns or {}))
+                                     verify="header", on_bad_image="skip", label_delim=label_delim,
+                                     **(columns or {}))
     for bad in rejected.rows[:10]:
         log.warning("  left out %s", bad.reason)
     source, which = f"the rows of {csv_path}", ""
@@ -113,13 +119,23 @@ def images_from_csv(labels: str | Path, root: str | Path | None, class_names: li
         source, which = f"the {subset} rows of {csv_path}", f" with split {subset}"
     if not rows:
         raise UserError(f"{csv_path} has no usable rows{which}: pass another data.subset, or another data.labels")
+    if label_delim is not None:
+        return _label([(r.path, r.labels(label_delim)) for r in rows], class_names, source, multilabel=True)
     return _label([(r.path, r.label) for r in rows], class_names, source)
 
 
-def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str) -> LabelledImages:
+def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str, multilabel: bool = False) -> LabelledImages:
+    """Rows of (path, class name), or (path, tuple of label names) when ``multilabel``, as class indices.
+
+    An image with a label the model does not know is left out, and the label counted in ``unknown``.
+    """
     index = {name: i for i, name in enumerate(class_names)}
-    items = [(path, index[name]) for path, name in rows if name in index]
-    unknown = Counter(name for _, name in rows if name not in index)
+    if multilabel:
+        items = [(path, tuple(index[n] for n in names)) for path, names in rows if all(n in index for n in names)]
+        unknown = Counter(n for _, names in rows for n in names if n not in index)
+    else:
+        items = [(path, index[name]) for path, name in rows if name in index]
+        unknown = Counter(name for _, name in rows if name not in index)
     return LabelledImages(items, source, dict(sorted(unknown.items())))
 
 
@@ -128,6 +144,11 @@ def _did_you_mean(folders: list[str], class_names: list[str]) -> str:
     hints = [f"{f} -> {lower[m[0]]}" for f in folders
              if (m := difflib.get_close_matches(f.lower(), list(lower), n=1, cutoff=0.7))]
     return f" (folder names are matched exactly; close ones: {', '.join(hints)})" if hints else ""
+
+
+def describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str]) -> dict:
+    """What ``metrics.json`` says about the images: where from, how many evaluated, which left out and why."""
+    return {"source": data.source, "images": evaluated, "unreadable": skipped, "unknown_classes": data.unknown}
 
 
 def describe_unknown(unknown: dict[str, int], class_names: list[str]) -> str:
@@ -171,3 +192,38 @@ def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: lis
              "recall": scores["recall"][i] if support[i] else None,
              "f1": scores["f1"][i] if support[i] or predicted[i] else None} for i, name in enumerate(class_names)]
     return EvalResult({k: float(v) for k, v in overall.compute().items()}, rows, matrix)
+
+
+def compute_multilabel_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],
+                               thresholds: list[float]) -> EvalResult:
+    """Subset accuracy, macro mAP and macro F1 at each label's threshold, and per-label scores.
+
+    ``targets`` is multi-hot (images, labels). The per-label rows hold precision, recall and F1 at
+    the label's threshold, its average precision (None for a label no image has), and the counts.
+    The ``confusion`` of the result is the (labels, 2) table of images with / predicted with each label.
+    """
+    n = len(class_names)
+    predicted = predicted_labels(probs, thresholds)
+    truth = targets.long()
+    hard = predicted.long()  # binarised here, per label; torchmetrics takes 0/1 integers as decided
+    overall = multilabel_metrics(n, prefix="")
+    overall["map"].update(probs, truth)
+    for name in ("acc", "f1"):
+        overall[name].update(hard, truth)
+    per_label = MetricCollection({"precision": MultilabelPrecision(n, average="none"),
+                                  "recall": MultilabelRecall(n, average="none"),
+                                  "f1": MultilabelF1Score(n, average="none")},
+                                 compute_groups=[["precision", "recall", "f1"]])
+    per_label.update(hard, truth)
+    ap = MultilabelAveragePrecision(n, average="none")
+    ap.update(probs, truth)
+    scores = {k: v.tolist() for k, v in per_label.compute().items()}
+    scores["ap"] = ap.compute().tolist()
+    support, made = truth.sum(dim=0).tolist(), predicted.sum(dim=0).tolist()
+    rows = [{"label": name, "images": support[i], "predicted": made[i], "threshold": float(thresholds[i]),
+             "precision": scores["precision"][i] if made[i] else None,
+             "recall": scores["recall"][i] if support[i] else None,
+             "f1": scores["f1"][i] if support[i] or made[i] else None,
+             "ap": scores["ap"][i] if support[i] else None} for i, name in enumerate(class_names)]
+    metrics = {k: float(v) for k, v in overall.compute().items()}
+    return EvalResult(metrics, rows, torch.tensor([support, made]).T)

@@ -28,10 +28,12 @@ _CHECK_BATCH = 3  # differs from the batch of 2 the export traces with, so the c
 class ExportedClassifier(nn.Module):
     """``net`` with normalisation in front and (unless ``logits``) ``softmax(logits / temperature)`` after it."""
 
-    def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False, temperature: float = 1.0):
+    def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False, temperature: float = 1.0,
+                 multilabel: bool = False):
         super().__init__()
         self.net = net
         self.logits = logits
+        self.multilabel = multilabel  # a sigmoid per label instead of the softmax
         self.temperature = float(temperature)  # a constant in the graph; 1.0 leaves the softmax as it was
         self.register_buffer("pixel_mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -41,6 +43,8 @@ class ExportedClassifier(nn.Module):
         out = self.net((image - self.pixel_mean) / self.pixel_std)
         if self.logits:
             return out
+        if self.multilabel:
+            return out.sigmoid()
         return (out / self.temperature).softmax(dim=1) if self.temperature != 1.0 else out.softmax(dim=1)
 
 
@@ -148,9 +152,18 @@ def _quiet_torchscript():
 
 
 def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessing, class_names: list[str],
-             arch: str, checkpoint: Path) -> dict:
-    """The JSON written beside an exported file: what goes in, what comes out, and where it came from."""
+             arch: str, checkpoint: Path, thresholds: list[float] | None = None) -> dict:
+    """The JSON written beside an exported file: what goes in, what comes out, and where it came from.
+
+    Multi-label (``thresholds`` given): ``multilabel`` is true, the output is a sigmoid probability per
+    label, and ``thresholds`` maps each label to the cut at or above which it is predicted.
+    """
     size = prep.image_size
+    extra = {}
+    if thresholds is not None:
+        extra = {"multilabel": True, "thresholds": dict(zip(class_names, thresholds)),
+                 "how": "each label is predicted when its probability (sigmoid of its logit) is at or above its "
+                        "threshold"}
     return {
         "file": path.name,
         "format": fmt,
@@ -169,10 +182,14 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
         "calibration": _describe_calibration(model),
         "arch": arch,
         "checkpoint": str(checkpoint.resolve()),
+        **extra,
     }
 
 
 def _describe_calibration(model: ExportedClassifier) -> dict:
+    if model.multilabel:
+        return {"temperature": 1.0, "applied": False, "how": "several labels per image: sigmoid probabilities, "
+                "not temperature-scaled"}
     t = model.temperature
     if model.logits:
         return {"temperature": t, "applied": False,

@@ -46,8 +46,28 @@ class LoadedModel:
         """The checkpoint's fitted temperature (1.0 when it has none)."""
         return self.module.temperature
 
+    @property
+    def multilabel(self) -> bool:
+        """Several labels per image: sigmoid probabilities, each label over its threshold is predicted."""
+        return self.module.multilabel
+
+    @property
+    def label_delim(self) -> str | None:
+        """What separates the labels of an image in CSV cells (multi-label), else None."""
+        return self.module.hparams.get("label_delim")
+
+    def thresholds(self, threshold="auto") -> list[float]:
+        """Multi-label: each label's cut; ``auto``: the checkpoint's (chosen on validation), else 0.5."""
+        if threshold not in ("auto", None):
+            return [float(threshold)] * len(self.class_names)
+        return list(self.module.thresholds or [0.5] * len(self.class_names))
+
     def describe_calibration(self) -> str:
         """One line on whether (and with what) the probabilities are calibrated."""
+        if self.multilabel:
+            chosen = self.module.thresholds is not None and self.module.hparams.get("threshold") is None
+            return ("several labels per image: a sigmoid probability per label; a label is predicted at or above "
+                    + ("its own threshold, chosen on the validation images" if chosen else "the threshold"))
         c = self.module.calibration
         if not c:
             return "probabilities not calibrated: the checkpoint has no temperature (trained without validation?)"
@@ -180,20 +200,29 @@ class Predictions:
     logits: torch.Tensor  # (len(indices), views, classes) as the network gave them; one view without TTA
     temperature: float  # the logits are divided by it before the softmax (1.0: uncalibrated)
     failures: dict[int, str]  # index into the paths -> reason the file was not predicted
+    multilabel: bool = False  # a sigmoid per label instead of a softmax over the classes
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid() if self.multilabel else (logits / self.temperature).softmax(dim=-1)
 
     @property
     def probs(self) -> torch.Tensor:
-        """(len(indices), classes) float32 on the CPU: the mean over the views of ``softmax(logits / T)``."""
-        return (self.logits / self.temperature).softmax(dim=2).mean(dim=1)
+        """(len(indices), classes) float32 on the CPU: the mean over the views of ``softmax(logits / T)``
+        (multi-label: of each label's sigmoid)."""
+        return self._activate(self.logits).mean(dim=1)
 
     @property
     def plain_probs(self) -> torch.Tensor:
         """The probabilities of the plain evaluation view alone (what ``tta=none`` gives)."""
-        return (self.logits[:, 0] / self.temperature).softmax(dim=1)
+        return self._activate(self.logits[:, 0])
 
     def uncalibrated(self) -> Predictions:
         """The same predictions with the temperature left out."""
-        return Predictions(self.indices, self.logits, 1.0, self.failures)
+        return Predictions(self.indices, self.logits, 1.0, self.failures, self.multilabel)
+
+    def with_temperature(self, temperature: float) -> Predictions:
+        """The same predictions with the logits divided by ``temperature``."""
+        return Predictions(self.indices, self.logits, temperature, self.failures, self.multilabel)
 
 
 @torch.inference_mode()
@@ -217,4 +246,5 @@ def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int
                 indices += idx
             bar.update(len(idx) + len(bad))
     logits = torch.cat(chunks) if chunks else torch.empty(0, 1, len(model.class_names))
-    return Predictions(indices, logits, model.temperature if calibrate else 1.0, failures)
+    temperature = model.temperature if calibrate and not model.multilabel else 1.0
+    return Predictions(indices, logits, temperature, failures, model.multilabel)
