@@ -77,7 +77,7 @@ def test_the_fitted_temperature_undoes_overconfidence_and_matches_scipy():
 
 def test_nothing_is_fitted_when_every_image_is_right_and_non_finite_rows_are_left_out():
     targets = torch.tensor([0, 1, 2, 0])
-    assert calibration.fit_temperature(10 * torch.eye(3)[targets], targets) == 1.0  # no minimum: T would go to 0
+    assert calibration.fit_temperature(10 * torch.eye(3)[targets], targets) is None  # no minimum: T would go to 0
 
     logits, targets = overconfident(n=500, seed=1)
     with_nan = torch.cat([logits, torch.full((3, logits.shape[1]), float("nan"))])
@@ -108,6 +108,21 @@ def test_training_fits_the_temperature_on_the_validation_logits_and_checkpoints_
     assert fresh.temperature == 1.0
     fresh.on_load_checkpoint(checkpoint)
     assert fresh.temperature == pytest.approx(expected_t, rel=1e-3)
+
+
+def test_a_model_right_on_every_validation_image_keeps_no_temperature(tmp_path, tiny_run):
+    targets = torch.arange(3).repeat_interleave(4)
+    module = ScriptedClassifier(8.0 * torch.eye(3)[targets], 3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=_loader(targets), verbose=False)
+    assert module.calibration is None and module.temperature == 1.0
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert "calibration" not in checkpoint["vggtune"]
+    # A real run's metrics.json says which temperature its best checkpoint holds (not the last epoch's).
+    summary = json.loads((tiny_run / "metrics.json").read_text())
+    stored = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["vggtune"]
+    assert summary["best"].get("calibration") == stored.get("calibration")
 
 
 def test_a_validation_on_its_own_fits_the_temperature_too():
@@ -209,6 +224,13 @@ def test_the_exported_softmax_has_the_temperature_folded_in(calibrated, tmp_path
     std = torch.tensor(model.preprocessing.std).view(1, 3, 1, 1)
     got = torch.jit.load(str(out))(raw * std + mean).detach()  # the file takes [0, 1] images
     torch.testing.assert_close(got, (raw_logits(model, paths[:4]) / t).softmax(1), atol=1e-4, rtol=1e-4)
+
+    plain = export_checkpoint(OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "calibrate": False,
+                                                "output": str(tmp_path / "raw.pt"), "logits": False,
+                                                "paths": {"run_dir": str(tmp_path / "run2")}}))
+    assert plain["calibration"]["applied"] is False and plain["calibration"]["temperature"] == pytest.approx(t)
+    got = torch.jit.load(str(tmp_path / "raw.pt"))(raw * std + mean).detach()
+    torch.testing.assert_close(got, raw_logits(model, paths[:4]).softmax(1), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("task, key, value, needle", [("predict", "calibrate", "maybe", "calibrate must be true or false"),

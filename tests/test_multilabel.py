@@ -204,6 +204,7 @@ def test_training_monitors_map_and_keeps_thresholds_and_labels_in_the_run(ml_run
     assert summary["monitor"] == "val/map" and "val/map" in summary["metrics"] and "test/map" in summary["metrics"]
     ckpt = torch.load(ml_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["label_delim"] == " " and len(ckpt["vggtune"]["thresholds"]) == 5
+    assert summary["best"]["thresholds"] == ckpt["vggtune"]["thresholds"]
     rows = list(csv.DictReader(open(ml_run / "split.csv", encoding="utf-8")))
     assert {r["subset"] for r in rows} == {"train", "val", "test"} and any(" " in r["class"] for r in rows)
 
@@ -319,3 +320,11 @@ def test_explain_draws_the_most_probable_labels_with_their_sigmoids(ml_run, grid
     rows = list(csv.DictReader(open(tmp_path / "x" / "explain.csv", encoding="utf-8")))
     assert [r["class"] for r in rows] == [model.class_names[i] for i in top.indices.tolist()]
     assert [float(r["probability"]) for r in rows] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_a_multilabel_csv_trained_without_a_delimiter_gets_a_hint(grids, tmp_path):
+    # Read as one label per cell, "checks dots" is a class of its own with too few images to split:
+    # the hint comes first, before that error.
+    proc = run_cli_here("train", f"data.root={grids}", "data.labels=labels.csv", *TINY,
+                        f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert "hold spaces or separators" in proc.stderr and "data.label_delim=' '" in proc.stderr

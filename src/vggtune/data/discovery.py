@@ -9,6 +9,7 @@ hidden folders such as ``.ipynb_checkpoints`` for classes and has no notion of a
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from vggtune.core.errors import UserError
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
 from vggtune.data.labels_csv import LabelledRow, check_classes, check_delim, read_labels_csv, resolve_csv_path
 from vggtune.data.scan import BadImage, scan_images
+
+log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "val", "test")
 MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), or "
@@ -174,8 +177,19 @@ def _discover_csv(root: Path, labels, val_split: float, test_split: float, seed:
     rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, label_delim=delim,
                                    **columns)
     csv_path = reject.csv_path
+    joined = next((r.label for r in rows if any(d in r.label for d in (" ", ";", ",", "|"))), None)
+    if delim is None and joined is not None:
+        log.warning("Labels such as %r hold spaces or separators: if a cell lists several labels, pass "
+                    "\"data.label_delim=' '\" (or the separator used) to train with several labels per image",
+                    joined)
     given_split = bool(rows) and rows[0].subset is not None
-    subsets = _split_rows(rows, val_split, test_split, seed, stratify=delim is None)
+    try:
+        subsets = _split_rows(rows, val_split, test_split, seed, stratify=delim is None)
+    except UserError as e:
+        if delim is None and joined is not None:  # read as one label a cell, each combination is a class
+            raise UserError(f"{e}. Labels such as {joined!r} hold spaces or separators: if a cell lists several "
+                            "labels, pass \"data.label_delim=' '\" (or the separator used)") from None
+        raise
     classes, subsets = check_classes(subsets, reject, delim)
     if len(classes) < 2:
         raise UserError(f"{csv_path} gives {len(classes)} class(es) to train on "

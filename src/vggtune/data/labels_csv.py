@@ -59,8 +59,9 @@ def check_delim(delim) -> str | None:
     if delim is None:
         return None
     if not isinstance(delim, str) or delim == "" or delim in ("\n", "\r"):
-        raise UserError(f"data.label_delim must be the character(s) between the labels of a row (e.g. "
-                        f"data.label_delim=' ' or data.label_delim=';'), or null for one label per row; got {delim!r}")
+        raise UserError(f"data.label_delim must be the character(s) between the labels of a row, or null for one "
+                        f"label per row; got {delim!r}. In a shell, quote the whole override so that Hydra gets "
+                        f"the quotes: \"data.label_delim=' '\" or \"data.label_delim=';'\"")
     return delim
 
 

@@ -21,13 +21,13 @@ ECE_BINS = 15
 _LOG_T_RANGE = (math.log(0.05), math.log(100.0))  # a temperature outside it means the logits are unusable
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float | None:
     """The temperature ``T > 0`` that minimises the mean cross-entropy of ``logits / T`` on ``targets``.
 
     LBFGS over ``log T`` (so ``T`` stays positive) from ``T = 1``, on the CPU in float64. Rows with a
     non-finite logit are left out. With none left, or with every image predicted right (the loss then
     falls without end as ``T`` goes to 0, and a sharper model would only look better on these images),
-    1.0 is returned: nothing to fit.
+    None is returned: nothing to fit.
     """
     # Validation runs under no_grad, and trainer.validate under inference_mode: leave both for the fit,
     # with copies of the inputs (inference tensors cannot take part in autograd).
@@ -35,11 +35,11 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
         return _fit(logits.detach().double().cpu().clone(), targets.detach().long().cpu().clone(), max_iter)
 
 
-def _fit(logits: torch.Tensor, targets: torch.Tensor, max_iter: int) -> float:
+def _fit(logits: torch.Tensor, targets: torch.Tensor, max_iter: int) -> float | None:
     keep = torch.isfinite(logits).all(dim=1)
     logits, targets = logits[keep], targets[keep]
     if len(logits) == 0 or bool((logits.argmax(dim=1) == targets).all()):
-        return 1.0
+        return None
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 

@@ -220,6 +220,10 @@ class VGGClassifier(pl.LightningModule):
             return
         targets = targets.long()
         temperature = calibration.fit_temperature(logits, targets)
+        if temperature is None:  # every validation image right: nothing to fit, and no temperature is kept
+            self.calibration = None
+            self.log("val/ece", calibration.calibration_error(logits.softmax(dim=1), targets))
+            return
         summary = calibration.summarise(logits.cpu(), targets.cpu(), temperature)
         self.calibration = {**summary, "fitted_on": "val", "epoch": int(self.current_epoch)}
         self.log_dict({"val/temperature": temperature, "val/ece": summary["ece"],

@@ -60,7 +60,7 @@ def check_threshold(value) -> float | None:
         return None
     if not is_number(value) or not 0 < value < 1:
         raise UserError(f"threshold must be auto (each label's own, chosen on the validation images) or a "
-                        f"probability between 0 and 1, e.g. threshold=0.5; got {value!r}")
+                        f"probability above 0 and below 1, e.g. threshold=0.5; got {value!r}")
     return float(value)
 
 

@@ -41,6 +41,9 @@ def evaluate(cfg: DictConfig) -> dict:
     threshold = check_threshold(cfg.get("threshold", "auto"))
     model = load_model(cfg.ckpt, cfg.device)
     names, delim = model.class_names, model.label_delim
+    if threshold is not None and not model.multilabel:
+        log.warning("threshold=%g ignored: it is for several labels per image, and this model gives one class "
+                    "per image", threshold)
     if labels:
         columns = {k: cfg.data.get(k) for k in ("path_column", "label_column", "split_column")}
         data = images_from_csv(labels, cfg.data.root, names, cfg.data.subset, columns,
@@ -55,7 +58,8 @@ def evaluate(cfg: DictConfig) -> dict:
              len(data.items), data.source)
 
     paths = [p for p, _ in data.items]
-    log.info(model.describe_calibration() if calibrate else "calibrate=false: probabilities not calibrated")
+    log.info(model.describe_calibration(threshold) if calibrate or model.multilabel else
+             "calibrate=false: probabilities not calibrated")
     pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating", tta=tta, calibrate=calibrate)
     skipped = {str(paths[i]): reason for i, reason in sorted(pred.failures.items())}
     if skipped:
@@ -67,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"none of the {len(paths)} images in {data.source} could be read ({first[0]}: {first[1]})")
     if model.multilabel:
         return evaluate_multilabel(run_dir, model, data, pred, paths, skipped, model.thresholds(threshold or "auto"),
-                                    tta)
+                                    tta, fixed=threshold is not None)
     targets = torch.tensor([data.items[i][1] for i in pred.indices])
     result = compute_metrics(pred.probs, targets, names)
 
@@ -199,12 +203,13 @@ def _summary_table(summary: dict) -> str:
     m, data, cal = summary["metrics"], summary["data"], summary["calibration"]
     top5 = f"   top-5 accuracy {m['acc_top5']:.4f}" if "acc_top5" in m else ""
     lines = [f"{data['images']} images: accuracy {m['acc']:.4f}{top5}   macro F1 {m['f1']:.4f}"]
-    if cal["temperature"] is None:
-        lines.append(f"  calibration error (ECE) {cal['ece']:.4f}; the checkpoint has no temperature")
-    else:
-        lines.append(f"  calibration error (ECE) {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} with the "
-                     f"temperature {cal['temperature']:.3f}" + ("" if cal["applied"] else " (calibrate=false: not applied)"))
     tta = summary["tta"]
+    of = f" of the {tta['mode']}-averaged probabilities" if tta["mode"] != "none" else ""
+    if cal["temperature"] is None:
+        lines.append(f"  calibration error (ECE{of}) {cal['ece']:.4f}; the checkpoint has no temperature")
+    else:
+        lines.append(f"  calibration error (ECE{of}) {cal['ece']:.4f} -> {cal['ece_calibrated']:.4f} with the "
+                     f"temperature {cal['temperature']:.3f}" + ("" if cal["applied"] else " (calibrate=false: not applied)"))
     if tta["mode"] != "none":
         lines.append(f"  tta={tta['mode']} ({tta['views']} views): accuracy {tta['acc_without']:.4f} -> {m['acc']:.4f} "
                      f"({tta['acc_gain']:+.4f}), macro F1 {tta['f1_without']:.4f} -> {m['f1']:.4f} ({tta['f1_gain']:+.4f})")

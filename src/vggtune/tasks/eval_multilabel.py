@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_multilabel(run_dir: Path, model: LoadedModel, data: LabelledImages, pred: Predictions,
-                         paths: list[Path], skipped: dict, thresholds: list[float], tta: str) -> dict:
+                         paths: list[Path], skipped: dict, thresholds: list[float], tta: str,
+                         fixed: bool = False) -> dict:
     """eval of a multi-label model: subset accuracy, mAP, F1, per-label table and chart, wrong images."""
     names = model.class_names
     targets = torch.stack([multi_hot(data.items[i][1], len(names)) for i in pred.indices])
@@ -40,9 +41,10 @@ def evaluate_multilabel(run_dir: Path, model: LoadedModel, data: LabelledImages,
     _plot_per_label(run_dir / "per_label.png", pred.probs, targets, thresholds, names)
     m = result.metrics
     lines = [f"{len(pred.indices)} images: subset accuracy {m['acc']:.4f}   macro mAP {m['map']:.4f}   "
-             f"macro F1 {m['f1']:.4f} (each label at its threshold)"]
+             f"macro F1 {m['f1']:.4f} " + (f"(every label at {thresholds[0]:g})" if fixed else "(each label at its threshold)")]
     if tta != "none":
-        lines.append(f"  tta={tta}: mAP {tta_gain['map_without']:.4f} -> {m['map']:.4f} ({tta_gain['map_gain']:+.4f})")
+        lines.append(f"  tta={tta}: mAP {tta_gain['map_without']:.4f} -> {m['map']:.4f} ({tta_gain['map_gain']:+.4f}), "
+                     f"subset accuracy {tta_gain['acc_without']:.4f} -> {m['acc']:.4f} ({tta_gain['acc_gain']:+.4f})")
     width = max(len("label"), *(len(n) for n in names))
     lines += ["", f"  {'label'.ljust(width)}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'AP':>9}  {'threshold':>9}  "
               f"{'images':>7}"]
@@ -54,7 +56,7 @@ def evaluate_multilabel(run_dir: Path, model: LoadedModel, data: LabelledImages,
         "metrics.json": "subset accuracy, macro mAP and F1, per-label scores and thresholds, which images",
         "per_label.csv": "precision, recall, F1, AP, threshold, images and predictions per label",
         "per_label.png": "precision, recall and F1 of each label",
-        "misclassified.csv": f"the {mistakes} images whose predicted labels differ from the true ones"})
+        "misclassified.csv": f"the {mistakes} image(s) whose predicted labels differ from the true ones"})
     return summary
 
 

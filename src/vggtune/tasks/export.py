@@ -41,6 +41,11 @@ def export_checkpoint(cfg: DictConfig) -> dict:
                            loaded.module.hparams["arch"], loaded.path,
                            loaded.thresholds() if loaded.multilabel else None)
     info["check"] = check
+    if not calibrate and loaded.module.calibration is not None and not loaded.multilabel:
+        t = loaded.temperature  # left out on request, but written down: softmax(logits / t) would calibrate
+        info["calibration"] = {"temperature": t, "applied": False,
+                               "how": f"calibrate=false: the probabilities are softmax(logits); the checkpoint's "
+                                      f"temperature {t:.6g} would calibrate them as softmax(logits / {t:.6g})"}
     sidecar = out.with_name(out.name + ".json")
     write_json(sidecar, info)
     copied = keep_copy(sidecar, run_dir, "export.json")

@@ -31,16 +31,24 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = check_positive_int("batch_size", cfg.batch_size)
     workers = resolve_workers(cfg.num_workers, "num_workers")
     tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
+    threshold = check_threshold(cfg.get("threshold", "auto"))  # before the model loads
     out = output_path(cfg.output, run_dir, "predictions.csv")
     paths = find_images(cfg.input)
     model = load_model(cfg.ckpt, cfg.device)
     names = model.class_names
+    if threshold is not None and not model.multilabel:
+        log.warning("threshold=%g ignored: it is for several labels per image, and this model gives one class "
+                    "per image (its top_k classes are listed)", threshold)
+    if model.multilabel and cfg.top_k != 3:
+        log.warning("top_k=%s ignored: a multi-label model lists every label over its threshold and every "
+                    "label's probability", cfg.top_k)
     if top_k > len(names) and not model.multilabel:
         log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
         top_k = len(names)
     log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
 
-    log.info(model.describe_calibration() if calibrate else "calibrate=false: probabilities not calibrated")
+    log.info(model.describe_calibration(threshold) if calibrate or model.multilabel else
+             "calibrate=false: probabilities not calibrated")
     if tta != "none":
         log.info("tta=%s: each image's probabilities are the mean over its views", tta)
     pred = predict_probabilities(model, paths, batch_size, workers, tta=tta, calibrate=calibrate)
@@ -50,7 +58,7 @@ def predict(cfg: DictConfig) -> Path:
                         f"none of the {len(paths)} files under {cfg.input} is a readable image "
                         f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images")
     if model.multilabel:
-        thresholds = model.thresholds(check_threshold(cfg.get("threshold", "auto")) or "auto")
+        thresholds = model.thresholds(threshold or "auto")
         header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
         write_csv(out, header, _multilabel_rows(paths, pred, names, thresholds, model.label_delim))
         what = "one row per file: path, the labels over their thresholds, every label's probability, or the error"

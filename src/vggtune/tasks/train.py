@@ -18,6 +18,7 @@ from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import weights_identity
 from vggtune.model.checkpoint import AtomicCheckpointIO
+from vggtune.model.weights import read_checkpoint
 from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks import demo
@@ -62,6 +63,9 @@ def train(cfg: DictConfig) -> dict:
         _drop_stale_interrupted(run_dir)
     summary = _summarize_fit(trainer, cfg, split, run_dir)
     best = summary["best_checkpoint"]
+    if trainer.is_global_zero and best:  # what eval/predict will use: the best checkpoint's, not the last epoch's
+        ours = read_checkpoint(best, "best checkpoint").get("vggtune") or {}
+        summary["best"] = {k: ours[k] for k in ("calibration", "thresholds") if ours.get(k) is not None}
     if cfg.test_after_fit and "test" in split.subsets and best:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})

@@ -62,15 +62,20 @@ class LoadedModel:
             return [float(threshold)] * len(self.class_names)
         return list(self.module.thresholds or [0.5] * len(self.class_names))
 
-    def describe_calibration(self) -> str:
-        """One line on whether (and with what) the probabilities are calibrated."""
+    def describe_calibration(self, threshold: float | None = None) -> str:
+        """One line on whether (and with what) the probabilities are calibrated; multi-label, on the thresholds
+        (``threshold``: the one cut given on the command line, if any)."""
         if self.multilabel:
+            head = "several labels per image: a sigmoid probability per label; a label is predicted at or above "
+            if threshold is not None:
+                return head + f"threshold={threshold:g} (given), for every label"
             chosen = self.module.thresholds is not None and self.module.hparams.get("threshold") is None
-            return ("several labels per image: a sigmoid probability per label; a label is predicted at or above "
-                    + ("its own threshold, chosen on the validation images" if chosen else "the threshold"))
+            return head + ("its own threshold, chosen on the validation images" if chosen else
+                           f"{self.thresholds()[0]:g}, for every label")
         c = self.module.calibration
         if not c:
-            return "probabilities not calibrated: the checkpoint has no temperature (trained without validation?)"
+            return ("probabilities not calibrated: the checkpoint has no temperature (trained without validation "
+                    "images, or every validation image was right, which leaves nothing to fit)")
         return (f"probabilities calibrated: logits divided by the temperature {c['temperature']:.3f}, fitted on "
                 f"{c['images']} validation images at epoch {c['epoch']} (their ECE {c['ece']:.3f} -> "
                 f"{c['ece_calibrated']:.3f})")
