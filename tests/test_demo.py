@@ -46,6 +46,10 @@ def test_the_demo_pretrains_once_fine_tunes_and_compares_with_random_init(tmp_pa
     assert float(line[1]) == round(pretrained["metrics"]["val/acc"], 3)
     assert float(line[2]) == round(scratch["metrics"]["val/acc"], 3)
     assert proc.stdout.rstrip().endswith(f"tensorboard --logdir {run.relative_to(tmp_path)}")  # the last thing said
+    # The demo has no test split: the suggested eval names the subset that exists, and works as printed.
+    suggested = re.search(r"next: +vggtune (eval .*data\.subset=val)", out)
+    assert suggested, out[-2000:]
+    assert run_cli_here(*suggested[1].split(), "device=cpu", "hydra.run.dir=ev", cwd=tmp_path).returncode == 0
 
     made = weights.stat().st_mtime_ns  # a second run takes the file as it is
     assert demo_weights(weights, per_class=6, epochs=1) == weights and weights.stat().st_mtime_ns == made

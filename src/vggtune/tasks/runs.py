@@ -78,7 +78,9 @@ def report_run(run_dir: Path, summary: dict) -> None:
               f"  metrics.json, split.csv, config in .hydra/, log in {summary.get('log', 'train.log')}",
               f"  TensorBoard: tensorboard --logdir {rel(run_dir)}"]
     if summary.get("best_checkpoint"):
-        lines.append(f"  next:        vggtune eval ckpt={rel(summary['best_checkpoint'])}")
+        # Without a test split (data.test_split=0, as in the demo), eval's default subset does not exist.
+        subset = "" if "test" in (summary.get("data") or {}).get("counts", {"test": None}) else " data.subset=val"
+        lines.append(f"  next:        vggtune eval ckpt={rel(summary['best_checkpoint'])}{subset}")
     log.info("\n".join(lines))
 
 
