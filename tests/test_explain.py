@@ -62,6 +62,7 @@ def test_heatmaps_have_the_images_size_values_in_0_1_and_differ_by_class(explain
     rows = [r for r in _csv(run_dir / "explain.csv") if r["image"].endswith("wide.png")]
     assert [r["class"] for r in rows] == list(saved["classes"])
     assert [int(r["rank"]) for r in rows] == [1, 2]
+    assert [r["predicted"] for r in rows] == ["yes", "no"]  # one class per image: the top one
     assert float(rows[0]["probability"]) >= float(rows[1]["probability"])
 
 

@@ -279,9 +279,14 @@ def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_r
 def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_run):
     from test_tensorboard import load_events
 
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
     events = load_events(ml_run)
     assert sorted(events.Tags()["images"]) == ["val/per_label", "val/predictions"]
     assert {"val/map", "val/f1_tuned"} <= set(events.Tags()["scalars"])
+    content = events.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content
+    columns = [m.name.tag for m in hparams_metadata.parse_experiment_plugin_data(content).metric_infos]
+    assert columns == ["val/acc", "val/f1", "val/loss", "val/map"]  # the monitored metric has a column
 
 
 def test_embed_colours_by_the_first_label_and_lists_all_of_them(ml_run, grids, tmp_path):
@@ -320,6 +325,9 @@ def test_explain_draws_the_most_probable_labels_with_their_sigmoids(ml_run, grid
     rows = list(csv.DictReader(open(tmp_path / "x" / "explain.csv", encoding="utf-8")))
     assert [r["class"] for r in rows] == [model.class_names[i] for i in top.indices.tolist()]
     assert [float(r["probability"]) for r in rows] == pytest.approx(top.values.tolist(), abs=1e-5)
+    cut = dict(zip(model.class_names, model.module.thresholds))
+    assert [r["predicted"] for r in rows] == ["yes" if float(r["probability"]) >= cut[r["class"]] else "no"
+                                              for r in rows]
 
 
 def test_a_multilabel_csv_trained_without_a_delimiter_gets_a_hint(grids, tmp_path):

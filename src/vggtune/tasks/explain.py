@@ -25,7 +25,7 @@ from vggtune.use.inference import LoadedModel, find_images, image_batches, load_
 
 log = logging.getLogger(__name__)
 
-CSV_HEADER = ["image", "rank", "class", "probability", "overlay"]
+CSV_HEADER = ["image", "rank", "class", "probability", "overlay", "predicted"]
 
 
 def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, layer: str, top_k: int,
@@ -46,16 +46,21 @@ def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, 
     heat = gradcam(model, layers[layer], x, top.indices.tolist(), box, image.size)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out_dir / "heatmaps.npz", heatmaps=heat.astype(np.float16), classes=np.array(classes))
+    # Predicted: the top class; with several labels per image, every label at or over its threshold.
+    cut = dict(zip(net.class_names, net.thresholds())) if net.multilabel else {}
+    predicted = [p >= cut[n] if net.multilabel else rank == 0 for rank, (n, p) in
+                 enumerate(zip(classes, top.values.tolist()))]
     rows = []
     for rank, (name, p, h) in enumerate(zip(classes, top.values.tolist(), heat), start=1):
         file = out_dir / f"gradcam_{rank}_{_file_name(name)}.png"
         overlay(image, h, box).save(file)
-        rows.append([str(path), rank, name, round(p, 6), file])
+        rows.append([str(path), rank, name, round(p, 6), file, "yes" if predicted[rank - 1] else "no"])
     title = f"{path.name}: the {channels} strongest channels of each block's last conv layer (after ReLU)"
     crop = image.crop((box.left, box.top, box.left + box.width, box.top + box.height))
     fig = feature_grid(block_activations(model, layers, x), channels, title, crop)
     fig.savefig(out_dir / "feature_maps.png", dpi=100)
-    log.info("%s: %s", path, ", ".join(f"{n} {p:.1%}" for n, p in zip(classes, top.values.tolist())))
+    log.info("%s: %s", path, ", ".join(f"{n} {p:.1%}" + (" (predicted)" if net.multilabel and hit else "")
+                                      for n, p, hit in zip(classes, top.values.tolist(), predicted)))
     return rows
 
 
@@ -101,9 +106,9 @@ def run(cfg: DictConfig) -> list[list]:
     for path, reason in failures:
         log.warning("Skipped %s: %s", path, reason)
     write_csv(run_dir / "explain.csv", CSV_HEADER,
-              [[*r[:4], Path(r[4]).relative_to(run_dir).as_posix()] for r in rows])
+              [[*r[:4], Path(r[4]).relative_to(run_dir).as_posix(), r[5]] for r in rows])
     report_files(run_dir, {
-        "explain.csv": "image, rank, class, probability, overlay file: one row per heatmap",
+        "explain.csv": "image, rank, class, probability, overlay file, predicted: one row per heatmap",
         "<image>/gradcam_<rank>_<class>.png": f"Grad-CAM on {layer} over the image, at its size",
         "<image>/heatmaps.npz": "the heatmaps as numbers in [0, 1] (heatmaps, classes)",
         "<image>/feature_maps.png": "the strongest channels of every conv block",

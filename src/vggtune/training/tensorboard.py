@@ -116,7 +116,8 @@ class EpochSpeed(pl.Callback):
 
 
 class HparamsSession(pl.Callback):
-    """Writes the HPARAMS session: the flattened config with ``val/acc``, ``val/f1``, ``val/loss`` as metrics.
+    """Writes the HPARAMS session: the flattened config with ``val/acc``, ``val/f1``, ``val/loss`` as metrics
+    (and ``val/map`` with several labels per image).
 
     Lightning's ``log_hyperparams(params, metrics)`` would also write each metric as a scalar at the
     given step (step 0 by default: a false first point on every validation curve). TensorBoard's
@@ -135,7 +136,8 @@ class HparamsSession(pl.Callback):
         logger = tensorboard_logger(trainer)
         if logger is None:
             return
-        experiment, start, self._end = hparams(self.params, dict.fromkeys(HPARAM_METRICS, 0.0))
+        metrics = HPARAM_METRICS + (("val/map",) if getattr(pl_module, "multilabel", False) else ())
+        experiment, start, self._end = hparams(self.params, dict.fromkeys(metrics, 0.0))
         writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
         writer.add_summary(experiment)
         writer.add_summary(start)
