@@ -15,7 +15,7 @@ from vggtune.model import calibration
 from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.eval_multilabel import evaluate_multilabel
 from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, compute_metrics, describe_data,
-                                    describe_unknown, images_from_csv, images_from_folder, images_from_run)
+                                    describe_unknown, images_from_csv, images_from_folder, images_from_run, tta_gain)
 from vggtune.core.errors import UserError
 from vggtune.tasks.runs import rel, report_files, score_cell, write_csv, write_json
 from vggtune.use.inference import LoadedModel, Predictions, load_model, predict_probabilities
@@ -121,9 +121,7 @@ def _tta_gain(pred: Predictions, targets: torch.Tensor, names: list[str], tta: s
     if tta == "none":
         return {"mode": "none"}
     plain = compute_metrics(pred.plain_probs, targets, names).metrics
-    return {"mode": tta, "views": int(pred.logits.shape[1]),
-            **{f"{k}_without": v for k, v in plain.items()},
-            **{f"{k}_gain": result.metrics[k] - v for k, v in plain.items()}}
+    return tta_gain(tta, int(pred.logits.shape[1]), result.metrics, plain)
 
 
 def _write_tables(run_dir: Path, result: EvalResult, names: list[str]) -> None:

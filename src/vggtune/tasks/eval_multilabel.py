@@ -11,7 +11,7 @@ import torch
 from vggtune.data.datasets import multi_hot
 from vggtune.model.multilabel import predicted_labels
 from vggtune.tasks.runs import report_files, score_cell, write_csv, write_json
-from vggtune.use.evaluation import LabelledImages, compute_multilabel_metrics, describe_data
+from vggtune.use.evaluation import LabelledImages, compute_multilabel_metrics, describe_data, tta_gain
 from vggtune.use.inference import LoadedModel, Predictions
 
 log = logging.getLogger(__name__)
@@ -24,14 +24,13 @@ def evaluate_multilabel(run_dir: Path, model: LoadedModel, data: LabelledImages,
     names = model.class_names
     targets = torch.stack([multi_hot(data.items[i][1], len(names)) for i in pred.indices])
     result = compute_multilabel_metrics(pred.probs, targets, names, thresholds)
-    tta_gain = {"mode": "none"}
+    gain = {"mode": "none"}
     if tta != "none":
         plain = compute_multilabel_metrics(pred.plain_probs, targets, names, thresholds).metrics
-        tta_gain = {"mode": tta, "views": int(pred.logits.shape[1]), **{f"{k}_without": v for k, v in plain.items()},
-                    **{f"{k}_gain": result.metrics[k] - v for k, v in plain.items()}}
+        gain = tta_gain(tta, int(pred.logits.shape[1]), result.metrics, plain)
     summary = {"checkpoint": str(model.path.resolve()), "data": describe_data(data, len(pred.indices), skipped),
                "multilabel": True, "metrics": result.metrics, "per_label": result.per_class, "class_names": names,
-               "thresholds": dict(zip(names, thresholds)), "tta": tta_gain}
+               "thresholds": dict(zip(names, thresholds)), "tta": gain}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "metrics.json", summary)
     cols = ["label", "precision", "recall", "f1", "ap", "threshold", "images", "predicted"]
@@ -43,8 +42,8 @@ def evaluate_multilabel(run_dir: Path, model: LoadedModel, data: LabelledImages,
     lines = [f"{len(pred.indices)} images: subset accuracy {m['acc']:.4f}   macro mAP {m['map']:.4f}   "
              f"macro F1 {m['f1']:.4f} " + (f"(every label at {thresholds[0]:g})" if fixed else "(each label at its threshold)")]
     if tta != "none":
-        lines.append(f"  tta={tta}: mAP {tta_gain['map_without']:.4f} -> {m['map']:.4f} ({tta_gain['map_gain']:+.4f}), "
-                     f"subset accuracy {tta_gain['acc_without']:.4f} -> {m['acc']:.4f} ({tta_gain['acc_gain']:+.4f})")
+        lines.append(f"  tta={tta}: mAP {gain['map_without']:.4f} -> {m['map']:.4f} ({gain['map_gain']:+.4f}), "
+                     f"subset accuracy {gain['acc_without']:.4f} -> {m['acc']:.4f} ({gain['acc_gain']:+.4f})")
     width = max(len("label"), *(len(n) for n in names))
     lines += ["", f"  {'label'.ljust(width)}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'AP':>9}  {'threshold':>9}  "
               f"{'images':>7}"]

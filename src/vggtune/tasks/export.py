@@ -39,13 +39,9 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     check = export.write(model, loaded.preprocessing, fmt, out)
     info = export.describe(out, fmt, model, loaded.preprocessing, loaded.class_names,
                            loaded.module.hparams["arch"], loaded.path,
-                           loaded.thresholds() if loaded.multilabel else None)
+                           loaded.thresholds() if loaded.multilabel else None,
+                           loaded.temperature if loaded.module.calibration is not None else None)
     info["check"] = check
-    if not calibrate and loaded.module.calibration is not None and not loaded.multilabel:
-        t = loaded.temperature  # left out on request, but written down: softmax(logits / t) would calibrate
-        info["calibration"] = {"temperature": t, "applied": False,
-                               "how": f"calibrate=false: the probabilities are softmax(logits); the checkpoint's "
-                                      f"temperature {t:.6g} would calibrate them as softmax(logits / {t:.6g})"}
     sidecar = out.with_name(out.name + ".json")
     write_json(sidecar, info)
     copied = keep_copy(sidecar, run_dir, "export.json")

@@ -151,6 +151,12 @@ def describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str])
     return {"source": data.source, "images": evaluated, "unreadable": skipped, "unknown_classes": data.unknown}
 
 
+def tta_gain(mode: str, views: int, metrics: dict[str, float], plain: dict[str, float]) -> dict:
+    """What test-time augmentation changed: every metric of the plain view alone, and the gain over it."""
+    return {"mode": mode, "views": views, **{f"{k}_without": v for k, v in plain.items()},
+            **{f"{k}_gain": metrics[k] - v for k, v in plain.items()}}
+
+
 def describe_unknown(unknown: dict[str, int], class_names: list[str]) -> str:
     """One line naming the class folders that were left out because the model has no such class."""
     listed = ", ".join(f"{name} ({n} images)" for name, n in unknown.items())

@@ -152,7 +152,8 @@ def _quiet_torchscript():
 
 
 def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessing, class_names: list[str],
-             arch: str, checkpoint: Path, thresholds: list[float] | None = None) -> dict:
+             arch: str, checkpoint: Path, thresholds: list[float] | None = None,
+             stored_temperature: float | None = None) -> dict:
     """The JSON written beside an exported file: what goes in, what comes out, and where it came from.
 
     Multi-label (``thresholds`` given): ``multilabel`` is true, the output is a sigmoid probability per
@@ -179,18 +180,23 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
         "mean": list(prep.mean),
         "std": list(prep.std),
         "normalized_inside": True,
-        "calibration": _describe_calibration(model),
+        "calibration": _describe_calibration(model, stored_temperature),
         "arch": arch,
         "checkpoint": str(checkpoint.resolve()),
         **extra,
     }
 
 
-def _describe_calibration(model: ExportedClassifier) -> dict:
+def _describe_calibration(model: ExportedClassifier, stored: float | None) -> dict:
+    """``stored``: the checkpoint's temperature (None: it has none), recorded even where it is not applied."""
     if model.multilabel:
         return {"temperature": 1.0, "applied": False, "how": "several labels per image: sigmoid probabilities, "
                 "not temperature-scaled"}
     t = model.temperature
+    if t == 1.0 and stored is not None and not model.logits:  # calibrate=false
+        return {"temperature": stored, "applied": False,
+                "how": f"calibrate=false: the probabilities are softmax(logits); the checkpoint's temperature "
+                       f"{stored:.6g} would calibrate them as softmax(logits / {stored:.6g})"}
     if model.logits:
         return {"temperature": t, "applied": False,
                 "how": f"calibrated probabilities are softmax(logits / {t:.6g})" if t != 1.0 else "no temperature"}
