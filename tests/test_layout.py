@@ -15,7 +15,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # A subpackage may import from its own layer's package and from lower layers only. training, use and
 # inspect share a layer and do not import each other. The root package (``vggtune``: its version)
 # may be imported from anywhere; the command line (cli, preflight, __main__) sits on top.
-LAYERS = {"core": 0, "model": 1, "data": 2, "training": 3, "use": 3, "inspect": 3, "tasks": 4, "": 5}
+LAYERS = {"core": 0, "model": 1, "data": 2, "training": 3, "use": 3, "inspect": 3, "serve": 4, "tasks": 5, "": 6}
 
 
 def _modules() -> dict[str, Path]:

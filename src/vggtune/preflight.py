@@ -60,6 +60,8 @@ def _compose(task: str, overrides: list[str], hydra_node: bool = False) -> DictC
 def prepare(task: str, args: list[str]) -> list[str]:
     """Check the command line and return it with ``~`` and ``resume=`` expanded and the run folder fixed."""
     args = expand_resume(task, [_drop_null_group(expand_home(a)) for a in args])
+    if task == "serve":  # `model` names a config group, so Hydra cannot take model=<file>.onnx as a key
+        args = ["onnx=" + a.removeprefix("model=") if a.startswith("model=") else a for a in args]
     parsed = _parse(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return args  # these run nothing

@@ -231,6 +231,21 @@ class Predictions:
 
 
 @torch.inference_mode()
+def view_logits(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """The network's logits (batch, views, classes), float32 on the CPU, for what :func:`tta_transform` gives
+    a batch of images: (batch, 3, H, W), or (batch, views, 3, H, W) with test-time augmentation."""
+    views = images.unsqueeze(1) if images.ndim == 4 else images
+    logits = model.module(views.flatten(0, 1).to(model.device)).float().cpu()
+    return logits.view(*views.shape[:2], -1)
+
+
+def temperature_for(model: LoadedModel, calibrate: bool) -> float:
+    """What the logits are divided by before the softmax: the checkpoint's temperature, or 1 (multi-label,
+    or ``calibrate`` off)."""
+    return model.temperature if calibrate and not model.multilabel else 1.0
+
+
+@torch.inference_mode()
 def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
                           desc: str = "Predicting", tta: str = "none", calibrate: bool = True) -> Predictions:
     """The probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
@@ -245,11 +260,8 @@ def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int
         for images, idx, bad in image_batches(paths, transform, batch_size, num_workers):
             failures.update(bad)
             if images is not None:
-                views = images.unsqueeze(1) if images.ndim == 4 else images  # (batch, views, 3, H, W)
-                logits = model.module(views.flatten(0, 1).to(model.device)).float().cpu()
-                chunks.append(logits.view(*views.shape[:2], -1))
+                chunks.append(view_logits(model, images))
                 indices += idx
             bar.update(len(idx) + len(bad))
     logits = torch.cat(chunks) if chunks else torch.empty(0, 1, len(model.class_names))
-    temperature = model.temperature if calibrate and not model.multilabel else 1.0
-    return Predictions(indices, logits, temperature, failures, model.multilabel)
+    return Predictions(indices, logits, temperature_for(model, calibrate), failures, model.multilabel)

@@ -1,0 +1,69 @@
+"""A LitServer around :class:`~vggtune.serve.api.ClassifierAPI`, with the HTTP adapter, the page and SIGTERM draining."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from importlib import resources
+
+from vggtune.serve.backends import load_backend, model_name
+from vggtune.serve.http import Counters, RequestAdapter, drain_then_stop, install_routes
+
+log = logging.getLogger(__name__)
+API_PATH = "/predict"
+
+
+def describe(settings: dict) -> dict:
+    """Load the model once in this process: a bad checkpoint fails here with one line, before any worker
+    starts; returns what ``GET /info`` reports (the workers load their own copies)."""
+    backend = load_backend(settings["ckpt"], settings["model"], settings["device"], settings["tta"],
+                           settings["calibrate"], settings["threshold"])
+    info = backend.info()
+    settings.update(name=model_name(backend.path), version=backend.version)
+    return info
+
+
+def build_server(settings: dict, info: dict, counters: Counters):
+    """The LitServer; ``settings`` are plain values (the API is pickled into each worker)."""
+    import litserve as ls
+
+    from vggtune.serve.api import ClassifierAPI
+
+    api = ClassifierAPI(settings, max_batch_size=settings["max_batch_size"], batch_timeout=settings["batch_timeout"])
+    device = settings["device"]
+    accelerator = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto"
+    server = ls.LitServer(
+        api, accelerator=accelerator, devices=1 if accelerator == "cpu" else "auto",
+        workers_per_device=settings["workers_per_device"], timeout=settings["timeout"], model_metadata=info,
+        middlewares=[(RequestAdapter, {"path": API_PATH, "max_bytes": settings["max_request_mb"] * 1_000_000,
+                                       "counters": counters})])
+    install_routes(server.app, resources.files("vggtune.serve").joinpath("page.html").read_text(), counters)
+    return server
+
+
+def run_server(settings: dict, info: dict) -> None:
+    """Serve until SIGTERM or Ctrl-C. SIGTERM lets the requests in flight finish (new ones get a 503) and exits 0."""
+    counters = Counters()
+    server = build_server(settings, info, counters)
+
+    main_pid = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != main_pid:  # a process LitServe forked, which inherited this handler: the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        log.info("SIGTERM: finishing the requests in flight, then stopping (new requests get 503)")
+        # LitServe stops on KeyboardInterrupt or its shutdown event; SIGTERM kills it outright, with requests
+        # in flight. Setting the event is what its own /shutdown endpoint does.
+        if server._shutdown_event is None:  # still starting: nothing in flight yet
+            raise KeyboardInterrupt
+        drain_then_stop(counters, server._shutdown_event, settings["drain_timeout"])
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    log.info("Serving %s (%s, version %s) at http://%s:%d/  (POST %s, GET /info, GET /health)", settings["name"],
+             info["backend"], settings["version"], settings["host"], settings["port"], API_PATH)
+    server.run(host=settings["host"], port=settings["port"], generate_client_file=False,
+               log_level=settings["log_level"], num_api_servers=settings["api_servers"])
+    log.info("Stopped: %d requests answered", counters.served.value)

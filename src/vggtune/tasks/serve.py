@@ -1,0 +1,64 @@
+"""``vggtune serve``: a checkpoint or an exported ONNX file behind an HTTP API with dynamic batching, and a web page.
+
+Every setting is checked, and the model loaded once, before LitServe starts its processes: a
+wrong value or a bad file is one line and exit 2, not a worker's traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from vggtune.core.checks import check_bool, check_positive_int, is_number
+from vggtune.core.errors import UserError
+from vggtune.data.transforms import check_tta
+from vggtune.tasks.checks import check_threshold
+
+log = logging.getLogger(__name__)
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to
+
+
+def settings_from(cfg: DictConfig) -> dict:
+    """The checked settings, as plain values."""
+    try:
+        import litserve  # noqa: F401 - only checking that the optional extra is installed
+    except ImportError:
+        raise UserError("vggtune serve needs LitServe: pip install 'vggtune[serve]'") from None
+    if str(cfg.host) not in HOSTS:
+        raise UserError(f"host must be one of {', '.join(HOSTS)} (what LitServe binds to), got {cfg.host!r}")
+    port = check_positive_int("port", cfg.port)
+    if not 1024 <= port <= 65535:
+        raise UserError(f"port must be between 1024 and 65535, got {port}")
+    for key in ("batch_timeout", "timeout", "drain_timeout"):
+        if not is_number(cfg[key]) or cfg[key] < 0:
+            raise UserError(f"{key} must be a number of seconds (0 or more), got {cfg[key]!r}")
+    if float(cfg.batch_timeout) >= float(cfg.timeout) > 0:
+        raise UserError(f"batch_timeout ({cfg.batch_timeout}) must be less than timeout ({cfg.timeout})")
+    api_servers = cfg.get("api_servers")
+    return {
+        "ckpt": cfg.ckpt, "model": cfg.onnx, "host": str(cfg.host), "port": port, "device": str(cfg.device),
+        "workers_per_device": check_positive_int("workers_per_device", cfg.workers_per_device),
+        "api_servers": None if api_servers is None else check_positive_int("api_servers", api_servers),
+        "max_batch_size": check_positive_int("max_batch_size", cfg.max_batch_size),
+        "batch_timeout": float(cfg.batch_timeout), "timeout": float(cfg.timeout) or False,
+        "drain_timeout": float(cfg.drain_timeout), "top_k": check_positive_int("top_k", cfg.top_k),
+        "calibrate": check_bool("calibrate", cfg.calibrate), "tta": check_tta(cfg.tta),
+        "threshold": check_threshold(cfg.get("threshold", "auto")) or "auto",
+        "max_request_mb": check_positive_int("max_request_mb", cfg.max_request_mb),
+        "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
+        "log_level": str(cfg.log_level),
+    }
+
+
+def run(cfg: DictConfig) -> str:
+    """Serve until SIGTERM (requests in flight finish; exit 0) or Ctrl-C."""
+    from vggtune.serve.server import describe, run_server
+    from vggtune.use.inference import pick_device
+
+    settings = settings_from(cfg)
+    device = pick_device(settings["device"])  # a UserError for device=cuda without a GPU
+    settings["device"] = "cpu" if device.type == "cpu" else settings["device"]
+    info = describe(settings)
+    run_server(settings, info)
+    return f"served {settings['name']}"
