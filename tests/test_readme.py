@@ -4,7 +4,8 @@ Placeholders are the only thing replaced: ``~`` is a home folder made here (with
 and the other folders the examples name), ``DIR`` is that flowers folder, and ``...`` or
 ``outputs/train/<run>/checkpoints/best.ckpt`` is a checkpoint trained here first. ``train`` and
 ``lr_find`` lines end with ``--cfg job`` (they would fine-tune ImageNet weights, which no test
-downloads): every key and group they name must exist and take the value given. ``eval``,
+downloads), and so do ``serve`` lines (a server runs until stopped; tests/test_serve.py runs one): every
+key and group they name must exist and take the value given. ``eval``,
 ``predict`` and ``export`` lines run for real, and ``--help`` as it is.
 """
 
@@ -70,7 +71,7 @@ def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
     args = [a.replace("outputs/train/<run>/checkpoints/best.ckpt", str(checkpoint)).replace("ckpt=...", f"ckpt={checkpoint}")
             .replace("=DIR", f"={home / 'pictures' / 'flowers'}") for a in args]
     task = args[0]
-    if task in ("train", "lr_find") and not {"--cfg", "--help"} & set(args):
+    if task in ("train", "lr_find", "serve") and not {"--cfg", "--help"} & set(args):
         args += ["--cfg", "job"]
     proc = run_cli_here(*args, cwd=tmp_path, env={"HOME": str(home)})
     assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])

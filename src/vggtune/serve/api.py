@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from vggtune.serve.backends import Backend, load_backend
+from vggtune.serve.loop import IdleWaitBatchedLoop
 from vggtune.serve.requests import RequestError, decode_image, parse_options, payload_images
 
 
@@ -31,7 +32,8 @@ class ClassifierAPI(ls.LitAPI):
     uploads and raw bodies into it) -> ``{"predictions": [...], "model": ..., "version": ...}``."""
 
     def __init__(self, settings: dict, max_batch_size: int = 1, batch_timeout: float = 0.0):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
+                         loop=IdleWaitBatchedLoop() if max_batch_size > 1 else "auto")
         self.settings = settings  # plain values: the API is pickled into each worker process
         self.backend: Backend | None = None
 

@@ -17,9 +17,10 @@ API_PATH = "/predict"
 def describe(settings: dict) -> dict:
     """Load the model once in this process: a bad checkpoint fails here with one line, before any worker
     starts; returns what ``GET /info`` reports (the workers load their own copies)."""
-    backend = load_backend(settings["ckpt"], settings["model"], settings["device"], settings["tta"],
-                           settings["calibrate"], settings["threshold"])
-    info = backend.info()
+    # On the CPU: CUDA initialised here would be inherited by the HTTP processes LitServe forks.
+    backend = load_backend(settings["ckpt"], settings["model"], "cpu", settings["tta"], settings["calibrate"],
+                           settings["threshold"])
+    info = {**backend.info(), "device": settings["device"]}
     settings.update(name=model_name(backend.path), version=backend.version)
     return info
 
