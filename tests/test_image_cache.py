@@ -158,6 +158,23 @@ def test_a_file_that_fails_to_decode_stops_the_build_with_one_line_naming_it(dat
     assert _leftovers(cache) == []  # neither the cache nor its temporary file
 
 
+def _children(pid: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a thread that just ended
+            pass
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _build_and_hang_at(paths, prep, cache, k, reached):
     real = image_cache.load_rgb
     seen = []
@@ -169,8 +186,8 @@ def _build_and_hang_at(paths, prep, cache, k, reached):
         seen.append(p)
         return real(p)
 
-    image_cache.load_rgb = load
-    build_cache(paths, prep, cache, workers=1, chunk_bytes=2 * prep.resize_size ** 2 * 3)
+    image_cache.load_rgb = load  # in this process and in the workers it forks
+    build_cache(paths, prep, cache, workers=2, chunk_bytes=2 * prep.resize_size ** 2 * 3)
 
 
 def test_a_build_killed_part_way_leaves_no_cache_and_the_next_build_makes_the_whole_one(data, tmp_path):
@@ -178,13 +195,19 @@ def test_a_build_killed_part_way_leaves_no_cache_and_the_next_build_makes_the_wh
     paths = sorted(data.rglob("img_*"))
     fork = multiprocessing.get_context("fork")  # this process's imports, without importing torch again
     reached = fork.Event()
-    child = fork.Process(target=_build_and_hang_at, args=(paths, prep, tmp_path, 7, reached))
+    child = fork.Process(target=_build_and_hang_at, args=(paths, prep, tmp_path, 3, reached))
     child.start()
-    assert reached.wait(30), "the build did not get to image 7"
-    os.kill(child.pid, signal.SIGKILL)
+    assert reached.wait(30), "no worker got to its image 3"
+    workers = _children(child.pid)
+    assert len(workers) == 2
+    os.kill(child.pid, signal.SIGKILL)  # the builder; its workers are left without a parent
     child.join()
     left = _leftovers(tmp_path)
     assert len(left) == 1 and left[0].endswith(".tmp"), left  # what the killed build left: no cache
+    deadline = time.monotonic() + 20
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(w) for w in workers), "the killed build's workers outlived it"
     path = build_cache(paths, prep, tmp_path, workers=2)
     assert _leftovers(tmp_path) == [path.name]  # the partial file was removed
     assert np.array_equal(_read(path, len(paths), prep.resize_size), _squares(paths, prep.resize_size))
@@ -211,13 +234,7 @@ def test_callers_at_the_same_time_decode_once_and_read_the_same_file(data, tmp_p
 
 
 def _this_process_and_children() -> list[int]:
-    pids = [os.getpid()]
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            pids += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return sorted(pids)
+    return sorted([os.getpid(), *_children(os.getpid())])
 
 
 def _pss_of_this_process_tree() -> int | None:
@@ -260,13 +277,32 @@ def test_building_a_cache_larger_than_a_chunk_keeps_memory_to_a_few_chunks(data,
     assert np.array_equal(np.stack([first, last]), _squares([paths[0], paths[-1]], prep.resize_size))
 
 
-def test_the_datamodule_builds_in_prepare_data_not_before(data, tmp_path):
+def test_the_datamodule_builds_in_prepare_data_and_the_other_ranks_open_it_in_setup(data, tmp_path, caplog):
     dm = _dm(data, tmp_path, cache_images=True, cache_workers=1)
     dm.use_image_cache()
     files = [ds.path for ds in dm.datasets.values()]
     assert len(files) == 2 and not any(f.exists() for f in files)  # train and val, neither built yet
     dm.prepare_data()  # what Lightning runs on each node's local rank 0 only
     assert all(f.is_file() for f in files)
+    other = _dm(data, tmp_path, cache_images=True, cache_workers=1)  # another rank of the node
+    other.use_image_cache()
+    with caplog.at_level(logging.INFO, logger="vggtune.data.image_cache"):
+        other.setup("fit")
+        other.setup("test")
+    assert caplog.text.count("read from the cache") == 2 and "decoding" not in caplog.text, caplog.text
+    assert [ds.path for ds in other.datasets.values()] == files
+
+
+def test_a_long_build_logs_its_progress_every_5_percent_at_most_every_10_seconds(caplog):
+    now = [0.0]
+    progress = image_cache._Progress(1000, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="vggtune.data.image_cache"):
+        for step in range(100):  # 10 images a 1 s step
+            now[0] += 1
+            progress.add(10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 9 and lines[0].startswith("Images: 100/1000 cached (10%)"), lines  # at 10 s, 20 s, ...
+    assert "10 images/s, about 90 s left" in lines[0]
 
 
 @pytest.mark.parametrize("value", [0, -1, "many", 1.5])

@@ -67,6 +67,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.cache_workers = usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers",
                                                                                          cache_workers)
         self._image_caches: dict[str, list] = {}  # subset -> its image files, once use_image_cache has run
+        self._caches_ready: set[str] = set()  # the subsets whose cache file this process has seen complete
         self._on_device_transform = False
         self.datasets: dict[str, Dataset] = {}
         self._first_epoch = 0  # the epoch a resumed run starts in (load_state_dict)
@@ -157,8 +158,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _ensure_image_caches(self) -> None:
         # A cache that exists is only checked (a stat); one that is missing is built under a lock
         # beside it, so that ranks reaching here without prepare_data (no Trainer) still decode once.
-        for subset, paths in self._image_caches.items():
-            ensure_cache(self.datasets[subset].path, paths, self.preprocessing.resize_size, self.cache_workers)
+        # Each once per process: Lightning calls prepare_data and setup again for each stage.
+        for subset in [s for s in self._image_caches if s not in self._caches_ready]:
+            ensure_cache(self.datasets[subset].path, self._image_caches[subset], self.preprocessing.resize_size,
+                         self.cache_workers)
+            self._caches_ready.add(subset)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the image cache: crop, flip (training) and normalise the batch where it now is."""

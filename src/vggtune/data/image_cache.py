@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import (FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor,
                                 as_completed, wait)
@@ -100,8 +101,8 @@ def ensure_cache(path: Path, paths: list[Path], size: int, workers: int | None =
         raise UserError(f"cannot write the image cache {path}: {e}; free space there or set data.cache_dir "
                         "to a writable folder") from e
     except BrokenExecutor as e:
-        raise UserError(f"a process decoding images for the cache {path} died ({e}); out of memory? "
-                        "Try fewer processes with data.cache_workers") from e
+        raise UserError(f"a process decoding images for the cache {path} ended before its work was done ({e}): "
+                        "killed, or out of memory? data.cache_workers=N decodes with fewer processes") from e
     return path
 
 
@@ -162,7 +163,7 @@ def _jobs_runner(workers: int, pool: str):
     if pool == "thread":
         executor = ThreadPoolExecutor(workers)
     else:
-        executor = ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_leave_signals_to_parent)
+        executor = ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_start_worker)
         # Without this, each forked worker's garbage collector touches every object it inherited, and so
         # copies the parent's heap page by page (measured: +200 MB for 2 workers, +40 MB frozen). The gc
         # module's documentation recommends freeze() right before fork.
@@ -194,10 +195,21 @@ def _process_context():
     return multiprocessing.get_context()
 
 
-def _leave_signals_to_parent() -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the build (and removes its temporary
-    # file), the workers only finish their chunk instead of each printing a KeyboardInterrupt.
+def _start_worker() -> None:
+    # As the data loader's workers (datamodule._leave_signals_to_main): Ctrl-C reaches the whole process
+    # group and SLURM signals every process of a job; the parent decides (and removes the temporary
+    # file), a worker finishes its chunk.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    # A ProcessPoolExecutor worker whose parent was killed (SIGKILL, the OOM killer) would wait for work
+    # for ever. torch's DataLoader workers watch their parent the same way.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def usable_cores() -> int:
@@ -208,16 +220,16 @@ def usable_cores() -> int:
 class _Progress:
     """A log line each 5% of the images, at most one every 10 s (none for a build of a few seconds)."""
 
-    def __init__(self, total: int):
-        self.total, self.done, self.shown = total, 0, 0
-        self.start = self.last = time.monotonic()
+    def __init__(self, total: int, clock=time.monotonic):
+        self.total, self.done, self.shown, self.clock = total, 0, 0, clock
+        self.start = self.last = clock()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return self.clock() - self.start
 
     def add(self, count: int) -> None:
         self.done += count
-        now = time.monotonic()
+        now = self.clock()
         if self.done < self.total and (self.done - self.shown) >= 0.05 * self.total and now - self.last >= 10:
             rate = self.done / (now - self.start)
             log.info("Images: %d/%d cached (%.0f%%), %.0f images/s, about %.0f s left", self.done, self.total,
