@@ -80,9 +80,9 @@ def ensure_cache(path: Path, paths: list[Path], size: int, workers: int | None =
     One process builds it while the others that want it (DDP ranks of the node, other runs) wait on a
     lock beside it, then read it. The build decodes ``chunk_bytes`` of images per job in ``workers``
     processes (None: one per core; 1: in this process; ``pool="thread"``: threads instead), each writing
-    its rows straight into a temporary file, renamed onto ``path`` when every row is in: memory stays a
-    few chunks whatever the number of images, and a killed build leaves no ``path`` (its temporary
-    file is removed by the next build).
+    its rows straight into a temporary file, renamed onto ``path`` when every row is in: the images in
+    memory are a few chunks whatever their number (forked workers add their copy-on-write pages:
+    bench/README.md), and a killed build leaves no ``path`` (the next build removes its temporary file).
     """
     nbytes = len(paths) * size * size * 3
     if _complete(path, nbytes):
