@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Mapping
 from functools import cached_property
@@ -17,7 +16,8 @@ from vggtune.core.errors import UserError
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
-from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
+from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_transform, ensure_cache,
+                                       usable_cores)
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 from vggtune.model.resume import batches_done_in_epoch
@@ -40,6 +40,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
                  on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
                  cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune",
+                 cache_workers: int | str = "auto",
                  crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
                  path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
                  balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
@@ -63,6 +64,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
+        self.cache_workers = usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers",
+                                                                                         cache_workers)
+        self._image_caches: dict[str, list] = {}  # subset -> its image files, once use_image_cache has run
+        self._caches_ready: set[str] = set()  # the subsets whose cache file this process has seen complete
         self._on_device_transform = False
         self.datasets: dict[str, Dataset] = {}
         self._first_epoch = 0  # the epoch a resumed run starts in (load_state_dict)
@@ -126,19 +131,38 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
 
     def use_image_cache(self) -> None:
-        """Read pre-resized images from a one-time cache and crop, flip and normalise them on the device."""
+        """Read pre-resized images from a one-time cache and crop, flip and normalise them on the device.
+
+        The cache files are built by :meth:`prepare_data` (Lightning runs it on each node's local rank 0
+        while the other ranks wait, so every image is decoded once per node) and opened in :meth:`setup`.
+        """
         if self.augment == "strong":
             raise UserError("data.cache_images=true supports data.augment=light or none (its crops and flips run "
                             "on the device); use data.cache_images=false for data.augment=strong")
         size = self.preprocessing.resize_size
         for subset, items in self.split.subsets.items():
-            path = build_cache([p for p, _ in items], self.preprocessing, self.cache_dir, max(1, self.num_workers))
+            paths = [p for p, _ in items]
+            path = cache_path(paths, self.preprocessing, self.cache_dir)
+            self._image_caches[subset] = paths
             train = subset == "train" and self.augment == "light"
             labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
             self.datasets[subset] = CachedImageDataset(path, labels, size, train,
                                                        seed=self.seed if train else None,
                                                        crop_scale=self.crop_scale, flip=self.flip)
         self._on_device_transform = True
+
+    def prepare_data(self) -> None:
+        """Build the image caches that are missing (after :meth:`use_image_cache`; nothing to do otherwise)."""
+        self._ensure_image_caches()
+
+    def _ensure_image_caches(self) -> None:
+        # A cache that exists is only checked (a stat); one that is missing is built under a lock
+        # beside it, so that ranks reaching here without prepare_data (no Trainer) still decode once.
+        # Each once per process: Lightning calls prepare_data and setup again for each stage.
+        for subset in [s for s in self._image_caches if s not in self._caches_ready]:
+            ensure_cache(self.datasets[subset].path, self._image_caches[subset], self.preprocessing.resize_size,
+                         self.cache_workers)
+            self._caches_ready.add(subset)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the image cache: crop, flip (training) and normalise the batch where it now is."""
@@ -148,7 +172,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         return device_transform(batch, self.preprocessing, train=training and self.augment == "light")
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets of every subset the split has."""
+        """Build the datasets of every subset the split has (or open the image caches prepare_data built)."""
+        self._ensure_image_caches()
         if self.datasets:
             return
         for subset, items in self.split.subsets.items():
@@ -231,5 +256,4 @@ def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:
 
 
 def _auto_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cores)
+    return min(8, usable_cores())

@@ -210,6 +210,7 @@ class DemoDataModule(ClassFolderDataModule):
             log.info("Generating the demo data set (%s: %s x %s images) into %s", self.demo["family"],
                      ", ".join(names), self.demo["per_class"], self.root)
             make_demo_dataset(Path(self.root).expanduser(), **self.demo)
+        super().prepare_data()  # the image cache, when one is used
 
 
 class MultilabelDemoDataModule(ClassFolderDataModule):
@@ -230,3 +231,4 @@ class MultilabelDemoDataModule(ClassFolderDataModule):
             log.info("Generating the multi-label demo data set (%d grids of 1 to 3 %s) into %s",
                      self.demo["images"], self.demo["family"], self.root)
             make_multilabel_dataset(Path(self.root).expanduser(), **self.demo)
+        super().prepare_data()  # the image cache, when one is used
