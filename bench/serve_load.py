@@ -155,8 +155,8 @@ def main() -> None:
     summary = []
     for spec in args.models:
         for clients in args.clients:
-            rate = {b: statistics.median(c["requests_per_s"] for c in results["cases"] if c["model"] == spec
-                                         and c["clients"] == clients and c["max_batch_size"] == b) for b in (1, 16)}
+            rate = {b: round(statistics.median(c["requests_per_s"] for c in results["cases"] if c["model"] == spec
+                                         and c["clients"] == clients and c["max_batch_size"] == b), 2) for b in (1, 16)}
             failed = {b: sum(c["failed"] for c in results["cases"] if c["model"] == spec and c["clients"] == clients
                              and c["max_batch_size"] == b) for b in (1, 16)}
             summary.append({"model": spec, "clients": clients, "requests_per_s": rate, "failed": failed,
