@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -65,6 +66,10 @@ def _mlflow_arguments(cfg: DictConfig, node: DictConfig, run_dir: Path, resuming
 
 
 def _wandb_arguments(cfg: DictConfig, node: DictConfig, run_dir: Path, resuming: bool) -> dict:
+    import wandb
+
+    if wandb.run is not None:  # left open by a run in this process that failed (a sweep's job): not this run's
+        wandb.finish(exit_code=1)
     extra = {} if node.get("name") else {"name": run_label(cfg, run_dir)}
     if resuming and node.get("id") is None:
         extra["id"] = _wandb_run_id(Path(str(node.save_dir)))
@@ -101,7 +106,9 @@ def _keep_csv_rows(logger: CSVLogger) -> None:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         rows, keys = list(reader), list(reader.fieldnames or [])
-    writer = logger.experiment  # made now: it removes the file, and writes it again on the next save
+    with warnings.catch_warnings():  # its "previous log files ... will be deleted" is not true here
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        writer = logger.experiment  # made now: it removes the file, and writes it again on the next save
     writer.metrics_keys, writer.metrics = keys, rows + writer.metrics
     writer.save()
 
