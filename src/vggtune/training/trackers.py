@@ -47,7 +47,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 
 
 def run_label(cfg: DictConfig, run_dir: Path) -> str:
-    """The run folder's path under ``paths.output_dir`` (``train/<date>_<time>``), else its name: a tracker's run name."""
+    """A tracker's run name: the run folder's path under ``paths.output_dir`` (``train/<date>_<time>``) or its name."""
     try:
         return run_dir.resolve().relative_to(Path(str(cfg.paths.output_dir)).resolve()).as_posix()
     except ValueError:
@@ -182,7 +182,8 @@ class BestCheckpointArtifact(pl.Callback):
 
                 run = logger.experiment
                 score = float(score) if score is not None else None
-                artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"monitor": best.monitor, "score": score})
+                artifact = wandb.Artifact(f"model-{run.id}", type="model",
+                                          metadata={"monitor": best.monitor, "score": score})
                 artifact.add_file(path, name=Path(path).name)
                 run.log_artifact(artifact, aliases=["best"])
 
