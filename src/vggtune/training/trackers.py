@@ -99,7 +99,7 @@ def _wandb_run_id(save_dir: Path) -> str | None:
 
 def _keep_csv_rows(logger: CSVLogger) -> None:
     """Lightning's CSV writer deletes an existing metrics.csv when it starts (fabric's csv_logs
-    ``_check_log_dir_exists``): a resumed run puts the earlier rows back, ahead of its own."""
+    ``_check_log_dir_exists``, Lightning 2.6): a resumed run puts the earlier rows back, ahead of its own."""
     path = Path(logger.log_dir) / "metrics.csv"
     if not rank_zero_only.rank == 0 or not path.is_file():
         return
@@ -190,8 +190,9 @@ class BestCheckpointArtifact(pl.Callback):
 
 @rank_zero_only
 def finish_trackers(trainer: pl.Trainer) -> None:
-    """Ends the W&B run once the fit and the test have logged: Lightning leaves it open, and the next
-    run in this process (the demo's from-scratch run, a test) would log into it."""
+    """Ends the W&B run once the fit and the test have logged: Lightning leaves it open (lightning #5212;
+    PR #18659, to finish it in ``finalize``, was closed unmerged), and the next run in this process
+    (the demo's from-scratch run, a sweep's next job) would log into it."""
     if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
         import wandb
 
