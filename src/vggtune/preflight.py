@@ -169,7 +169,7 @@ def check_overrides(task: str, overrides: list[str]) -> DictConfig:
     except OverrideParseException as e:
         raise UserError(f"could not read the override: {_first_line(e)}") from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(_composition_error(task, e)) from None
+        raise UserError(_composition_error(task, e, overrides)) from None
     _check_types(task, overrides)
     return cfg
 
@@ -204,19 +204,34 @@ def _first_line(e: BaseException) -> str:
 def _missing_option(e: MissingConfigException) -> str:
     missing = e.missing_cfg_file or ""
     group, _, option = missing.rpartition("/")
-    if e.options and group:
-        hint = difflib.get_close_matches(option, e.options, n=1)
+    options = e.options or _group_options(group)  # Hydra names none for an option inside a list (logger=[a,b])
+    if options and group:
+        hint = difflib.get_close_matches(option, options, n=1)
         did_you_mean = f" (did you mean {group}={hint[0]}?)" if hint else ""
-        return f"unknown {group} '{option}'{did_you_mean}: choose one of {', '.join(e.options)}"
+        return f"unknown {group} '{option}'{did_you_mean}: choose one of {', '.join(options)}"
     return _first_line(e)
 
 
-def _composition_error(task: str, e: BaseException) -> str:
+def _group_options(group: str) -> list[str]:
+    if group not in _config_groups():
+        return []
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(CONFIG_MODULE).joinpath(group).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _composition_error(task: str, e: BaseException, overrides: list[str]) -> str:
     m = re.search(r"Could not override '([^']+)'", str(e))
     if m:
         key = m.group(1)
         known = list(_flat_items(OmegaConf.to_container(_compose(task, []), resolve=False)))
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        group = key.split(".", 1)[0]
+        if hint == [key] and group in _config_groups():  # a key of the default option, which this run replaced
+            default = _compose(task, [], hydra_node=True).hydra.runtime.choices.get(group)
+            given = [o.split("=", 1)[1].strip("[]") for o in overrides if o.split("=", 1)[0] == group]
+            both = ",".join(dict.fromkeys([default, *(given[-1].split(",") if given else [])]))
+            return (f"config key '{key}' comes with {group}={default}, which this run does not use: leave the key "
+                    f"out, or choose that option too: {group}=[{both}]")
         did_you_mean = f"did you mean {hint[0]}? " if hint else ""
         return (f"unknown config key '{key}': {did_you_mean}`vggtune {task} --cfg job` lists every key "
                 f"(+{key}=... adds a new one)")

@@ -76,7 +76,8 @@ class VGGClassifier(pl.LightningModule):
                  head: str = "vgg", class_weights: list[float] | None = None, label_delim: str | None = None,
                  threshold: float | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # In the checkpoint only: the trackers get the run's flat config instead (training.trackers.TrackerParams).
+        self.save_hyperparameters(logger=False)
         self.class_names = list(class_names)
         self.schedule = Schedule(**(finetune or {}))
         self.model = build_vgg(arch, len(self.class_names), weights, dropout, head)

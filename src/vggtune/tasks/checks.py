@@ -17,6 +17,7 @@ from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.model.arch import check_head
 from vggtune.model.weights import read_checkpoint
+from vggtune.training.tracker_checks import check_loggers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def check_train(cfg: DictConfig) -> None:
     bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
     if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
         check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
+    check_loggers(cfg)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
 

@@ -26,7 +26,8 @@ from vggtune.tasks.checks import check_against_data, check_threshold, check_trai
 from vggtune.tasks.runs import commit_run_config, report_run, write_json
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
 from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
-from vggtune.training.tensorboard import tensorboard_callbacks
+from vggtune.training.tensorboard import EpochSpeed, tensorboard_callbacks
+from vggtune.training.trackers import build_loggers, finish_trackers, has_tensorboard, tracker_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.test_after_fit and "test" in split.subsets and best:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    finish_trackers(trainer)
     scratch_cfg = demo.scratch_config(cfg) if trainer.is_global_zero else None
     if scratch_cfg is not None:
         log.info("Demo: now the same network from random init, on the same images, for comparison")
@@ -201,10 +203,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # SaveOnInterrupt last: a deferred Ctrl-C raises in its on_train_batch_end, after the others' have run.
     callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(),
                   StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps), SaveOnInterrupt()]
-    logger = False
-    if cfg.get("logger"):  # logger=null: no TensorBoard at all
-        logger = instantiate(cfg.logger.tensorboard)
-        callbacks += tensorboard_callbacks(cfg)
+    loggers = build_loggers(cfg, Path(cfg.paths.run_dir))  # logger=null: none at all
+    if loggers:
+        callbacks += [EpochSpeed(), *tracker_callbacks(cfg, loggers, Path(cfg.paths.run_dir))]
+        callbacks += tensorboard_callbacks(cfg) if has_tensorboard(loggers) else []
     else:  # Lightning's LearningRateMonitor refuses a Trainer without a logger: nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     kwargs = {}
@@ -216,7 +218,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             kwargs["benchmark"] = True  # fixed input sizes: let cuDNN pick the fastest kernels
     if not cfg.trainer.enable_progress_bar:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                        default_root_dir=cfg.paths.run_dir, **kwargs)
 
 

@@ -31,11 +31,11 @@ HPARAM_SKIP = ("_partial_", "trainer._target_", "trainer.enable_progress_bar", "
 
 
 def tensorboard_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The callbacks behind the ``logger`` config group: speed, HPARAMS, data text, and the images if on."""
+    """TensorBoard's own callbacks (with ``logger=tensorboard``): HPARAMS, data text, and the images if on."""
     every = check_positive_int("logger.images_every_n_epochs", cfg.logger.get("images_every_n_epochs", 1),
                                 allow_zero=True)
     grid = check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
-    callbacks = [EpochSpeed(), HparamsSession(flat_config(cfg)), DataText()]
+    callbacks = [HparamsSession(flat_config(cfg)), DataText()]
     if every:
         callbacks += [ConfusionMatrixImage(every), PerLabelScores(every), PredictionGrid(every, grid)]
     return callbacks
@@ -66,7 +66,7 @@ def _hparam_value(value) -> int | float | str:
 
 
 class EpochSpeed(pl.Callback):
-    """Logs ``speed/epoch_seconds`` (training and validation) and ``speed/train_images_per_second``.
+    """Logs (to every tracker) ``speed/epoch_seconds`` (training and validation) and ``speed/train_images_per_second``.
 
     Nothing in the step loop waits for the device: batch sizes come from tensor shapes (host
     metadata) and the clock is read on the host. The device is synchronised once per training
