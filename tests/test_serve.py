@@ -275,8 +275,13 @@ def test_bad_settings_fail_with_one_line_before_anything_starts(tmp_path, tiny_r
              ((f"ckpt={ckpt}", "host=example.com"), "host"), ((f"model={ckpt}",), "not .onnx"),
              ((f"ckpt={ckpt}", "max_batch_size=0"), "max_batch_size"), ((f"ckpt={ckpt}", "tta=spin"), "tta"),
              ((f"ckpt={ckpt}", "batch_timeout=5", "timeout=1"), "batch_timeout")]
-    for args, word in cases:
-        assert_one_line_error(run_cli_here("serve", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path), word)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append(((f"ckpt={ckpt}", f"port={busy.getsockname()[1]}"), "another server uses it"))
+        for args, word in cases:
+            assert_one_line_error(run_cli_here("serve", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path),
+                                  word)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

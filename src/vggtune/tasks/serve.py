@@ -7,6 +7,7 @@ wrong value or a bad file is one line and exit 2, not a worker's traceback.
 from __future__ import annotations
 
 import logging
+import socket
 
 from omegaconf import DictConfig
 
@@ -30,6 +31,7 @@ def settings_from(cfg: DictConfig) -> dict:
     port = check_positive_int("port", cfg.port)
     if not 1024 <= port <= 65535:
         raise UserError(f"port must be between 1024 and 65535, got {port}")
+    _check_port_free(str(cfg.host), port)
     for key in ("batch_timeout", "timeout", "drain_timeout"):
         if not is_number(cfg[key]) or cfg[key] < 0:
             raise UserError(f"{key} must be a number of seconds (0 or more), got {cfg[key]!r}")
@@ -49,6 +51,17 @@ def settings_from(cfg: DictConfig) -> dict:
         "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
         "log_level": str(cfg.log_level),
     }
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind as uvicorn will (SO_REUSEADDR): a port another server listens on is one line, not a traceback."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): another server uses it; pass "
+                            "port=<a free one>") from None
 
 
 def run(cfg: DictConfig) -> str:
