@@ -1,0 +1,135 @@
+"""Streaming from litdata shards: ``vggtune prepare``, ``train data.stream=`` (a folder, and S3 on the loopback),
+its resume after kill -9, and eval over a stream."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
+from test_faults import _assert_same_run, _start, _wait_for
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.data.image_cache import CachedImageDataset, _square, build_cache
+from vggtune.data.images import load_rgb
+from vggtune.model.arch import preprocessing
+
+pytest.importorskip("litdata")
+from vggtune.data.stream import Stream, StreamLoader  # noqa: E402
+
+SMALL = ["model=vgg11", "data.image_size=32", "seed=7"]
+# Two epochs of three steps (10 training images, batches of 4), seeded crops and flips, deterministic.
+RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
+    *SMALL[1:], "trainer.max_epochs=2", "data.batch_size=4", "trainer.deterministic=true", "data.augment=light",
+    "callbacks.best_checkpoint=null", "logger.images_every_n_epochs=0", "test_after_fit=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = make_class_folders(tmp_path_factory.mktemp("stream") / "d", classes=2, per_class=8, size=44)
+    (root / "checks" / "broken.png").write_text("not a picture\n")  # found by data.verify=header, left out
+    return root
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory, data):
+    work = tmp_path_factory.mktemp("prepare")
+    proc = run_cli_here("prepare", f"data.root={data}", f"output={work / 'shards'}", *SMALL,
+                        f"hydra.run.dir={work / 'run'}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "images/s" in proc.stdout + proc.stderr and "MB on disk" in proc.stdout + proc.stderr
+    return work
+
+
+def test_prepare_writes_the_split_train_makes_as_squares_of_the_resize_size(stream, data):
+    info = json.loads((stream / "shards" / "vggtune_stream.json").read_text())
+    dm = ClassFolderDataModule(str(data), seed=7, image_size=32, arch="vgg11", batch_size=1)
+    expected = dm.split
+    assert info["classes"] == expected.classes and info["preprocessing"]["resize_size"] == 37
+    prep = preprocessing("vgg11", 32)
+    for subset, items in expected.subsets.items():
+        files = info["subsets"][subset]["files"]
+        assert [(data / p, expected.classes.index(c)) for _, p, c in files] == items
+        shards = Stream(str(stream / "shards")).dataset(subset, shuffle=False, augment=False, seed=7)
+        assert len(shards) == len(items)
+    # The pixels are the image cache's: the centre square of the resize size, uint8.
+    shards = Stream(str(stream / "shards")).dataset("train", shuffle=False, augment=False, seed=7)
+    for i in range(len(shards)):
+        image, label, box, flip = shards[i]
+        path, want = expected.subsets["train"][i]
+        assert label == want and not flip and box.tolist() == [0, 0, 37, 37]
+        assert torch.equal(image, torch.from_numpy(np.array(_square(prep)(load_rgb(path)))))
+    assert [p.rsplit("/", 1)[-1] for p, _ in info["skipped"]] == ["broken.png"]
+    assert "broken.png" in (stream / "run" / "skipped_images.txt").read_text()
+    assert info["counts"] == expected.counts()
+
+
+def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
+    prep = preprocessing("vgg11", 32)
+    shards = Stream(str(stream / "shards")).dataset("train", shuffle=True, augment=True, seed=7, crop_scale=0.35)
+    items = ClassFolderDataModule(str(data), seed=7, image_size=32, arch="vgg11", batch_size=1).split.subsets["train"]
+    cached = CachedImageDataset(build_cache([p for p, _ in items], prep, tmp_path), [c for _, c in items], 37,
+                                train=True, seed=7, crop_scale=0.35)
+    files = {path: i for i, (_, path, _) in enumerate(json.loads(
+        (stream / "shards" / "vggtune_stream.json").read_text())["subsets"]["train"]["files"])}
+    assert len(files) == len(items)
+    seen = []
+    for image, label, box, flip in shards:  # one pass: litdata's epoch 1, the cache's epoch 0
+        index = next(i for i in range(len(cached)) if torch.equal(cached[i][0], image))
+        c_image, c_label, c_box, c_flip = cached[index]
+        assert (label, box.tolist(), flip) == (c_label, c_box.tolist(), c_flip)
+        seen.append(index)
+    assert sorted(seen) == list(range(len(items))) and seen != sorted(seen)  # all of them, shuffled
+
+
+def test_a_resumed_loader_goes_on_where_the_position_says(stream):
+    def loader():
+        ds = Stream(str(stream / "shards")).dataset("train", shuffle=True, augment=True, seed=7)
+        return StreamLoader(ds, batch_size=2, num_workers=2)
+
+    whole = loader()
+    whole.start_epoch(1)  # the run's second epoch
+    it = iter(whole)
+    first = [next(it) for _ in range(2)]
+    state = whole.position(2)
+    rest = list(it)
+    resumed = loader()
+    resumed.resume_from(state)
+    again = list(resumed)
+    assert len(first) + len(rest) == 5 and len(again) == len(rest)
+    for a, b in zip(again, rest):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+
+
+def test_kill_9_then_resume_from_a_stream_equals_an_uninterrupted_run(tmp_path, stream):
+    shards = f"data.stream={stream / 'shards'}"
+    whole = tmp_path / "whole"
+    proc = run_cli_here("train", shards, *RUN, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data.root" not in proc.stderr
+
+    killed = tmp_path / "killed"
+    child = _start(tmp_path, shards, *RUN, f"hydra.run.dir={killed}")
+    last = killed / "checkpoints" / "last.ckpt"
+    _wait_for(last.exists)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] == 0
+    proc = run_cli_here("train", f"resume={killed}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(killed, whole)
+
+
+def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, stream, data):
+    proc = run_cli_here("train", f"data.stream={data}", *TINY, cwd=tmp_path)
+    assert_one_line_error(proc, f"data.stream {data} is not a prepared stream", "vggtune prepare")
+    proc = run_cli_here("train", f"data.stream={stream / 'shards'}", *[a for a in TINY if "image_size" not in a],
+                        "data.image_size=64", cwd=tmp_path)
+    assert_one_line_error(proc, "holds 37 px squares", "data.image_size=32")
+    proc = run_cli_here("prepare", f"data.root={data}", f"output={stream / 'shards'}", *SMALL, cwd=tmp_path)
+    assert_one_line_error(proc, "already holds files")
+    proc = run_cli_here("prepare", f"data.root={data}", f"output={tmp_path / 'x'}", "format=png", cwd=tmp_path)
+    assert_one_line_error(proc, "format=png is not a stream format")
