@@ -26,7 +26,7 @@ from vggtune.core.errors import UserError
 from vggtune.data.discovery import DataSplit
 from vggtune.data.image_cache import CachedImageDataset
 from vggtune.data.scan import BadImage
-from vggtune.data.stream_store import is_remote, join, normalise, read_info
+from vggtune.data.stream_store import allow_plain_http, is_remote, join, normalise, read_info
 from vggtune.data.transforms import DEFAULT_CROP_SCALE
 from vggtune.model.arch import Preprocessing
 
@@ -41,6 +41,7 @@ class Stream:
         self.url = normalise(url)
         self.storage_options = dict(storage_options or {})
         self.info = read_info(self.url, self.storage_options)
+        allow_plain_http(self.storage_options)
 
     @property
     def resize_size(self) -> int:

@@ -9,6 +9,7 @@ JSON file beside the shards that says what they hold, with the same client.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from vggtune.core.errors import UserError
@@ -28,6 +29,21 @@ def import_stream():
     from vggtune.data import stream
 
     return stream
+
+
+def allow_plain_http(storage_options: dict | None = None) -> None:
+    """Let litdata's obstore transfers use an ``http://`` endpoint (a local MinIO, a test server).
+
+    litdata (0.2.76) moves shards with obstore, building its ``S3Store`` with the boto3 client's
+    endpoint and its own ``client_options``, which leave out ``allow_http``: obstore then refuses a
+    plain-HTTP endpoint with "BadScheme" (obstore #159 shows the same error). boto3 itself is fine.
+    """
+    endpoint = (storage_options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
+        os.environ.get("AWS_ENDPOINT_URL") or ""
+    if str(endpoint).startswith("http://"):
+        from litdata.streaming import downloader
+
+        downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"  # a module-level dict that every store reads
 
 
 def is_remote(url: str) -> bool:

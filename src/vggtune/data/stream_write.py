@@ -23,7 +23,7 @@ from vggtune.core.errors import UserError
 from vggtune.data.discovery import SUBSETS, DataSplit
 from vggtune.data.image_cache import _square
 from vggtune.data.images import load_rgb
-from vggtune.data.stream_store import STREAM_FORMAT, STREAM_VERSION, check_empty_output, import_stream, join, write_json
+from vggtune.data.stream_store import STREAM_FORMAT, STREAM_VERSION, allow_plain_http, check_empty_output, import_stream, join, write_json
 from vggtune.model.arch import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_forma
     litdata = import_stream().litdata
     check_format(image_format, quality)
     check_empty_output(output, storage_options)
+    allow_plain_http(storage_options)
     num_labels = len(split.classes) if split.multilabel else None
     subsets, skipped = {}, [list(map(str, bad)) for bad in split.skipped]
     start, images = time.perf_counter(), 0
