@@ -32,6 +32,7 @@ from vggtune.model.arch import Preprocessing
 
 # litdata logs its cache sizing and worker set-up at INFO, several lines per loader pass.
 logging.getLogger("litdata").setLevel(logging.WARNING)
+logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in environment variables" per client
 
 
 class Stream:
@@ -75,7 +76,7 @@ class Stream:
 
     def dataset(self, subset: str, shuffle: bool, augment: bool, seed: int, crop_scale: float = DEFAULT_CROP_SCALE,
                 flip: bool = True, num_labels: int | None = None, cache_root: str = "~/.cache/vggtune",
-                run: str = "") -> StreamedImages:
+                run: str = "", with_index: bool = False) -> StreamedImages:
         """The subset's images; ``shuffle``: by (seed, epoch); ``augment``: seeded crops and flips.
 
         From object storage, the shards are downloaded into a cache folder of this run's (``run``):
@@ -88,12 +89,17 @@ class Stream:
         if is_remote(self.url):
             key = hashlib.sha256(f"{self.url}/{subset}/{run}".encode()).hexdigest()[:16]
             cache = str(Path(cache_root).expanduser() / "stream" / key)
-        return StreamedImages(join(self.url, subset), self.resize_size, shuffle, augment, seed, crop_scale, flip,
-                              num_labels, self.info["image_format"], cache, self.storage_options)
+        images = StreamedImages(join(self.url, subset), self.resize_size, shuffle, augment, seed, crop_scale, flip,
+                                num_labels, self.info["image_format"], cache, self.storage_options)
+        images.with_index = with_index
+        return images
 
 
 class StreamedImages(StreamingDataset):
-    """Items (uint8 HWC square, label, crop box, flip), as :class:`CachedImageDataset` gives them."""
+    """Items (uint8 HWC square, label, crop box, flip), as :class:`CachedImageDataset` gives them; with
+    ``with_index``, the image's position in its subset after them."""
+
+    with_index = False
 
     def __init__(self, url: str, size: int, shuffle: bool, augment: bool, seed: int, crop_scale: float, flip: bool,
                  num_labels: int | None, image_format: str, cache_dir: str | None, storage_options: dict):
@@ -114,7 +120,7 @@ class StreamedImages(StreamingDataset):
         label = sample["label"]
         if self.num_labels is not None:
             label = torch.from_numpy(np.asarray(label, dtype=np.float32))
-        return image, label, box, flip
+        return (image, label, box, flip, int(sample["index"])) if self.with_index else (image, label, box, flip)
 
 
 class StreamLoader(StreamingDataLoader):
