@@ -19,7 +19,7 @@ from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDatase
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
-from vggtune.data.stream_store import import_stream
+from vggtune.data.optional import import_stream
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 from vggtune.model.resume import batches_done_in_epoch
@@ -201,8 +201,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _stream_train_loader(self) -> StreamLoader:
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
-        loader = import_stream().StreamLoader(self.datasets["train"], batch_size=self.batch_size, num_workers=self.num_workers,
-                              pin_memory=self.pin_memory, worker_init_fn=_leave_signals_to_main)
+        loader = import_stream().StreamLoader(self.datasets["train"], batch_size=self.batch_size,
+                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                              worker_init_fn=_leave_signals_to_main)
         loader.start_epoch(self._first_epoch)
         if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
             loader.resume_from(self._stream_state)
@@ -265,8 +266,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, subset: str) -> DataLoader:
         if self.stream:
-            return import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size, num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, worker_init_fn=_leave_signals_to_main)
+            return import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
+                                                num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                                worker_init_fn=_leave_signals_to_main)
         return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, worker_init_fn=_leave_signals_to_main)

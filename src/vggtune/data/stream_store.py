@@ -20,17 +20,6 @@ STREAM_FORMAT = "vggtune-stream"
 STREAM_VERSION = 1
 
 
-def import_stream():
-    """:mod:`vggtune.data.stream`, which needs litdata (the optional extra ``vggtune[stream]``)."""
-    try:
-        import litdata  # noqa: F401
-    except ImportError:
-        raise UserError("streaming needs litdata, which is not installed: pip install 'vggtune[stream]'") from None
-    from vggtune.data import stream
-
-    return stream
-
-
 def allow_plain_http(storage_options: dict | None = None) -> None:
     """Let litdata's obstore transfers use an ``http://`` endpoint (a local MinIO, a test server).
 

@@ -23,7 +23,9 @@ from vggtune.core.errors import UserError
 from vggtune.data.discovery import SUBSETS, DataSplit
 from vggtune.data.image_cache import _square
 from vggtune.data.images import load_rgb
-from vggtune.data.stream_store import STREAM_FORMAT, STREAM_VERSION, allow_plain_http, check_empty_output, import_stream, join, write_json
+from vggtune.data.optional import import_stream
+from vggtune.data.stream_store import (STREAM_FORMAT, STREAM_VERSION, allow_plain_http, check_empty_output, join,
+                                       write_json)
 from vggtune.model.arch import Preprocessing
 
 log = logging.getLogger(__name__)

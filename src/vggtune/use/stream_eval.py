@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vggtune.core.errors import UserError
-from vggtune.data.stream_store import import_stream
+from vggtune.data.optional import import_stream
 from vggtune.data.transforms import tta_transform
 from vggtune.use.evaluation import LabelledImages, check_subset
 from vggtune.use.inference import LoadedModel, Predictions
@@ -26,7 +26,8 @@ def predict_stream(model: LoadedModel, url: str, subset: str, storage_options: d
     source.check_fits(model.preprocessing, str(model.module.hparams.get("arch")))
     if list(source.info["classes"]) != list(model.class_names):
         raise UserError(f"data.stream {source.url} holds the classes {', '.join(source.info['classes'])}, but the "
-                        f"checkpoint was trained on {', '.join(model.class_names)}: evaluate on a stream of its classes")
+                        f"checkpoint was trained on {', '.join(model.class_names)}: evaluate on a stream of its "
+                        "classes")
     split = source.split()
     if subset not in split.subsets:
         raise UserError(f"data.stream {source.url} has no {check_subset(subset)} subset (it has "
