@@ -105,12 +105,48 @@ def test_a_resumed_loader_goes_on_where_the_position_says(stream):
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, stream):
-    """The uninterrupted run from the local stream, which the resumed and the S3 runs must equal."""
-    work = tmp_path_factory.mktemp("whole")
-    proc = run_cli_here("train", f"data.stream={stream / 'shards'}", *RUN, f"hydra.run.dir={work / 'run'}", cwd=work)
+def s3_server():
+    """moto's S3-compatible server on the loopback, with a bucket; the environment a user would set for it."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "vggtune", "AWS_SECRET_ACCESS_KEY": "not-a-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client.create_bucket(Bucket="shards")
+    try:
+        yield env, client
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, data, s3_server):
+    """``vggtune prepare`` to S3, then an uninterrupted run streaming from it: the run that the local
+    stream's kill -9 and resume must equal (so S3 and the local folder give the same training too)."""
+    env, _ = s3_server
+    work, url = tmp_path_factory.mktemp("whole"), "s3://shards/flowers/v1"
+    proc = run_cli_here("prepare", f"data.root={data}", f"output={url}", *SMALL, f"hydra.run.dir={work / 'p'}",
+                        cwd=work, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_here("train", f"data.stream={url}", *RUN, f"data.cache_dir={work / 'cache'}",
+                        f"hydra.run.dir={work / 'run'}", cwd=work, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "run"
+
+
+def test_prepare_to_s3_and_train_from_it(whole, s3_server, tmp_path):
+    env, client = s3_server
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="shards", Prefix="flowers/v1/")["Contents"]}
+    assert "flowers/v1/vggtune_stream.json" in keys and "flowers/v1/train/index.json" in keys
+    assert any(k.startswith("flowers/v1/train/chunk-") for k in keys)
+    assert any((whole.parent / "cache" / "stream").rglob("chunk-*.bin"))  # downloaded into the run's own cache
+    assert json.loads((whole / "metrics.json").read_text())["data"]["layout"] == "stream s3://shards/flowers/v1"
+    proc = run_cli_here("train", "data.stream=s3://shards/nothing", *RUN, cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "data.stream s3://shards/nothing is not a prepared stream")
 
 
 def test_kill_9_then_resume_from_a_stream_equals_an_uninterrupted_run(tmp_path, stream, whole):
@@ -124,41 +160,6 @@ def test_kill_9_then_resume_from_a_stream_equals_an_uninterrupted_run(tmp_path, 
     proc = run_cli_here("train", f"resume={killed}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(killed, whole)
-
-
-@pytest.fixture()
-def s3_server():
-    """moto's S3-compatible server on the loopback, with a bucket; the environment a user would set for it."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "vggtune", "AWS_SECRET_ACCESS_KEY": "not-a-secret", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_ALLOW_HTTP": "true"}  # for obstore, which litdata uses for bulk transfers beside boto3
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    client.create_bucket(Bucket="shards")
-    try:
-        yield env
-    finally:
-        server.stop()
-
-
-def test_prepare_to_and_train_from_s3_equals_the_local_stream(tmp_path, data, whole, s3_server):
-    url = "s3://shards/flowers/v1"
-    proc = run_cli_here("prepare", f"data.root={data}", f"output={url}", *SMALL, f"hydra.run.dir={tmp_path / 'p'}",
-                        cwd=tmp_path, env=s3_server)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "run"
-    proc = run_cli_here("train", f"data.stream={url}", *RUN, f"data.cache_dir={tmp_path / 'cache'}",
-                        f"hydra.run.dir={run}", cwd=tmp_path, env=s3_server)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert any((tmp_path / "cache" / "stream").rglob("chunk-*.bin"))  # downloaded into this run's cache
-    _assert_same_run(run, whole)
-    proc = run_cli_here("train", "data.stream=s3://shards/nothing", *RUN, cwd=tmp_path, env=s3_server)
-    assert_one_line_error(proc, "data.stream s3://shards/nothing is not a prepared stream")
 
 
 def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, stream, data):
