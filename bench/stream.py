@@ -89,7 +89,7 @@ def train_speed(case: str, data: Path, shards: Path, work: Path, args) -> dict:
     overrides = [*source, f"model={args.arch}", "model.weights=none", f"data.image_size={args.size}",
                  f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.augment=light",
                  "data.test_split=0", "trainer=cpu", f"trainer.max_epochs={args.epochs}", "finetune=full", "optim=sgd",
-                 "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null", "logger=null", "seed=1",
+                 "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null", "~logger", "seed=1",
                  "trainer.enable_progress_bar=false", f"paths.run_dir={work / case}",
                  f"data.cache_dir={work / 'cache'}", "+callbacks.epoch_timer._target_=epoch_overhead.EpochTimer"]
     with initialize_config_module("vggtune.conf", version_base="1.3"):
