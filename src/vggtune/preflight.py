@@ -73,7 +73,7 @@ def prepare(task: str, args: list[str]) -> list[str]:
     cfg = check_overrides(task, list(parsed.overrides))
     root = _root_from_labels(cfg) or _root_for_stream(task, cfg)
     if root:  # data.labels without data.root: paths in the CSV are relative to its own folder
-        args = [*args, root]
+        args = [root, *args]  # before any flag (--cfg job): argparse takes no override after them
         cfg = check_overrides(task, [*parsed.overrides, root])
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
