@@ -86,6 +86,9 @@ def resolve_recipe(cfg: DictConfig) -> None:
     """The defaults that follow from other keys, for every task that builds the training run."""
     _from_scratch_defaults(cfg)
     _new_head_trains(cfg)
+    if cfg.data.get("stream") and OmegaConf.is_missing(cfg.data, "root"):  # the stream names the classes and split
+        with open_dict(cfg):
+            cfg.data.root = None
 
 
 def _new_head_trains(cfg: DictConfig) -> None:
