@@ -3,12 +3,14 @@ its resume after kill -9, and eval over a stream."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
 from test_faults import _assert_same_run, _start, _wait_for
@@ -65,6 +67,29 @@ def test_prepare_writes_the_split_train_makes_as_squares_of_the_resize_size(stre
     assert [p.rsplit("/", 1)[-1] for p, _ in info["skipped"]] == ["broken.png"]
     assert "broken.png" in (stream / "run" / "skipped_images.txt").read_text()
     assert info["counts"] == expected.counts()
+
+
+def test_jpeg_shards_hold_the_squares_as_jpegs_and_an_undecodable_file_is_listed(tmp_path):
+    data = make_class_folders(tmp_path / "d", classes=2, per_class=5, size=44)
+    good = (data / "checks" / "img_001.jpg").read_bytes()
+    (data / "checks" / "cut.jpg").write_bytes(good[:-200])  # passes data.verify=files, fails to decode
+    proc = run_cli_here("prepare", f"data.root={data}", f"output={tmp_path / 's'}", "format=jpeg", "quality=95",
+                        "data.verify=files", "data.test_split=0", *SMALL, f"hydra.run.dir={tmp_path / 'run'}",
+                        cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "s" / "vggtune_stream.json").read_text())
+    assert info["image_format"] == "jpeg" and [p.rsplit("/", 1)[-1] for p, _ in info["skipped"]] == ["cut.jpg"]
+    assert "cut.jpg" in (tmp_path / "run" / "skipped_images.txt").read_text()
+    assert all("cut.jpg" not in path for entry in info["subsets"].values() for _, path, _ in entry["files"])
+    prep, source = preprocessing("vgg11", 32), Stream(str(tmp_path / "s"))
+    shards, files = source.dataset("train", shuffle=False, augment=False, seed=7), info["subsets"]["train"]["files"]
+    assert len(shards) == len(files)
+    for i in range(len(shards)):
+        image, label, _, _ = shards[i]
+        buffer = io.BytesIO()  # the square, JPEG-encoded at that quality and decoded by PIL itself
+        _square(prep)(load_rgb(data / files[i][1])).save(buffer, format="JPEG", quality=95)
+        assert label == info["classes"].index(files[i][2])
+        assert torch.equal(image, torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))))
 
 
 def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
