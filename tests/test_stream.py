@@ -199,16 +199,20 @@ def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, st
     assert_one_line_error(proc, "format=png is not a stream format")
 
 
-def test_eval_over_a_streams_test_subset_equals_eval_over_its_files(tmp_path, stream, whole):
-    ckpt = f"ckpt={whole / 'checkpoints' / 'last.ckpt'}"
+def test_eval_over_a_streams_test_subset_equals_eval_over_its_files(tmp_path, tiny_data, tiny_run):
+    # The stream of the tiny run's own data, split as it was (the same keys): its test subset is the run's.
+    proc = run_cli_here("prepare", f"data.root={tiny_data}", f"output={tmp_path / 'shards'}", "model=vgg11",
+                        "data.image_size=32", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}"
     a, b = tmp_path / "files", tmp_path / "stream"
     proc = run_cli_here("eval", ckpt, "data.subset=test", "data.num_workers=0", f"hydra.run.dir={a}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli_here("eval", ckpt, f"data.stream={stream / 'shards'}", "data.subset=test", "data.num_workers=2",
+    proc = run_cli_here("eval", ckpt, f"data.stream={tmp_path / 'shards'}", "data.subset=test", "data.num_workers=2",
                         "data.batch_size=1", f"hydra.run.dir={b}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files, streamed = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    assert streamed["data"]["images"] == files["data"]["images"] == 2
+    assert streamed["data"]["images"] == files["data"]["images"] == 3
     assert streamed["metrics"] == pytest.approx(files["metrics"], abs=1e-5)
     assert streamed["per_class"] == files["per_class"]
     assert (a / "misclassified.csv").read_text() == (b / "misclassified.csv").read_text()
