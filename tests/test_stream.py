@@ -163,7 +163,8 @@ def whole(tmp_path_factory, data, s3_server):
     return work / "run"
 
 
-def test_prepare_to_s3_and_train_from_it(whole, s3_server, tmp_path):
+def test_s3_and_a_kill_9_resumed_local_run_train_as_one_uninterrupted_run(tmp_path, stream, whole, s3_server):
+    # One test, so that xdist builds the S3 run once. What prepare wrote to S3, and what train read:
     env, client = s3_server
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="shards", Prefix="flowers/v1/")["Contents"]}
     assert "flowers/v1/vggtune_stream.json" in keys and "flowers/v1/train/index.json" in keys
@@ -172,9 +173,7 @@ def test_prepare_to_s3_and_train_from_it(whole, s3_server, tmp_path):
     assert json.loads((whole / "metrics.json").read_text())["data"]["layout"] == "stream s3://shards/flowers/v1"
     proc = run_cli_here("train", "data.stream=s3://shards/nothing", *RUN, cwd=tmp_path, env=env)
     assert_one_line_error(proc, "data.stream s3://shards/nothing is not a prepared stream")
-
-
-def test_kill_9_then_resume_from_a_stream_equals_an_uninterrupted_run(tmp_path, stream, whole):
+    # The local stream's run, killed after its first epoch and resumed, ends as the S3 run did.
     killed = tmp_path / "killed"
     child = _start(tmp_path, f"data.stream={stream / 'shards'}", *RUN, f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"

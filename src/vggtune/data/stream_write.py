@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -80,7 +82,7 @@ def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_forma
     for subset in (s for s in SUBSETS if s in split.subsets):
         items = split.subsets[subset]
         inputs = [(i, str(p), _encode_label(label, num_labels)) for i, (p, label) in enumerate(items)]
-        with tempfile.TemporaryDirectory(prefix="vggtune-prepare-") as failed_dir:
+        with tempfile.TemporaryDirectory(prefix="vggtune-prepare-") as failed_dir, _private_cache(failed_dir):
             log.info("Writing %s: %d images as %s squares of %d px", subset, len(items), image_format,
                      prep.resize_size)
             litdata.optimize(partial(_sample, prep=prep, image_format=image_format, quality=quality,
@@ -89,7 +91,7 @@ def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_forma
                              num_workers=max(1, min(workers, len(inputs))), reorder_files=False,
                              keep_data_ordered=True, start_method="fork", storage_options=storage_options or {},
                              verbose=sys.stderr.isatty())
-            failed = {int(f.stem): f.read_text(encoding="utf-8").split("\t", 1) for f in Path(failed_dir).iterdir()}
+            failed = {int(f.stem): f.read_text(encoding="utf-8").split("\t", 1) for f in Path(failed_dir).glob("*.txt")}
         skipped += [failed[i] for i in sorted(failed)]
         kept = [(i, p, label) for i, (p, label) in enumerate(items) if i not in failed]
         if not kept:
@@ -106,6 +108,23 @@ def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_forma
     info["bytes"] = _size_on_disk(output)
     write_json(output, info, storage_options)
     return info
+
+
+@contextmanager
+def _private_cache(folder: str):
+    """litdata stages the shards of a remote output in /tmp/chunks and /tmp/data, shared by every process on
+    the machine: two prepares at once delete each other's files (as in litdata #398, #452). One of this call's."""
+    names = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(Path(folder, name.lower())) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _relative(path: Path, root: Path) -> str:
