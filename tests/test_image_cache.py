@@ -22,7 +22,7 @@ from conftest import make_class_folders
 from vggtune.core.errors import UserError
 from vggtune.data import image_cache
 from vggtune.data.datamodule import ClassFolderDataModule
-from vggtune.data.image_cache import CachedImageDataset, build_cache, cache_path, device_transform
+from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
 from vggtune.data.images import load_rgb
 from vggtune.data.transforms import eval_transform
 from vggtune.model.arch import preprocessing

@@ -1,18 +1,21 @@
 """The README's own command lines, copied from its code blocks at test time, run as a user would type them.
 
 Placeholders are the only thing replaced: ``~`` is a home folder made here (with ``pictures/flowers``
-and the other folders the examples name), ``DIR`` is that flowers folder, and ``...`` or
+and the other folders and files the examples name), ``DIR`` is that flowers folder, and ``...`` or
 ``outputs/train/<run>/checkpoints/best.ckpt`` is a checkpoint trained here first. ``train`` and
 ``lr_find`` lines end with ``--cfg job`` (they would fine-tune ImageNet weights, which no test
-downloads), and so do ``serve`` lines (a server runs until stopped; tests/test_serve.py runs one): every
-key and group they name must exist and take the value given. ``eval``,
-``predict`` and ``export`` lines run for real, and ``--help`` as it is.
+downloads), and so do ``serve`` lines (a server runs until stopped; tests/test_serve.py runs one) and
+a sweep's first job (``-m`` and all but the first value of each list dropped): every key and group
+they name must exist and take the value given. ``embed`` and ``summary`` without a checkpoint get
+``model.weights=none`` (ImageNet weights again). ``eval``, ``predict``, ``export``, ``prepare``,
+``embed``, ``explain`` and ``summary`` lines run for real, and ``--help`` as it is.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,8 +28,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def readme_commands() -> list[str]:
     """Every line of a code block that starts with ``vggtune``, without its trailing comment."""
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    # Every fence is paired with the next one, whatever its language, and only shell blocks are kept.
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    lines = [line.strip() for lang, block in blocks if lang in ("", "bash", "sh", "console")
+             for line in block.splitlines()]
     return [re.sub(r"\s+#.*$", "", line) for line in lines if line.startswith("vggtune ")]
 
 
@@ -45,6 +50,7 @@ def home(tmp_path_factory) -> Path:
     make_class_folders(home / "pictures" / "new_labelled_batch", classes=3, per_class=2, seed=1)
     unsorted = make_class_folders(home / "pictures" / "unsorted_tmp", classes=2, per_class=2, seed=2)
     (home / "pictures" / "unsorted").mkdir()
+    shutil.copy(sorted((home / "pictures" / "flowers").rglob("*.jpg"))[0], home / "pictures" / "rose_01.jpg")
     for image in unsorted.rglob("*.*"):
         image.rename(home / "pictures" / "unsorted" / f"{image.parent.name}_{image.name}")
     return home
@@ -71,8 +77,12 @@ def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
     args = [a.replace("outputs/train/<run>/checkpoints/best.ckpt", str(checkpoint)).replace("ckpt=...", f"ckpt={checkpoint}")
             .replace("=DIR", f"={home / 'pictures' / 'flowers'}") for a in args]
     task = args[0]
+    if "-m" in args:  # a sweep: its first job's config (the sweeps themselves run in tests/test_sweep.py)
+        args = [a.split(",")[0] if "=" in a else a for a in args if a != "-m"]
     if task in ("train", "lr_find", "serve") and not {"--cfg", "--help"} & set(args):
         args += ["--cfg", "job"]
+    if task in ("embed", "summary") and not any(a.startswith("ckpt=") for a in args):
+        args += ["model.weights=none"]  # torchvision's ImageNet weights: a download, which no test makes
     proc = run_cli_here(*args, cwd=tmp_path, env={"HOME": str(home)})
     assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])
     if "--cfg" in args and "job" in args:

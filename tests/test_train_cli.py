@@ -8,7 +8,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here, TINY
+from conftest import assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here
 
 
 def test_run_folder_has_every_promised_file(tiny_run):

@@ -23,6 +23,7 @@ CONFIG_MODULE = "vggtune.conf"
 # task word -> (module with a run(cfg) function, one-line description)
 TASKS = {
     "train": ("vggtune.tasks.train", "fine-tune a pretrained VGG on a folder of class folders"),
+    "prepare": ("vggtune.tasks.prepare", "split the data as train would and write it as shards for data.stream="),
     "lr_find": ("vggtune.tasks.lr_find", "learning-rate range test on the run train would make; suggests optim.lr"),
     "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
     "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
@@ -43,6 +44,8 @@ Examples:
   vggtune train data.root=~/pictures/flowers     # one folder per class
   vggtune train data.root=DIR model=vgg19 optim.lr=3e-4 trainer.max_epochs=20
   vggtune train --cfg job                        # print the composed config
+  vggtune prepare data.root=DIR output=SHARDS   # litdata shards (a folder or s3://bucket/prefix)
+  vggtune train data.stream=SHARDS               # train from them: no data.root needed
   vggtune lr_find data.root=DIR                  # plot loss vs LR, suggest optim.lr
   vggtune train --help                           # config groups and keys
   vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
@@ -199,6 +202,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # Frozen BatchNorm layers are in eval mode on purpose (see vggtune.model.finetune).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # data.stream: litdata's StreamingDataset has a length and splits its shards across workers itself.
+    warnings.filterwarnings("ignore", message=r".*Your `IterableDataset` has `__len__` defined.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
 

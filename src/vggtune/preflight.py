@@ -41,6 +41,7 @@ _MISSING_HINTS = {
     ("explain", "input"): "no image given: pass input=/path/to/image.jpg (or a folder of images)",
     "ckpt": "no checkpoint given: pass ckpt=<train run folder>/checkpoints/best.ckpt",
     "input": "no input given: pass input=<an image file or a folder of images>",
+    ("prepare", "output"): "no output given: pass output=<new folder> or output=s3://bucket/prefix for the shards",
 }
 
 
@@ -72,9 +73,9 @@ def prepare(task: str, args: list[str]) -> list[str]:
     if parsed.multirun:
         return [*args, *_check_sweep(task, list(parsed.overrides))]
     cfg = check_overrides(task, list(parsed.overrides))
-    root = _root_from_labels(cfg)
+    root = _root_from_labels(cfg) or _root_for_stream(task, cfg)
     if root:  # data.labels without data.root: paths in the CSV are relative to its own folder
-        args = [*args, root]
+        args = [root, *args]  # before any flag (--cfg job): argparse takes no override after them
         cfg = check_overrides(task, [*parsed.overrides, root])
     if parsed.cfg or os.environ.get("LOCAL_RANK", "0") != "0":
         return args  # printing the config only; or a DDP rank started inside rank zero's run
@@ -186,6 +187,14 @@ def _root_from_labels(cfg: DictConfig) -> str | None:
         raise UserError(f"data.labels {csv_path}: no such file: pass the path of a CSV file with a column for the "
                         "image path and one for the label (and data.root=<folder> if its paths are relative to it)")
     return f"data.root='{csv_path.resolve().parent}'"
+
+
+def _root_for_stream(task: str, cfg: DictConfig) -> str | None:
+    """``data.root=null`` when training from ``data.stream``: the classes and split come from the stream."""
+    data = cfg.get("data")
+    if task == "prepare" or data is None or not data.get("stream") or not OmegaConf.is_missing(data, "root"):
+        return None
+    return "data.root=null"
 
 
 def _check_missing(cfg: DictConfig, task: str) -> None:

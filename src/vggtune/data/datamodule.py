@@ -6,6 +6,7 @@ import logging
 import signal
 from collections.abc import Mapping
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import torch
@@ -18,9 +19,13 @@ from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_transform, ensure_cache,
                                        usable_cores)
+from vggtune.data.optional import import_stream
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 from vggtune.model.resume import batches_done_in_epoch
+
+if TYPE_CHECKING:
+    from vggtune.data.stream import Stream, StreamLoader
 
 log = logging.getLogger(__name__)
 BALANCE_MODES = ("none", "sampler", "loss")
@@ -44,7 +49,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
                  path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
                  balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
-                 label_delim: str | None = None):
+                 label_delim: str | None = None, stream: str | None = None, storage_options: dict | None = None):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
@@ -69,6 +74,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self._image_caches: dict[str, list] = {}  # subset -> its image files, once use_image_cache has run
         self._caches_ready: set[str] = set()  # the subsets whose cache file this process has seen complete
         self._on_device_transform = False
+        self.stream, self.storage_options = stream, storage_options
+        self._stream_loader: StreamLoader | None = None  # the training loader, whose position is saved
+        self._stream_state: dict | None = None  # where a resumed run's stream goes on (load_state_dict)
         self.datasets: dict[str, Dataset] = {}
         self._first_epoch = 0  # the epoch a resumed run starts in (load_state_dict)
         self._resume_batches = 0  # the batches of it trained before the interruption
@@ -76,9 +84,12 @@ class ClassFolderDataModule(pl.LightningDataModule):
     @cached_property
     def split(self) -> DataSplit:
         """The discovered classes and subsets (scanned once, on first use)."""
-        self.prepare_data()
-        split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image,
-                         self.labels, self.columns, self.label_delim)
+        if self.stream:
+            split = self.stream_source.split()
+        else:
+            self.prepare_data()
+            split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image,
+                             self.labels, self.columns, self.label_delim)
         if split.multilabel and self.balance != "none":
             raise UserError(f"data.balance={self.balance} balances single-label classes; with several labels per "
                             "image (data.label_delim) use data.balance=none")
@@ -87,6 +98,17 @@ class ClassFolderDataModule(pl.LightningDataModule):
             raise UserError(f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
                             f"use data.batch_size={max(1, n_train // 2)} or add images")
         return split
+
+    @cached_property
+    def stream_source(self) -> Stream:
+        """With ``stream``: the prepared stream, checked against the model's preprocessing."""
+        stream = import_stream()
+        source = stream.Stream(str(self.stream), self.storage_options)
+        source.check_fits(self.preprocessing, self.arch)
+        if self.augment == "strong":
+            raise UserError("data.stream supports data.augment=light or none (its crops and flips run on the "
+                            "device, as with data.cache_images); train from data.root for data.augment=strong")
+        return source
 
     @property
     def class_names(self) -> list[str]:
@@ -124,6 +146,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
                             device: torch.device, head: str = "vgg") -> None:
         """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
+        if self.stream:
+            raise UserError("data.cache_features=true computes features from the image files: use data.root "
+                            "(not data.stream) with it")
         images = {s: ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
                   for s, items in self.split.subsets.items()}
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
@@ -136,6 +161,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         The cache files are built by :meth:`prepare_data` (Lightning runs it on each node's local rank 0
         while the other ranks wait, so every image is decoded once per node) and opened in :meth:`setup`.
         """
+        if self.stream:
+            return  # the stream already holds the squares, and its batches take the same on-device step
         if self.augment == "strong":
             raise UserError("data.cache_images=true supports data.augment=light or none (its crops and flips run "
                             "on the device); use data.cache_images=false for data.augment=strong")
@@ -176,6 +203,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self._ensure_image_caches()
         if self.datasets:
             return
+        if self.stream:
+            self._use_stream()
+            return
         for subset, items in self.split.subsets.items():
             if subset == "train":
                 self.datasets[subset] = ImageListDataset(items, self.train_transform, seed=self.seed,
@@ -183,8 +213,33 @@ class ClassFolderDataModule(pl.LightningDataModule):
             else:
                 self.datasets[subset] = ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
 
+    def _use_stream(self) -> None:
+        run = str(self.trainer.default_root_dir) if self.trainer is not None else ""
+        for subset in self.split.subsets:
+            train = subset == "train"
+            self.datasets[subset] = self.stream_source.dataset(
+                subset, shuffle=train, augment=train and self.augment == "light", seed=self.seed,
+                crop_scale=self.crop_scale, flip=self.flip, num_labels=self.num_labels, cache_root=self.cache_dir,
+                run=run)
+        self._on_device_transform = True
+
+    def _stream_train_loader(self) -> StreamLoader:
+        # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
+        # the crops' seeds), which persistent workers' copies of the dataset would not see.
+        loader = import_stream().StreamLoader(self.datasets["train"], batch_size=self.batch_size,
+                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                              worker_init_fn=_leave_signals_to_main)
+        loader.start_epoch(self._first_epoch)
+        if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
+            loader.resume_from(self._stream_state)
+            self._stream_state = None
+        self._stream_loader = loader
+        return loader
+
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by (seed, epoch) and split across DDP ranks."""
+        if self.stream:
+            return self._stream_train_loader()
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -214,13 +269,17 @@ class ClassFolderDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {}
-        return {"epoch": trainer.fit_loop.epoch_progress.current.processed,
-                "batches_done": batches_done_in_epoch(trainer)}
+        state = {"epoch": trainer.fit_loop.epoch_progress.current.processed,
+                 "batches_done": batches_done_in_epoch(trainer)}
+        if self._stream_loader is not None and state["batches_done"]:
+            state["stream"] = self._stream_loader.position(state["batches_done"])
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restored before the loaders are built, so that the first resumed epoch draws its own order."""
         self._first_epoch = int(state_dict.get("epoch", 0))
         self._resume_batches = int(state_dict.get("batches_done", 0))
+        self._stream_state = state_dict.get("stream")
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, in split order."""
@@ -231,6 +290,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         return self._loader("test") if "test" in self.datasets else []
 
     def _loader(self, subset: str) -> DataLoader:
+        if self.stream:
+            return import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
+                                                num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                                worker_init_fn=_leave_signals_to_main)
         return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, worker_init_fn=_leave_signals_to_main)

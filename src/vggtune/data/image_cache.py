@@ -255,13 +255,19 @@ class CachedImageDataset(SeededDataset):
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(len(self.labels), self.size,
                                                                                   self.size, 3))
         image = torch.from_numpy(np.array(self._array[index]))
+        box, flip = self.crop_and_flip(index, image)
+        return image, self.labels[index], box, flip
+
+    def crop_and_flip(self, index: int, image: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Item ``index``'s crop box (x1 y1 x2 y2) in its HWC square ``image`` and whether to mirror it,
+        drawn from (seed, epoch, index) in training; the whole square, unmirrored, otherwise."""
         box, flip = torch.tensor([0.0, 0.0, self.size, self.size]), False
         if self.train:
             with self.seeded(index):
                 top, left, h, w = T.RandomResizedCrop.get_params(image.permute(2, 0, 1), self.scale, RATIO)
                 flip = bool(torch.rand(()) < 0.5) and self.flip
             box = torch.tensor([left, top, left + w, top + h], dtype=torch.float32)
-        return image, self.labels[index], box, flip
+        return box, flip
 
 
 def device_transform(batch, prep: Preprocessing, train: bool):

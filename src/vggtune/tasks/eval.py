@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.data.datamodule import resolve_workers
@@ -19,6 +19,7 @@ from vggtune.use.evaluation import (EvalResult, LabelledImages, check_subset, co
 from vggtune.core.errors import UserError
 from vggtune.tasks.runs import rel, report_files, score_cell, write_csv, write_json
 from vggtune.use.inference import LoadedModel, Predictions, load_model, predict_probabilities
+from vggtune.use.stream_eval import predict_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
     workers = resolve_workers(cfg.data.num_workers)
     tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
     labels = cfg.data.get("labels")
-    if cfg.data.root is None or labels:
+    if cfg.data.root is None or labels or cfg.data.get("stream"):
         check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait
     threshold = check_threshold(cfg.get("threshold", "auto"))
     model = load_model(cfg.ckpt, cfg.device)
@@ -44,7 +45,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if threshold is not None and not model.multilabel:
         log.warning("threshold=%g ignored: it is for several labels per image, and this model gives one class "
                     "per image", threshold)
-    if labels:
+    stream = cfg.data.get("stream")
+    if stream:
+        storage = OmegaConf.to_container(cfg.data.storage_options) if cfg.data.get("storage_options") else None
+        data, pred = predict_stream(model, str(stream), cfg.data.subset, storage, batch_size, workers, tta, calibrate)
+    elif labels:
         columns = {k: cfg.data.get(k) for k in ("path_column", "label_column", "split_column")}
         data = images_from_csv(labels, cfg.data.root, names, cfg.data.subset, columns,
                                cfg.data.get("label_delim") or delim)
@@ -60,7 +65,9 @@ def evaluate(cfg: DictConfig) -> dict:
     paths = [p for p, _ in data.items]
     log.info(model.describe_calibration(threshold) if calibrate or model.multilabel else
              "calibrate=false: probabilities not calibrated")
-    pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating", tta=tta, calibrate=calibrate)
+    if not stream:
+        pred = predict_probabilities(model, paths, batch_size, workers, desc="Evaluating", tta=tta,
+                                     calibrate=calibrate)
     skipped = {str(paths[i]): reason for i, reason in sorted(pred.failures.items())}
     if skipped:
         log.warning("Left out %d image(s) that could not be read (listed in metrics.json):", len(skipped))

@@ -49,6 +49,19 @@ def write_json(path: Path, data) -> None:
         f.write("\n")
 
 
+def write_skipped(run_dir: Path, skipped, csv: bool = False) -> None:
+    """``skipped_images.txt`` (path, tab, reason) for the (path, reason) pairs left out, and a warning naming them."""
+    if not skipped:
+        return
+    with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
+        for path, reason in skipped:
+            f.write(f"{path}\t{reason}\n")
+    log.warning("Skipped %d unusable image file(s)%s, listed in %s:", len(skipped), " or CSV rows" if csv else "",
+                run_dir / "skipped_images.txt")
+    for path, reason in list(skipped)[:10]:
+        log.warning("  %s: %s", path, reason)
+
+
 def write_csv(path: Path, header: list[str], rows) -> None:
     """Write a header and ``rows`` as CSV (``\\n`` line ends), atomically."""
     with atomic_open(path, "w", encoding="utf-8") as f:

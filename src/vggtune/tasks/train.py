@@ -23,7 +23,7 @@ from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks import demo
 from vggtune.tasks.checks import check_against_data, check_threshold, check_train
-from vggtune.tasks.runs import commit_run_config, report_run, write_json
+from vggtune.tasks.runs import commit_run_config, report_run, write_json, write_skipped
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
 from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
 from vggtune.training.tensorboard import EpochSpeed, tensorboard_callbacks
@@ -88,6 +88,9 @@ def resolve_recipe(cfg: DictConfig) -> None:
     """The defaults that follow from other keys, for every task that builds the training run."""
     _from_scratch_defaults(cfg)
     _new_head_trains(cfg)
+    if cfg.data.get("stream") and OmegaConf.is_missing(cfg.data, "root"):  # the stream names the classes and split
+        with open_dict(cfg):
+            cfg.data.root = None
 
 
 def _new_head_trains(cfg: DictConfig) -> None:
@@ -262,15 +265,7 @@ def _prepare_run_folder(split, run_dir: Path) -> None:
     ratio = max(train.values()) / max(1, min(train.values()))
     log.info("Training images per %s: %s (largest / smallest: %.1f)", "label" if split.multilabel else "class",
              shown, ratio)
-    if split.skipped:
-        with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
-            for bad in split.skipped:
-                f.write(f"{bad.path}\t{bad.reason}\n")
-        log.warning("Skipped %d unusable image file(s)%s, listed in %s:", len(split.skipped),
-                    " or CSV rows" if split.layout.startswith("csv") else "",
-                    run_dir / "skipped_images.txt")
-        for bad in split.skipped[:10]:
-            log.warning("  %s: %s", bad.path, bad.reason)
+    write_skipped(run_dir, split.skipped, csv=split.layout.startswith("csv"))
 
 
 def _final_metrics(trainer: pl.Trainer) -> dict:
