@@ -2,7 +2,7 @@
 image, bad requests answered with a 4xx while the server keeps answering, an ONNX file served without the
 checkpoint, SIGTERM finishing the request in flight, and the web page in a real headless Chromium.
 
-Two servers (a checkpoint with batching, an exported ONNX file) start once for the module, side by side.
+Two servers (a checkpoint with batching, an exported ONNX file) start once, side by side.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 from conftest import assert_one_line_error, run_cli_here, vggtune_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]  # one worker starts the servers once
-START_TIMEOUT = 180  # two servers each import torch twice (main process, model worker): slow on a busy machine
+START_TIMEOUT = 240  # two servers each import torch twice (main process, model worker): slow on a busy machine
 
 
 def _free_port() -> int:
@@ -43,26 +43,38 @@ class Server:
     """A ``vggtune serve`` subprocess on a free loopback port."""
 
     def __init__(self, cwd: Path, *args: str):
+        self.cwd, self.args = cwd, args
+        self.start()
+
+    def start(self) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"serve-{self.port}.log"
+        self.log = self.cwd / f"serve-{self.port}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("HYDRA_FULL_ERROR", None)
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([*vggtune_command(), "serve", *args, f"port={self.port}", "device=cpu",
-                                          f"hydra.run.dir={cwd / f'run-{self.port}'}"], cwd=cwd, env=env,
+            self.proc = subprocess.Popen([*vggtune_command(), "serve", *self.args, f"port={self.port}", "device=cpu",
+                                          f"hydra.run.dir={self.cwd / f'run-{self.port}'}"], cwd=self.cwd, env=env,
                                          stdout=log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
+    def ready(self, timeout: float = START_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
                 if urllib.request.urlopen(self.url + "/health", timeout=2).status == 200:
-                    return
+                    return True
             except OSError:
                 time.sleep(0.5)
-        raise AssertionError(f"server not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}")
+        return False
+
+    def wait_ready(self) -> None:
+        # Once in a full suite on the busy 2-core machine a server's model worker never became ready (not
+        # reproduced alone): a second start, on another port, before failing.
+        if not self.ready():
+            self.stop()
+            self.start()
+            assert self.ready(), f"server not ready twice in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}"
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -105,9 +117,9 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(raw)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: xdist may run other tests between these, ending a module scope
 def servers(tiny_run, tmp_path_factory):
-    """(checkpoint server, ONNX server, the exported file): started together, stopped after the module."""
+    """(checkpoint server, ONNX server, the exported file): started together, stopped after the session."""
     work = tmp_path_factory.mktemp("serve")
     onnx = work / "model.onnx"
     proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "format=onnx", f"output={onnx}",
@@ -125,7 +137,7 @@ def servers(tiny_run, tmp_path_factory):
         onnx_server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tiny_data) -> list[Path]:
     return sorted(tiny_data.rglob("*.*"))[::4]  # a few of each class
 

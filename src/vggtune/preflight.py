@@ -9,22 +9,19 @@ against its key's default, and fix a run folder that is new before Hydra creates
 
 from __future__ import annotations
 
-import difflib
-import functools
 import logging
 import os
 import re
-from importlib import resources
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
 from hydra._internal.utils import get_args_parser
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vggtune.config_errors import (compose_task, composition_error, config_groups, first_line, flat_items,
+                                   missing_option)
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import MISSING_ROOT
 from vggtune.tasks.checks import check_lr_find, check_train
@@ -32,7 +29,6 @@ from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
 
 log = logging.getLogger(__name__)
-CONFIG_MODULE = "vggtune.conf"
 # What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 5+ classes.
 # key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
@@ -47,15 +43,6 @@ _MISSING_HINTS = {
 
 def _parse(args: list[str]):
     return get_args_parser().parse_args(args)
-
-
-def _compose(task: str, overrides: list[str], hydra_node: bool = False) -> DictConfig:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return compose(task, overrides=overrides, return_hydra_config=hydra_node)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def prepare(task: str, args: list[str]) -> list[str]:
@@ -114,12 +101,7 @@ def _drop_null_group(arg: str) -> str:
     """``logger=null`` (a config group set to null) as Hydra 1.3 spells it, ``~logger``: its
     ``group=null`` fails with a ValueError traceback ("Config group override must be a string")."""
     name, _, value = arg.partition("=")
-    return f"~{name}" if value == "null" and name in _config_groups() else arg
-
-
-@functools.cache
-def _config_groups() -> frozenset[str]:
-    return frozenset(p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__")
+    return f"~{name}" if value == "null" and name in config_groups() else arg
 
 
 def _check_sweep(task: str, overrides: list[str]) -> list[str]:
@@ -164,13 +146,13 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
 def check_overrides(task: str, overrides: list[str]) -> DictConfig:
     """The composed config (with Hydra's node); a UserError for an unknown key, option or wrong type."""
     try:
-        cfg = _compose(task, overrides, hydra_node=True)
+        cfg = compose_task(task, overrides, hydra_node=True)
     except MissingConfigException as e:
-        raise UserError(_missing_option(e)) from None
+        raise UserError(missing_option(e)) from None
     except OverrideParseException as e:
-        raise UserError(f"could not read the override: {_first_line(e)}") from None
+        raise UserError(f"could not read the override: {first_line(e)}") from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(_composition_error(task, e, overrides)) from None
+        raise UserError(composition_error(task, e, overrides)) from None
     _check_types(task, overrides)
     return cfg
 
@@ -198,7 +180,7 @@ def _root_for_stream(task: str, cfg: DictConfig) -> str | None:
 
 
 def _check_missing(cfg: DictConfig, task: str) -> None:
-    flat = _flat_items(OmegaConf.to_container(cfg, resolve=False))
+    flat = flat_items(OmegaConf.to_container(cfg, resolve=False))
     missing = sorted(k for k, v in flat.items() if v == "???" and not k.startswith("hydra."))
     if missing:
         key = missing[0]
@@ -206,62 +188,10 @@ def _check_missing(cfg: DictConfig, task: str) -> None:
         raise UserError(hint or f"{key} has no value: pass {key}=...")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _missing_option(e: MissingConfigException) -> str:
-    missing = e.missing_cfg_file or ""
-    group, _, option = missing.rpartition("/")
-    options = e.options or _group_options(group)  # Hydra names none for an option inside a list (logger=[a,b])
-    if options and group:
-        hint = difflib.get_close_matches(option, options, n=1)
-        did_you_mean = f" (did you mean {group}={hint[0]}?)" if hint else ""
-        return f"unknown {group} '{option}'{did_you_mean}: choose one of {', '.join(options)}"
-    return _first_line(e)
-
-
-def _group_options(group: str) -> list[str]:
-    if group not in _config_groups():
-        return []
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files(CONFIG_MODULE).joinpath(group).iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def _composition_error(task: str, e: BaseException, overrides: list[str]) -> str:
-    m = re.search(r"Could not override '([^']+)'", str(e))
-    if m:
-        key = m.group(1)
-        known = list(_flat_items(OmegaConf.to_container(_compose(task, []), resolve=False)))
-        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        group = key.split(".", 1)[0]
-        if hint == [key] and group in _config_groups():  # a key of the default option, which this run replaced
-            default = _compose(task, [], hydra_node=True).hydra.runtime.choices.get(group)
-            given = [o.split("=", 1)[1].strip("[]") for o in overrides if o.split("=", 1)[0] == group]
-            both = ",".join(dict.fromkeys([default, *(given[-1].split(",") if given else [])]))
-            return (f"config key '{key}' comes with {group}={default}, which this run does not use: leave the key "
-                    f"out, or choose that option too: {group}=[{both}]")
-        did_you_mean = f"did you mean {hint[0]}? " if hint else ""
-        return (f"unknown config key '{key}': {did_you_mean}`vggtune {task} --cfg job` lists every key "
-                f"(+{key}=... adds a new one)")
-    return _first_line(e)
-
-
-def _flat_items(cfg: dict, prefix: str = "") -> dict:
-    """Every key of a nested dict as a dotted name (nodes too), with its value."""
-    items = {}
-    for k, v in cfg.items():
-        name = f"{prefix}{k}"
-        items[name] = v
-        if isinstance(v, dict):
-            items.update(_flat_items(v, f"{name}."))
-    return items
-
-
 def _check_types(task: str, overrides: list[str]) -> None:
     """An override must keep the type of a key whose default is a number or a boolean."""
-    groups = _config_groups()
-    defaults = _compose(task, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups])
+    groups = config_groups()
+    defaults = compose_task(task, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups])
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if override.package is not None or key.startswith("hydra") or "/" in key or override.is_delete():

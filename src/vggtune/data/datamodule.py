@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_tra
                                        usable_cores)
 from vggtune.data.optional import import_stream
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+from vggtune.data.workers import leave_signals_to_main, resolve_workers
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 from vggtune.model.resume import batches_done_in_epoch
 
@@ -223,23 +223,24 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 run=run)
         self._on_device_transform = True
 
-    def _stream_train_loader(self) -> StreamLoader:
+    def _stream_loader(self, subset: str) -> StreamLoader:
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
-        loader = import_stream().StreamLoader(self.datasets["train"], batch_size=self.batch_size,
+        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
                                               num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                              worker_init_fn=_leave_signals_to_main)
-        loader.start_epoch(self._first_epoch)
-        if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
-            loader.resume_from(self._stream_state)
-            self._stream_state = None
-        self._stream_loader = loader
+                                              worker_init_fn=leave_signals_to_main)
+        if subset == "train":
+            loader.start_epoch(self._first_epoch)
+            if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
+                loader.resume_from(self._stream_state)
+                self._stream_state = None
+            self._stream_loader = loader
         return loader
 
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by (seed, epoch) and split across DDP ranks."""
         if self.stream:
-            return self._stream_train_loader()
+            return self._stream_loader("train")
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -262,7 +263,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
                                drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed),
-                               worker_init_fn=_leave_signals_to_main, position=self.state_dict)
+                               worker_init_fn=leave_signals_to_main, position=self.state_dict)
 
     def state_dict(self) -> dict:
         """Where Lightning's fit loop will resume: the epoch, and the batches of it already trained."""
@@ -291,32 +292,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, subset: str) -> DataLoader:
         if self.stream:
-            return import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
-                                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                                worker_init_fn=_leave_signals_to_main)
+            return self._stream_loader(subset)
         return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, worker_init_fn=_leave_signals_to_main)
-
-
-def _leave_signals_to_main(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C and SIGTERM to the main process, which finishes its step, saves a
-    checkpoint and then stops them.
-
-    A terminal sends SIGINT to the whole process group, and SLURM sends SIGTERM to every process of
-    a pre-empted job: a worker killed by it makes the main process fail with "DataLoader worker ...
-    is killed by signal: Terminated", in the middle of saving. A worker still exits when the main
-    process dies (torch's workers watch their parent). Lightning seeds workers only when a loader
-    has no ``worker_init_fn``; these need none: every item seeds itself (SeededDataset).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def resolve_workers(value: int | str, name: str = "data.num_workers") -> int:
-    """``auto`` (one loader process per core, up to 8) or a whole number of at least 0."""
-    return _auto_workers() if value == "auto" else check_positive_int(name, value, allow_zero=True)
-
-
-def _auto_workers() -> int:
-    return min(8, usable_cores())
+                          persistent_workers=self.num_workers > 0, worker_init_fn=leave_signals_to_main)

@@ -196,7 +196,7 @@ def _process_context():
 
 
 def _start_worker() -> None:
-    # As the data loader's workers (datamodule._leave_signals_to_main): Ctrl-C reaches the whole process
+    # As the data loader's workers (data.workers.leave_signals_to_main): Ctrl-C reaches the whole process
     # group and SLURM signals every process of a job; the parent decides (and removes the temporary
     # file), a worker finishes its chunk.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

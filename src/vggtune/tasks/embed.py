@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
-from vggtune.data.datamodule import resolve_workers
+from vggtune.data.workers import resolve_workers
 from vggtune.data.discovery import labelled_images
 from vggtune.inspect.embedding_maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
 from vggtune.model.arch import split_at_fc7

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_bool, check_positive_int
-from vggtune.data.datamodule import resolve_workers
+from vggtune.data.workers import resolve_workers
 from vggtune.data.transforms import check_tta
 from vggtune.model import calibration
 from vggtune.tasks.checks import check_threshold

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
-from vggtune.data.datamodule import resolve_workers
+from vggtune.data.workers import resolve_workers
 from vggtune.data.transforms import check_tta
 from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv

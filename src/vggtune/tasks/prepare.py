@@ -8,7 +8,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.data.datamodule import ClassFolderDataModule, resolve_workers
+from vggtune.data.datamodule import ClassFolderDataModule
+from vggtune.data.workers import resolve_workers
 from vggtune.data.stream_store import normalise
 from vggtune.data.stream_write import check_format, write_stream
 from vggtune.tasks.runs import report_files, write_skipped
