@@ -223,7 +223,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 run=run)
         self._on_device_transform = True
 
-    def _stream_loader(self, subset: str) -> StreamLoader:
+    def _open_stream_loader(self, subset: str) -> StreamLoader:
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
         loader = import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
@@ -240,7 +240,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by (seed, epoch) and split across DDP ranks."""
         if self.stream:
-            return self._stream_loader("train")
+            return self._open_stream_loader("train")
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -292,7 +292,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
 
     def _loader(self, subset: str) -> DataLoader:
         if self.stream:
-            return self._stream_loader(subset)
+            return self._open_stream_loader(subset)
         return DataLoader(self.datasets[subset], batch_size=self.batch_size,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, worker_init_fn=leave_signals_to_main)
