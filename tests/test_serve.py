@@ -70,12 +70,10 @@ class Server:
         return False
 
     def wait_ready(self) -> None:
-        # Once in a full suite on the busy 2-core machine a server's model worker never became ready (not
-        # reproduced alone): a second start, on another port, before failing.
-        if not self.ready():
-            self.stop()
-            self.start()
-            assert self.ready(), f"server not ready twice in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}"
+        # In full suites on the busy 2-core machine a server's model worker twice never became ready (never
+        # alone): the failure carries what each of its processes was doing, for the next time.
+        assert self.ready(), (f"server not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}\n"
+                              f"{_diagnose(self.proc.pid)}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -86,6 +84,35 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return [pid] + [d for c in found for d in _descendants(c)]
+
+
+def _diagnose(pid: int) -> str:
+    """Each process of the server: its command, state and signal masks, its Python stacks (py-spy), and the
+    environment the server got beyond the one this test session started with."""
+    lines = []
+    for p in _descendants(pid):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            status = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
+                                                   Path(f"/proc/{p}/status").read_text().splitlines())}
+        except OSError:
+            continue
+        lines.append(f"pid {p} {status.get('State')} SigBlk={status.get('SigBlk')} SigIgn={status.get('SigIgn')} "
+                     f"{cmd}")
+        if shutil.which("py-spy"):
+            dump = subprocess.run(["py-spy", "dump", "--pid", str(p)], capture_output=True, text=True, timeout=30)
+            lines.append(dump.stdout[-2500:] + dump.stderr[-500:])
+    extra = {k: v for k, v in os.environ.items() if SESSION_ENV.get(k) != v}
+    return "\n".join(lines + [f"environment beyond the session's: {extra}"])
+
+
+SESSION_ENV = dict(os.environ)
 
 
 def post(url: str, body: bytes, content_type: str | None, timeout: float = 60) -> tuple[int, dict]:
