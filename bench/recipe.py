@@ -3,7 +3,7 @@
     pip install -e ".[dev,peer]"          # fastai is a bench-only extra, never a vggtune dependency
     python bench/recipe.py                # the tuning tasks (letters, shapes), 3 seeds: ~25 min on 2 cores
     python bench/recipe.py --final        # the final check (scikit-learn's digits), after tuning
-    python bench/recipe.py --tasks letters --seeds 0 --runs vggtune 'vggtune:optim.lr=3e-4'   # one comparison
+    python bench/recipe.py --tasks letters --seeds 0 --runs vggtune 'vggtune:optim.lr=3e-4 callbacks=[default,ema]'   # one comparison
 
 Each task pretrains a VGG from random init on a source family (``transfer.py``, cached), then
 fine-tunes that state dict on five target classes with ``--train`` images per class (few-shot 20,
@@ -12,7 +12,7 @@ many-shot 100) and validates on ``--val`` per class. A run is one of:
   fastai           ``vision_learner(<the pretrained body>)`` + ``fine_tune(E-1, freeze_epochs=1)``, no augmentation
   fastai-aug       the same with ``batch_tfms=aug_transforms()``
   vggtune          ``vggtune train`` defaults (its default augmentation included)
-  vggtune:K=V,...  vggtune defaults with Hydra overrides (comma-separated)
+  'vggtune:K=V ...'  vggtune defaults with Hydra overrides (space-separated: a value may hold commas)
 
 Each run reports the final epoch's validation accuracy and the fit's wall time (data loaders and
 model built, training and validation; imports and process start excluded: see ``--command`` for
@@ -100,7 +100,7 @@ def command_run(spec: str, data: Path, weights: Path, args, seed: int) -> dict:
         if spec.startswith("fastai"):
             cmd = [sys.executable, __file__, "--fastai-once", *common, "aug" if spec == "fastai-aug" else "noaug"]
         else:
-            overrides = [o for o in spec.partition(":")[2].split(",") if o]
+            overrides = [o for o in spec.partition(":")[2].split() if o]
             cmd = [str(Path(sys.executable).with_name("vggtune")), "train", f"data.root={data}", f"model={args.arch}",
                    f"model.weights={weights}", f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}",
                    f"seed={seed}", f"hydra.run.dir={tmp}/run", f"data.cache_dir={WORK / 'cache'}", *overrides]
@@ -128,7 +128,7 @@ def run_one(spec: str, task: str, args, seed: int) -> dict:
         warnings.simplefilter("ignore")
         if spec in ("fastai", "fastai-aug"):
             return fastai_run(data, weights, args.arch, args.size, args.epochs, seed, aug=spec == "fastai-aug")
-        overrides = [o for o in spec.partition(":")[2].split(",") if o]
+        overrides = [o for o in spec.partition(":")[2].split() if o]
         with tempfile.TemporaryDirectory(dir=WORK) as run_dir:
             return vggtune_run(data, weights, args.arch, args.size, args.epochs, seed, overrides, Path(run_dir))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -11,13 +10,15 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggtune.core.checks import check_positive_int, is_number
+from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
+from vggtune.data.balance import loss_weights
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_transform, ensure_cache,
                                        usable_cores)
+from vggtune.data.mixing import BatchMixer, check_alphas
 from vggtune.data.optional import import_stream
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
 from vggtune.data.workers import leave_signals_to_main, resolve_workers
@@ -49,7 +50,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
                  path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
                  balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
-                 label_delim: str | None = None, stream: str | None = None, storage_options: dict | None = None):
+                 label_delim: str | None = None, stream: str | None = None, storage_options: dict | None = None,
+                 mixup: float = 0.0, cutmix: float = 0.0):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
@@ -66,6 +68,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
         self.crop_scale, self.flip = crop_scale, flip
+        self.mixup, self.cutmix = check_alphas(mixup, cutmix)
         self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
@@ -121,27 +124,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         return len(self.split.classes) if self.split.multilabel else None
 
     def loss_weights(self) -> list[float] | None:
-        """With ``balance=loss``: the weight of each class in the training loss (``class_weights`` as
-        given, a list in class order or a mapping by class name; else n / (classes x images of the class))."""
+        """With ``balance=loss``: the weight of each class in the training loss (:func:`~vggtune.data.balance.loss_weights`)."""
         if self.balance != "loss":
             return None
-        names = self.class_names
-        given = self._class_weights
-        if given is None:
-            counts = self.split.counts()["train"]
-            total = sum(counts.values())
-            return [total / (len(names) * counts[name]) for name in names]
-        if isinstance(given, Mapping):
-            if set(given) != set(names):
-                raise UserError(f"data.class_weights names {', '.join(map(str, given))}, but the classes are "
-                                f"{', '.join(names)}: give one weight per class")
-            weights = [given[name] for name in names]
-        else:
-            weights = list(given)
-        if len(weights) != len(names) or not all(is_number(w) and w > 0 for w in weights):
-            raise UserError(f"data.class_weights must be {len(names)} positive numbers (one per class: "
-                            f"{', '.join(names)}), got {given}")
-        return [float(w) for w in weights]
+        return loss_weights(self.class_names, self.split.counts()["train"], self._class_weights)
 
     def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
                             device: torch.device, head: str = "vgg") -> None:
@@ -192,11 +178,16 @@ class ClassFolderDataModule(pl.LightningDataModule):
             self._caches_ready.add(subset)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With the image cache: crop, flip (training) and normalise the batch where it now is."""
-        if not self._on_device_transform:
-            return batch
+        """With the image cache: crop, flip (training) and normalise the batch where it now is; then, in
+        training, MixUp or CutMix (data.mixup, data.cutmix) with the targets as class shares."""
         training = self.trainer is not None and self.trainer.training
-        return device_transform(batch, self.preprocessing, train=training and self.augment == "light")
+        if self._on_device_transform:
+            batch = device_transform(batch, self.preprocessing, train=training and self.augment == "light")
+        return self.mixer(*batch) if training and self.mixer is not None else batch
+
+    @cached_property
+    def mixer(self) -> BatchMixer | None:
+        return BatchMixer(self.mixup, self.cutmix, len(self.class_names)) if self.mixup or self.cutmix else None
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has (or open the image caches prepare_data built)."""

@@ -16,6 +16,7 @@ from vggtune.model.arch import frozen_trunk
 from vggtune.model.finetune import Schedule, param_groups
 from vggtune.model.resume import batches_done_in_epoch
 from vggtune.model.weights import build_vgg
+from vggtune.model.averaging import averaged_state_dict
 
 DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
 DEFAULT_SCHEDULER = {"_target_": "vggtune.model.schedulers.warmup_cosine", "_partial_": True}
@@ -67,14 +68,14 @@ class VGGClassifier(pl.LightningModule):
     ``preprocessing`` is what a later ``eval``/``predict``/``export`` needs to feed the model.
     ``label_delim`` (not None): several labels per image (BCE, sigmoid outputs), written in label
     cells joined by it; ``threshold`` is then the cut for every label, or None to choose one per label
-    on each validation epoch.
+    on each validation epoch. ``label_smoothing`` applies to the training loss only.
     """
 
     def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
                  preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
                  finetune: dict | None = None, channels_last: bool = False, compile: bool = False,
                  head: str = "vgg", class_weights: list[float] | None = None, label_delim: str | None = None,
-                 threshold: float | None = None):
+                 threshold: float | None = None, label_smoothing: float = 0.0):
         super().__init__()
         # In the checkpoint only: the trackers get the run's flat config instead (training.trackers.TrackerParams).
         self.save_hyperparameters(logger=False)
@@ -141,11 +142,13 @@ class VGGClassifier(pl.LightningModule):
                 metric._update_count = 1  # torchmetrics warns on compute() before any update()
         self._resumed_train_metrics = None
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy over the classes, or (multi-label) binary cross-entropy per label."""
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy over the classes (``y``: class indices, or class shares after MixUp/CutMix), or
+        (multi-label) binary cross-entropy per label."""
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
-        return F.cross_entropy(logits, y, weight=weight)
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=label_smoothing)
 
     @property
     def metric_threshold(self) -> float:
@@ -161,10 +164,11 @@ class VGGClassifier(pl.LightningModule):
         return y.long() if self.multilabel else y  # torchmetrics' multi-label metrics take 0/1 integers
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch  # y: class shares (one row per image) after data.mixup / data.cutmix
         logits = self(x)
-        loss = self.loss(logits, y, weight=self.class_weights)
-        self.train_acc(logits, self._metric_target(y))
+        loss = self.loss(logits, y, self.class_weights, self.hparams.get("label_smoothing", 0.0))
+        mixed = not self.multilabel and y.ndim == 2
+        self.train_acc(logits, y.argmax(dim=1) if mixed else self._metric_target(y))  # the larger share's class
         self.train_loss(loss.detach())
         # The step loss is this rank's; the epoch values are torchmetrics metrics, reduced across ranks.
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -251,6 +255,10 @@ class VGGClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Marks the file as ours, so that eval/predict/export can refuse other projects' checkpoints.
         checkpoint["vggtune"] = {"format": CHECKPOINT_FORMAT, "version": __version__}
+        if "current_model_state" not in checkpoint and "optimizer_states" not in checkpoint:  # weights only
+            averaged = averaged_state_dict(self._trainer)  # callbacks=[default,ema]: the weights validated
+            if averaged is not None:
+                checkpoint["state_dict"] = averaged
         best = float(self.val_acc_best.max_value)
         if best != float("-inf"):
             checkpoint["vggtune"]["val_acc_best"] = best

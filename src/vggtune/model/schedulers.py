@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau, StepLR
 
 
 class WarmupCosine:
@@ -33,6 +33,16 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int,
     """Cosine decay over the whole run after a linear warm-up of ``warmup_fraction`` of it, stepped per batch."""
     warmup = int(round(total_steps * warmup_fraction))
     return {"scheduler": LambdaLR(optimizer, WarmupCosine(total_steps, warmup, final_ratio)), "interval": "step"}
+
+
+def one_cycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_start: float = 0.25,
+              div_factor: float = 25.0, final_div_factor: float = 1e4, cycle_momentum: bool = True) -> dict:
+    """torch's OneCycleLR over the whole run, stepped per batch, peaking at each group's own learning rate."""
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    return {"scheduler": OneCycleLR(optimizer, max_lr=peaks, total_steps=max(1, total_steps), pct_start=pct_start,
+                                    div_factor=div_factor, final_div_factor=final_div_factor,
+                                    cycle_momentum=cycle_momentum, base_momentum=0.85, max_momentum=0.95),
+            "interval": "step"}
 
 
 def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 5,

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
+from vggtune.data.mixing import check_alphas
 from vggtune.model.arch import check_head
 from vggtune.model.weights import read_checkpoint
 from vggtune.training.tracker_checks import check_loggers
@@ -47,7 +48,16 @@ def check_train(cfg: DictConfig) -> None:
     if warmup is not None and (not is_number(warmup) or not 0 <= warmup < 1):
         raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
                         f"to below 1, got {warmup!r}")
+    pct = OmegaConf.select(cfg, "scheduler.pct_start", default=None)
+    if pct is not None and (not is_number(pct) or not 0 < pct < 1):
+        raise UserError(f"scheduler.pct_start is the share of the run the learning rate rises for: a number above 0 "
+                        f"and below 1, got {pct!r}")
     check_head(str(cfg.model.get("head", "vgg")))
+    smoothing = cfg.model.get("label_smoothing", 0.0)
+    if not is_number(smoothing) or not 0 <= smoothing < 1:
+        raise UserError(f"model.label_smoothing is the share of each training target spread over all classes: a "
+                        f"number from 0 (off) to below 1, e.g. model.label_smoothing=0.1; got {smoothing!r}")
+    check_alphas(cfg.data.get("mixup", 0.0), cfg.data.get("cutmix", 0.0))
     bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
     if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
         check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
@@ -70,6 +80,12 @@ def check_against_data(cfg: DictConfig, classes: list[str], multilabel: bool = F
     """What needs the data's classes: the monitored metric, and a checkpoint to resume from."""
     if multilabel:
         _multilabel_monitor(cfg)
+        soft = [f"{k}={v}" for k, v in (("model.label_smoothing", cfg.model.get("label_smoothing", 0.0)),
+                                         ("data.mixup", cfg.data.get("mixup", 0.0)),
+                                         ("data.cutmix", cfg.data.get("cutmix", 0.0))) if v]
+        if soft:
+            raise UserError(f"{', '.join(soft)}: label smoothing, MixUp and CutMix need one class per image, and "
+                            "this data has several labels per image (data.label_delim); set them to 0")
     elif cfg.monitor in ("val/map", "val/f1_tuned"):
         raise UserError(f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
                         "class per image: use monitor=val/acc")

@@ -161,6 +161,9 @@ def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, modul
     if schedule.name != "linear_probe":
         raise UserError(f"data.cache_features=true needs a backbone that stays frozen for the whole run: use "
                         f"finetune=linear_probe (not {schedule.name}), or data.cache_features=false")
+    if cfg.data.get("mixup") or cfg.data.get("cutmix"):
+        raise UserError("data.cache_features=true trains the head on features, not images, so there is nothing to "
+                        "mix: set data.mixup=0 data.cutmix=0, or data.cache_features=false")
     if cfg.data.augment != "none":
         log.warning("data.cache_features=true: each image's features are computed once from the evaluation "
                     "transform, so augmentation (data.augment=%s) is off", cfg.data.augment)
@@ -196,7 +199,8 @@ def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
         preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
         finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile),
         head=str(model.get("head", "vgg")), class_weights=class_weights, label_delim=label_delim,
-        threshold=check_threshold(cfg.get("threshold", "auto")))
+        threshold=check_threshold(cfg.get("threshold", "auto")),
+        label_smoothing=float(model.get("label_smoothing", 0.0)))
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -1,0 +1,39 @@
+"""MixUp and CutMix on training batches (torchvision.transforms.v2): pairs of images in a batch are blended
+(MixUp) or patched into each other (CutMix), and each target becomes the two classes' shares.
+
+Applied where the batch already is, after the loader's transforms (and the image cache's crop and flip), by
+:meth:`vggtune.data.datamodule.ClassFolderDataModule.on_after_batch_transfer`, in training steps only. The
+draws come from torch's generator, which :class:`~vggtune.training.callbacks.EpochSeed` seeds each epoch, so a
+resumed run mixes as an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vggtune.core.checks import is_number
+from vggtune.core.errors import UserError
+
+
+def check_alphas(mixup, cutmix) -> tuple[float, float]:
+    """``data.mixup`` and ``data.cutmix``: 0 (off) or the positive alpha of the Beta distribution of the shares."""
+    for name, alpha, example in (("data.mixup", mixup, 0.2), ("data.cutmix", cutmix, 1.0)):
+        if not is_number(alpha) or not alpha >= 0:
+            raise UserError(f"{name} is the alpha of the Beta distribution each batch's mixing share is drawn "
+                            f"from: 0 (off) or a positive number such as {name}={example}; got {alpha!r}")
+    return float(mixup), float(cutmix)
+
+
+class BatchMixer:
+    """``(images, class indices) -> (mixed images, class shares)``; with both alphas set, each batch draws
+    MixUp or CutMix with equal chance (as torchvision's reference recipes do)."""
+
+    def __init__(self, mixup: float, cutmix: float, num_classes: int):
+        from torchvision.transforms import v2
+
+        mixers = [kind(alpha=alpha, num_classes=num_classes)
+                  for kind, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha > 0]
+        self.transform = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(images, targets)
