@@ -152,7 +152,9 @@ def test_mlflow_run_on_a_real_server_and_its_resume(tmp_path, tiny_data, mlflow_
     run = tmp_path / "run"
     tracker = ["logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}"]
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, *tracker, f"hydra.run.dir={run}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Twice in full suites the server logged "Shutting down" (a SIGINT or SIGTERM) a second after answering
+    # /health, before the run reached it; the failure shows the server's own log.
+    assert proc.returncode == 0, (proc.stderr[-3000:], (tmp_path / "server" / "server.log").read_text()[-2000:])
     summary = _metrics_json(run)
     assert not (run / "tensorboard").exists()  # logger=mlflow alone: no TensorBoard files, no figures
 
