@@ -13,10 +13,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from vggtune import __version__
 from vggtune.model import calibration, multilabel as ml
 from vggtune.model.arch import frozen_trunk
+from vggtune.model.averaging import averaged_state_dict
 from vggtune.model.finetune import Schedule, param_groups
 from vggtune.model.resume import batches_done_in_epoch
 from vggtune.model.weights import build_vgg
-from vggtune.model.averaging import averaged_state_dict
 
 DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
 DEFAULT_SCHEDULER = {"_target_": "vggtune.model.schedulers.warmup_cosine", "_partial_": True}
