@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
 from test_faults import _assert_same_run, _start, _wait_for
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.image_cache import CachedImageDataset, _square, build_cache
@@ -215,3 +215,32 @@ def test_eval_over_a_streams_test_subset_equals_eval_over_its_files(tmp_path, ti
     assert streamed["metrics"] == pytest.approx(files["metrics"], abs=1e-5)
     assert streamed["per_class"] == files["per_class"]
     assert (a / "misclassified.csv").read_text() == (b / "misclassified.csv").read_text()
+
+
+def _steps(run) -> int:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_a_last_batch_of_one_image_sits_out_as_it_does_from_files(tmp_path, stream):
+    # 10 training images in batches of 3: three steps; the tenth image would be a batch that the default
+    # head's BatchNorm cannot train on ("Expected more than 1 value per channel"), so it sits out the epoch.
+    run = tmp_path / "run"
+    args = [a for a in RUN if not a.startswith(("trainer.max_epochs", "data.batch_size"))]
+    proc = run_cli_here("train", f"data.stream={stream / 'shards'}", *args, "trainer.max_epochs=1", "data.batch_size=3",
+                        f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps(run) == 3
+
+
+def test_ddp_ranks_split_the_stream_and_keep_identical_replicas(tmp_path, stream):
+    # Two ranks (gloo on the CPU): each streams its half of the 10 training images, 5 in batches of 2, and
+    # litdata drops the partial last batch (the ranks must take as many steps): 2 steps, not the 5 of one process.
+    args = [a for a in RUN if not a.startswith(("trainer=", "trainer.max_epochs", "data.batch_size"))]
+    proc = run_cli("train", f"data.stream={stream / 'shards'}", *args, "trainer=ddp_cpu", "trainer.max_epochs=1",
+                   "data.batch_size=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run,) = (tmp_path / "outputs" / "train").iterdir()
+    assert _steps(run) == 2
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["replicas"]["world_size"] == 2 and summary["replicas"]["identical"], summary["replicas"]
+    assert summary["data"]["layout"] == f"stream {stream / 'shards'}"

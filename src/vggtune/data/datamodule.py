@@ -217,9 +217,13 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _open_stream_loader(self, subset: str) -> StreamLoader:
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
-        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
-                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                              worker_init_fn=leave_signals_to_main)
+        # As in train_dataloader, a last training batch of one image (which BatchNorm cannot train on) sits
+        # out the epoch. None leaves litdata's own choice: under DDP it drops every partial last batch.
+        n, size = len(self.datasets[subset]), self.batch_size
+        drop_last = True if subset == "train" and n > size and n % size == 1 else None
+        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=size, num_workers=self.num_workers,
+                                              pin_memory=self.pin_memory, worker_init_fn=leave_signals_to_main,
+                                              drop_last=drop_last)
         if subset == "train":
             loader.start_epoch(self._first_epoch)
             if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
