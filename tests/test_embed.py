@@ -15,7 +15,7 @@ from sklearn.metrics import silhouette_score
 from conftest import assert_one_line_error, make_class_folders, run_cli_here
 from vggtune.data.images import load_rgb
 from vggtune.data.transforms import eval_transform
-from vggtune.model.arch import Preprocessing
+from vggtune.model.arch import Preprocessing, preprocessing
 from vggtune.model.checkpoint import model_from_checkpoint
 from vggtune.use.inference import load_pretrained
 
@@ -127,3 +127,33 @@ def test_pretrained_network_keeps_the_weights_files_head(tmp_path):
 def test_missing_data_folder_gives_one_line(tmp_path):
     err = assert_one_line_error(run_cli_here("embed", cwd=tmp_path), "data.root")
     assert "experiment=demo" not in err  # that hint is for train
+
+
+def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold_is_one_line(embed_run, tiny_run,
+                                                                                             tiny_data, tmp_path):
+    ckpt = f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}"
+    for size in (32, 48):  # the tiny run's size, and one whose squares the checkpoint's crops cannot be cut from
+        proc = run_cli_here("prepare", f"data.root={tiny_data}", f"output={tmp_path / f'shards{size}'}", "model=vgg11",
+                            f"data.image_size={size}", f"hydra.run.dir={tmp_path / f'p{size}'}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc = run_cli_here("embed", ckpt, f"data.stream={tmp_path / 'shards32'}", "data.batch_size=4",
+                        "data.num_workers=2", "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files_dir, _ = embed_run  # every file of the data set, embedded from the files themselves
+    by_path = {r["path"]: (k, r) for k, r in enumerate(_rows(files_dir / "embeddings.csv"))}
+    streamed, files = np.load(run_dir / "embeddings.npy"), np.load(files_dir / "embeddings.npy")
+    rows = _rows(run_dir / "embeddings.csv")
+    assert sorted(r["path"] for r in rows) == sorted(by_path) and len(streamed) == len(rows)
+    for k, row in enumerate(rows):  # every subset of the stream, each image once, with its class and prediction
+        j, same = by_path[row["path"]]
+        assert (row["class"], row["predicted"]) == (same["class"], same["predicted"])
+        np.testing.assert_allclose(streamed[k], files[j], rtol=1e-4, atol=1e-4)
+    summary = json.loads((run_dir / "embed.json").read_text())
+    assert summary["data_stream"] == str(tmp_path / "shards32") and summary["images"] == len(rows)
+    proc = run_cli_here("embed", ckpt, f"data.stream={tmp_path / 'shards48'}", f"hydra.run.dir={tmp_path / 'r48'}",
+                        cwd=tmp_path)
+    squares, needed = (preprocessing("vgg11", size).resize_size for size in (48, 32))
+    assert_one_line_error(proc, f"holds {squares} px squares", f"needs {needed} px",
+                          "prepare the stream again with model=vgg11 data.image_size=32")
+    assert not (tmp_path / "r48" / "embeddings.npy").exists()

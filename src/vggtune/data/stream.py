@@ -65,14 +65,17 @@ class Stream:
         skipped = [BadImage(Path(p), reason) for p, reason in info.get("skipped", [])]
         return DataSplit(root, classes, subsets, f"stream {self.url}", skipped, delim)
 
-    def check_fits(self, prep: Preprocessing, arch: str) -> None:
-        """The squares must be the model's resize size: the crops are cut from them."""
+    def check_fits(self, prep: Preprocessing, arch: str, checkpoint: bool = False) -> None:
+        """The squares must be the model's resize size: the crops are cut from them. ``checkpoint``: the
+        size is a trained checkpoint's, so the fix is a stream prepared for it."""
         if self.resize_size != prep.resize_size:
-            made = self.info["preprocessing"]
+            made = self.info["preprocessing"]["image_size"]
+            again = f"prepare the stream again with model={arch} data.image_size={prep.image_size}"
+            fix = f"this checkpoint was trained at that size: {again}" if checkpoint else \
+                f"pass data.image_size={made}, or {again}"
             raise UserError(f"data.stream {self.url} holds {self.resize_size} px squares (prepared for "
-                            f"data.image_size={made['image_size']}), but model={arch} data.image_size="
-                            f"{prep.image_size} needs {prep.resize_size} px: train with data.image_size="
-                            f"{made['image_size']}, or prepare the stream again with this model and image size")
+                            f"data.image_size={made}), but model={arch} data.image_size={prep.image_size} needs "
+                            f"{prep.resize_size} px: {fix}")
 
     def dataset(self, subset: str, shuffle: bool, augment: bool, seed: int, crop_scale: float = DEFAULT_CROP_SCALE,
                 flip: bool = True, num_labels: int | None = None, cache_root: str = "~/.cache/vggtune",

@@ -12,23 +12,29 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
 from vggtune.data.workers import resolve_workers
-from vggtune.data.discovery import labelled_images
+from vggtune.data.discovery import DataSplit, labelled_images
+from vggtune.data.optional import import_stream
+from vggtune.data.transforms import tta_transform
 from vggtune.inspect.embedding_maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
 from vggtune.model.arch import split_at_fc7
 from vggtune.tasks.runs import rel, report_files, write_csv, write_json
 from vggtune.use.inference import LoadedModel, image_batches, load_model_or_pretrained
+from vggtune.use.stream_eval import subset_batches
+
+Batch = tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +51,16 @@ class Encoded:
 
 
 @torch.inference_mode()
-def encode(net: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
-           thumb_size: int = 32) -> Encoded:
-    """Run every image through the network once: its fc7 vector, its predicted class, a thumbnail."""
+def encode(net: LoadedModel, batches: Iterable[Batch], paths: list[Path], thumb_size: int = 32) -> Encoded:
+    """Run every image through the network once: its fc7 vector, its predicted class, a thumbnail.
+
+    ``batches`` yields (images, indices into ``paths``, failures), as :func:`image_batches` does.
+    """
     to_fc7, rest = split_at_fc7(net.module.model)
     mean = torch.tensor(net.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(net.preprocessing.std).view(1, 3, 1, 1)
     vectors, predicted, kept, thumbs, failures = [], [], [], [], []
-    for x, indices, bad in image_batches(paths, net.transform, batch_size, num_workers):
+    for x, indices, bad in batches:
         failures += bad
         if x is None:
             continue
@@ -69,6 +77,27 @@ def encode(net: LoadedModel, paths: list[Path], batch_size: int = 32, num_worker
     return Encoded(np.concatenate(vectors), predicted, kept, torch.cat(thumbs), failures)
 
 
+def _stream_batches(source, split: DataSplit, net: LoadedModel, batch_size: int, workers: int) -> Iterator[Batch]:
+    """Every subset of a prepared stream in turn, as :func:`image_batches` yields a folder's images."""
+    views, offset = tta_transform(net.preprocessing, "none"), 0
+    for subset, items in split.subsets.items():
+        for x, positions in subset_batches(source, subset, views, batch_size, workers):
+            yield x[:, 0], [offset + i for i in positions], []
+        offset += len(items)
+
+
+def _images(cfg: DictConfig):
+    """The data set to embed, and the prepared stream it comes from (None: files)."""
+    data = cfg.data
+    if data.get("stream"):
+        storage = OmegaConf.to_container(data.storage_options) if data.get("storage_options") else None
+        source = import_stream().Stream(str(data.stream), storage)
+        return source.split(), source
+    columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
+    return labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns,
+                           data.get("label_delim")), None
+
+
 def run(cfg: DictConfig) -> dict:
     """The ``vggtune embed`` task: vectors, CSV, maps, projector files and the silhouette score."""
     data = cfg.data
@@ -76,10 +105,7 @@ def run(cfg: DictConfig) -> dict:
     workers = resolve_workers(data.num_workers)
     projector_max = check_positive_int("projector_max", cfg.projector_max)
     check_metric(cfg.metric)
-    columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
-    # the folder (or CSV) is checked before the model loads
-    split = labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns,
-                            data.get("label_delim"))
+    split, source = _images(cfg)  # the folder, CSV or stream is checked before the model loads
     items = [item for subset in split.subsets.values() for item in subset]
     classes = split.classes
     if split.multilabel:  # one colour per point: the image's first label (sorted), or "(no label)"
@@ -88,12 +114,18 @@ def run(cfg: DictConfig) -> dict:
         items = [(path, label[0] if label else len(classes) - 1, label) for path, label in items]
         log.info("Several labels per image: each point is coloured by the image's first label")
     net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, data.image_size, cfg.device)
-    source = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
-    log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes), split.root,
-             source, net.device)
+    network = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
+    log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes),
+             split.root if source is None else source.url, network, net.device)
     start = time.perf_counter()
     thumb = max(8, min(48, 8192 // math.ceil(math.sqrt(min(len(items), projector_max)))))  # sprite <= 8192 px
-    enc = encode(net, [item[0] for item in items], batch_size, workers, thumb)
+    paths = [item[0] for item in items]
+    if source is None:
+        batches = image_batches(paths, net.transform, batch_size, workers)
+    else:  # the stored squares must be the network's resize size: its crops are cut from them
+        source.check_fits(net.preprocessing, str(net.module.hparams.get("arch", cfg.model.arch)), bool(cfg.ckpt))
+        batches = _stream_batches(source, split, net, batch_size, workers)
+    enc = encode(net, batches, paths, thumb)
     log.info("fc7 vectors of %d images in %.1f s", len(enc.kept), time.perf_counter() - start)
 
     run_dir = Path(cfg.paths.run_dir)
@@ -105,7 +137,7 @@ def run(cfg: DictConfig) -> dict:
         np.save(f, enc.vectors)
     write_csv(run_dir / "embeddings.csv", ["path", "class", "predicted"], rows)
     summary = {"images": len(rows), "dimensions": int(enc.vectors.shape[1]), "data_root": str(split.root),
-               "network": source, "classes": classes, "metric": cfg.metric,
+               "data_stream": source and source.url, "network": network, "classes": classes, "metric": cfg.metric,
                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
     files = {"embeddings.npy": f"{enc.vectors.shape[0]} x {enc.vectors.shape[1]} fc7 vectors (float32)",
              "embeddings.csv": "path, class, predicted: one row per vector, in the same order"}
