@@ -58,10 +58,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(ckpt: Path, batch: int, work: Path) -> tuple[subprocess.Popen, int]:
+def start(ckpt: Path, batch: int, work: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([*VGGTUNE, "serve", f"ckpt={ckpt}", f"port={port}", "device=cpu",
-                             f"max_batch_size={batch}", "batch_timeout=0.01", f"hydra.run.dir={work / f'serve-{port}'}"],
+                             f"max_batch_size={batch}", "batch_timeout=0.01", f"hydra.run.dir={work / f'serve-{port}'}",
+                             *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -121,9 +122,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=96, help="per case (at most; see --cap)")
     ap.add_argument("--cap", type=float, default=60, help="seconds per case, at most")
     ap.add_argument("--rounds", type=int, default=2, help="alternated repeats of each case")
+    ap.add_argument("--serve-args", nargs="*", default=[], help="more `vggtune serve` overrides, e.g. fast_queue=true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    results = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "cases": []}
+    results = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "serve_args": args.serve_args, "cases": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for spec in args.models:
@@ -134,7 +136,7 @@ def main() -> None:
                                                               dtype=np.uint8)).save(buf, format="JPEG")
             # Both servers up at once, cases alternated (A B A B): a load that drifts (a shared machine)
             # hits both alike. An idle server costs next to nothing.
-            servers = {batch: start(ckpt, batch, work) for batch in (1, 16)}
+            servers = {batch: start(ckpt, batch, work, args.serve_args) for batch in (1, 16)}
             try:
                 for batch, (_, port) in servers.items():
                     load(port, buf.getvalue(), 4, 8, 30)  # warm-up
