@@ -151,6 +151,11 @@ def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold
         np.testing.assert_allclose(streamed[k], files[j], rtol=1e-4, atol=1e-4)
     summary = json.loads((run_dir / "embed.json").read_text())
     assert summary["data_stream"] == str(tmp_path / "shards32") and summary["images"] == len(rows)
+    # Without a checkpoint: torchvision's network at the size the stream was prepared for (48, not 224).
+    proc = run_cli_here("embed", f"data.stream={tmp_path / 'shards48'}", "model=vgg11", "model.weights=none",
+                        "data.num_workers=0", "device=cpu", f"hydra.run.dir={tmp_path / 'w48'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(tmp_path / "w48" / "embeddings.npy").shape == (len(rows), 4096)
     proc = run_cli_here("embed", ckpt, f"data.stream={tmp_path / 'shards48'}", f"hydra.run.dir={tmp_path / 'r48'}",
                         cwd=tmp_path)
     squares, needed = (preprocessing("vgg11", size).resize_size for size in (48, 32))

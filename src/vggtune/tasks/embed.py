@@ -113,7 +113,10 @@ def run(cfg: DictConfig) -> dict:
             classes = [*classes, "(no label)"]
         items = [(path, label[0] if label else len(classes) - 1, label) for path, label in items]
         log.info("Several labels per image: each point is coloured by the image's first label")
-    net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, data.image_size, cfg.device)
+    image_size = data.image_size
+    if source is not None and image_size is None and not cfg.ckpt:  # the size the stream was prepared for
+        image_size = int(source.info["preprocessing"]["image_size"])
+    net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, image_size, cfg.device)
     network = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
     log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes),
              split.root if source is None else source.url, network, net.device)
