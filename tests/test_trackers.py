@@ -125,7 +125,8 @@ class MlflowServer:
         port = _free_port()
         mlflow = Path(sys.executable).parent / "mlflow"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job workers
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "signal_log"), os.environ.get("PYTHONPATH", "")]),
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "signal_log"),
+                                              os.environ.get("PYTHONPATH", "")]),
                "SIGNAL_LOG_OBEY": str(os.getpid()), "PYTHONFAULTHANDLER": "1"}
         self.proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri",
                                       f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",

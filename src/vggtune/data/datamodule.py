@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 BALANCE_MODES = ("none", "sampler", "loss")
 
 
+def lone_last_image(images: int, batch_size: int) -> bool:
+    """Whether an epoch's last training batch would hold one image, which BatchNorm cannot train on (the
+    pooled head's, or a _bn body's at 32 px: "Expected more than 1 value per channel"): that image then
+    sits out the epoch, from files and from a stream alike."""
+    return images > batch_size and images % batch_size == 1
+
+
 class ClassFolderDataModule(pl.LightningDataModule):
     """Images from ``root`` (class folders, or train/val[/test] folders of class folders), or the rows of
     the CSV file ``labels`` (see :mod:`vggtune.data.labels_csv`).
@@ -217,13 +224,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _open_stream_loader(self, subset: str) -> StreamLoader:
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
-        # As in train_dataloader, a last training batch of one image (which BatchNorm cannot train on) sits
-        # out the epoch. None leaves litdata's own choice: under DDP it drops every partial last batch.
-        n, size = len(self.datasets[subset]), self.batch_size
-        drop_last = True if subset == "train" and n > size and n % size == 1 else None
-        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=size, num_workers=self.num_workers,
-                                              pin_memory=self.pin_memory, worker_init_fn=leave_signals_to_main,
-                                              drop_last=drop_last)
+        # None leaves litdata's own choice: under DDP it drops every partial last batch.
+        drop_last = True if subset == "train" and lone_last_image(len(self.datasets[subset]), self.batch_size) else None
+        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
+                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                              worker_init_fn=leave_signals_to_main, drop_last=drop_last)
         if subset == "train":
             loader.start_epoch(self._first_epoch)
             if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
@@ -250,10 +255,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         sampler.set_epoch(self._first_epoch)
         # Interrupted part-way through that epoch (Ctrl-C, SIGTERM): its remaining batches, not all of it.
         sampler.start_at(self._first_epoch, self._resume_batches * self.batch_size)
-        # A last batch of one image cannot train BatchNorm (the pooled head's, or a _bn body's at 32 px:
-        # "Expected more than 1 value per channel"), so that one image sits out the epoch; the shuffle
-        # picks another one each epoch.
-        drop_last = len(sampler) > self.batch_size and len(sampler) % self.batch_size == 1
+        drop_last = lone_last_image(len(sampler), self.batch_size)  # the shuffle picks another one each epoch
         # A private generator: creating the iterator must not draw from the global RNG (dropout's).
         return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
