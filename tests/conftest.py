@@ -7,9 +7,11 @@ import gc
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,33 +72,92 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
 def run_cli_here(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``vggtune <args>`` inside the test process: the same ``cli.main``, without paying for a new
     Python that imports torch and Lightning again (seconds per call). Use it where the point is the
-    message and the exit status; :func:`run_cli` tests the installed command itself."""
-    from hydra.core.global_hydra import GlobalHydra
+    message and the exit status; :func:`run_cli` tests the installed command itself.
 
+    The process is left as it was found (:class:`ProcessState`): a run that cached something process-wide
+    (urllib's opener, with the proxies of its environment) must not reach the tests after it (issue 29)."""
     from vggtune import cli
 
-    saved_cwd, saved_env, root = os.getcwd(), dict(os.environ), logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
     out, err, status = io.StringIO(), io.StringIO(), 0
-    os.chdir(cwd)
-    os.environ.update(env or {})
-    os.environ.pop("HYDRA_FULL_ERROR", None)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main(list(args))
-    except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception:  # what the interpreter does with an uncaught exception
-        traceback.print_exc(file=err)
-        status = 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        GlobalHydra.instance().clear()
-        root.handlers[:] = saved_handlers  # Hydra configured logging for its run
-        root.setLevel(saved_level)
+    with ProcessState():
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.main(list(args))
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc(file=err)
+            status = 1
     return subprocess.CompletedProcess(["vggtune", *args], status, out.getvalue(), err.getvalue())
+
+
+class ProcessState:
+    """What a command run in this process may change process-wide, saved on entry and put back on exit:
+    the folder, the environment, urllib's cached opener (it keeps the proxies of the environment it was
+    built in), warnings filters, torch's thread count and hub folder, the SIGINT/SIGTERM handlers, each
+    logger's level, handlers and filters (Hydra configures the root; vggtune quiets Lightning's), and
+    Hydra's global state. A logger first made during the run (by an import) keeps what its module gave it,
+    as it would in a process that imported the module then."""
+
+    def __enter__(self) -> "ProcessState":
+        import urllib.request
+
+        import torch
+
+        self.cwd, self.env = os.getcwd(), dict(os.environ)
+        self.opener = urllib.request._opener
+        self.warning_filters = list(warnings.filters)
+        self.threads, self.hub_dir = torch.get_num_threads(), torch.hub._hub_dir
+        self.handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.loggers = {name: _logger_state(logger) for name, logger in _loggers().items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import urllib.request
+
+        import torch
+        from hydra.core.global_hydra import GlobalHydra
+
+        os.chdir(self.cwd)
+        os.environ.clear()
+        os.environ.update(self.env)
+        urllib.request.install_opener(self.opener)
+        warnings.filters[:] = self.warning_filters
+        warnings._filters_mutated()  # the module's cache of which warnings were shown
+        torch.set_num_threads(self.threads)
+        torch.hub._hub_dir = self.hub_dir
+        for s, handler in self.handlers.items():
+            signal.signal(s, handler)
+        loggers = _loggers()  # those made by an import during the run keep what the import gave them
+        for name, (level, handlers, filters, propagate, disabled) in self.loggers.items():
+            logger = loggers[name]
+            logger.setLevel(level)
+            logger.handlers[:], logger.filters[:] = handlers, filters
+            logger.propagate, logger.disabled = propagate, disabled
+        GlobalHydra.instance().clear()
+
+    def snapshot(self) -> dict:
+        """The state now, comparable with ``==`` (tests/test_proxies.py checks that a run leaves it as it was)."""
+        import urllib.request
+
+        import torch
+
+        return {"cwd": os.getcwd(), "env": dict(os.environ), "opener": urllib.request._opener,
+                "warnings": list(warnings.filters), "threads": torch.get_num_threads(), "hub": torch.hub._hub_dir,
+                "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+                "loggers": {n: _logger_state(lg) for n, lg in _loggers().items()}}
+
+
+def _loggers() -> dict[str, logging.Logger]:
+    manager = logging.Logger.manager
+    return {"": logging.getLogger(), **{n: lg for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}}
+
+
+def _logger_state(logger: logging.Logger) -> tuple:
+    return logger.level, list(logger.handlers), list(logger.filters), logger.propagate, logger.disabled
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

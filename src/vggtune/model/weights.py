@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from vggtune.core.errors import UserError
+from vggtune.core.proxies import proxies_as_now
 from vggtune.model.arch import ConcatPool, check_arch, check_head, guess_arch, imagenet_weights, pooled_classifier, \
     reset_classifier
 
@@ -78,9 +79,10 @@ def _imagenet_state_dict(arch: str) -> dict:
         return load_state_dict_file(cached)
     try:
         # torch.hub defaults to weights_only=False; a weights file never needs to run code.
-        return torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", progress=True, check_hash=True, weights_only=True
-        )
+        with proxies_as_now():
+            return torch.hub.load_state_dict_from_url(
+                weights.url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+            )
     except (OSError, RuntimeError) as e:
         reason = str(getattr(e, "reason", e)).strip() or type(e).__name__
         raise UserError(

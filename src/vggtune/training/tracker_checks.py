@@ -7,13 +7,13 @@ import importlib
 import netrc
 import os
 import urllib.error
-import urllib.request
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
 from vggtune.core.checks import check_bool
 from vggtune.core.errors import UserError
+from vggtune.core.proxies import fresh_opener
 
 # Trackers that need a package vggtune does not depend on: option -> (module, pip extra).
 EXTRAS = {"mlflow": ("mlflow", "vggtune[mlflow]"), "wandb": ("wandb", "vggtune[wandb]")}
@@ -55,7 +55,7 @@ def check_tracking_uri(uri: str) -> None:
     if urlparse(uri).scheme not in ("http", "https"):
         return  # a local store (sqlite:, file:) or a managed one (databricks) that MLflow reaches its own way
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS).close()
+        fresh_opener().open(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS).close()
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as e:
