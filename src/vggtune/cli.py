@@ -28,6 +28,7 @@ TASKS = {
     "eval": ("vggtune.tasks.eval", "accuracy, F1, confusion matrix and mistakes of a checkpoint on labelled images"),
     "predict": ("vggtune.tasks.predict", "classify an image or a folder of images into a CSV"),
     "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
+    "benchmark": ("vggtune.tasks.benchmark", "every deployable format side by side: size, accuracy, latency, speed"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
     "embed": ("vggtune.tasks.embed", "the vector the last layer reads, for every image; 2-D maps, TensorBoard projector"),
     "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
@@ -51,6 +52,8 @@ Examples:
   vggtune eval ckpt=outputs/train/<run>/checkpoints/best.ckpt
   vggtune predict ckpt=... input=~/pictures/unsorted output=predictions.csv top_k=3
   vggtune export ckpt=... format=onnx output=model.onnx
+  vggtune export ckpt=... quantize=int8           # int8 ONNX, checked beside fp32 on held-out images
+  vggtune benchmark ckpt=...                      # every format on this CPU; serve backend=auto picks
   vggtune summary model=vgg19 finetune=linear_probe
   vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
   vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3

@@ -23,6 +23,13 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
                        *_to_normalized_tensor(prep)])
 
 
+def unit_transform(prep: Preprocessing) -> v2.Compose:
+    """:func:`eval_transform` without the normalisation: float RGB in [0, 1], what an exported file takes
+    (it normalises inside)."""
+    return v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
 class _Views(torch.nn.Module):
     """Several views of one image, stacked (views, 3, H, W); the first is always what :func:`eval_transform` gives."""
 

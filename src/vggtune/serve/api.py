@@ -39,7 +39,8 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         s = self.settings
-        self.backend = load_backend(s["ckpt"], s["model"], device, s["tta"], s["calibrate"], s["threshold"])
+        self.backend = load_backend(s["ckpt"], s["model"], device, s["tta"], s["calibrate"], s["threshold"],
+                                    s["precision"])
         self.names = self.backend.class_names
 
     def decode_request(self, request: dict) -> Decoded | RequestError:

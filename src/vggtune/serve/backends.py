@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from vggtune import __version__
 from vggtune.core.errors import UserError
-from vggtune.data.transforms import check_tta, tta_transform
+from vggtune.data.transforms import check_tta, tta_transform, unit_transform
 from vggtune.model.arch import Preprocessing
 
 
@@ -51,8 +50,9 @@ class Backend:
     multilabel: bool
     thresholds: list[float] | None
     temperature: float
-    kind: str  # torch | onnx
+    kind: str  # torch | onnx | torchscript
     tta: str = "none"
+    precision: str = "fp32"  # fp32 | bf16 | int8 (a quantized file)
     version: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -74,6 +74,7 @@ class Backend:
         prep = self.preprocessing
         return {
             "name": model_name(self.path), "version": self.version, "vggtune": __version__, "backend": self.kind,
+            "precision": self.precision,
             "classes": self.class_names, "multilabel": self.multilabel,
             "thresholds": dict(zip(self.class_names, self.thresholds)) if self.thresholds else None,
             "image_size": prep.image_size, "temperature": self.temperature, "tta": self.tta,
@@ -86,14 +87,18 @@ class Backend:
 class TorchBackend(Backend):
     """A training checkpoint, loaded as ``predict`` loads it."""
 
-    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto"):
+    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto",
+                 precision: str = "fp32"):
         from vggtune.use.inference import load_model, temperature_for
 
         self.loaded = load_model(path, device)
         m = self.loaded
+        if precision == "bf16":  # the network's weights and arithmetic; the softmax stays float32
+            m.module.model.to(torch.bfloat16)
         super().__init__(path, list(m.class_names), m.preprocessing, m.multilabel,
                          m.thresholds(threshold) if m.multilabel else None, temperature_for(m, calibrate), "torch",
-                         check_tta(tta), extra={"device": str(m.device), "calibration": m.describe_calibration()})
+                         check_tta(tta), precision=precision,
+                         extra={"device": str(m.device), "calibration": m.describe_calibration()})
         self._views = tta_transform(m.preprocessing, tta)
 
     def transform(self, image: Image.Image) -> torch.Tensor:
@@ -108,7 +113,7 @@ class TorchBackend(Backend):
 
     @property
     def can_explain(self) -> bool:
-        return True
+        return self.precision == "fp32"  # Grad-CAM's gradients in bfloat16 would be coarse
 
     def heatmap(self, image: Image.Image, view: torch.Tensor, target: int) -> Image.Image:
         """The Grad-CAM overlay of class ``target`` on ``image`` (``view``: its plain evaluation view)."""
@@ -125,25 +130,25 @@ class TorchBackend(Backend):
         return overlay(image, heat, box)
 
 
-class OnnxBackend(Backend):
-    """A file written by ``vggtune export format=onnx``, run by onnxruntime; its ``.json`` says the rest."""
+class FileBackend(Backend):
+    """A file written by ``vggtune export`` (ONNX or TorchScript); its ``.json`` says the rest."""
 
-    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto"):
+    kind = "file"
+
+    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto",
+                 precision: str = "fp32"):
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
-            raise UserError(f"{sidecar} not found: serve an ONNX file written by 'vggtune export', which writes it")
+            raise UserError(f"{sidecar} not found: serve a file written by 'vggtune export', which writes it")
         if check_tta(tta) != "none":
-            raise UserError("tta works with ckpt= only: an exported ONNX file is served with tta=none")
+            raise UserError("tta works with ckpt= only: an exported file is served with tta=none")
         meta = json.loads(sidecar.read_text())
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("serving an ONNX file needs onnxruntime: pip install 'vggtune[export]'") from None
-        providers = ["CPUExecutionProvider"]
-        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), providers=providers)
-        self.input_name = meta.get("input_name", "image")
+        quantized = meta.get("quantized") or {}
+        if quantized.get("within_tolerance") is False:
+            raise UserError(f"{path.name} was refused by 'vggtune export': it loses "
+                            f"{quantized['check']['accuracy_drop_points']:.2f} accuracy points against fp32 "
+                            f"(max_accuracy_drop={quantized['max_accuracy_drop']:g}); export it again with "
+                            "force=true to serve it anyway")
         self.logits = meta.get("output") == "logits"
         multilabel = bool(meta.get("multilabel"))
         names = list(meta["class_names"])
@@ -154,34 +159,86 @@ class OnnxBackend(Backend):
         # With logits=true the graph leaves the temperature to us; otherwise it is folded in (or was turned off).
         temperature = stored if self.logits and calibrate and not multilabel else 1.0
         prep = Preprocessing(int(meta["image_size"]), int(meta["resize_size"]), tuple(meta["mean"]), tuple(meta["std"]))
-        super().__init__(path, names, prep, multilabel, thresholds, temperature, "onnx", "none",
-                         extra={"device": providers[0], "calibration": meta.get("calibration")})
+        runs_on = self._open(path, device, meta)
+        name = Path(path.name).suffixes
+        precision = "int8" if ".int8" in name else "bf16" if ".bf16" in name else "fp32"
+        super().__init__(path, names, prep, multilabel, thresholds, temperature, self.kind, "none", precision=precision,
+                         extra={"device": runs_on, "calibration": meta.get("calibration")})
         # The graph normalises itself: it takes float RGB in [0, 1] after the resize and the centre crop.
-        self._prepare = v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size),
-                                    v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        self._prepare = unit_transform(prep)
+
+    def _open(self, path: Path, device: str, meta: dict) -> str:
+        """Load the file; return what it runs on."""
+        raise NotImplementedError
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         return self._prepare(image).unsqueeze(0)
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(views[:, 0].numpy())})[0]
-        out = torch.from_numpy(out).float()
+        out = self._run(views[:, 0].contiguous()).float()
         if not self.logits:
             return out
         return out.sigmoid() if self.multilabel else (out / self.temperature).softmax(dim=-1)
 
 
+class OnnxBackend(FileBackend):
+    """An ONNX file (fp32 or int8), run by onnxruntime."""
+
+    kind = "onnx"
+
+    def _open(self, path: Path, device: str, meta: dict) -> str:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("serving an ONNX file needs onnxruntime: pip install 'vggtune[export]'") from None
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input_name = meta.get("input_name", "image")
+        return providers[0]
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})[0])
+
+
+class TorchScriptBackend(FileBackend):
+    """A TorchScript file (fp32 or bf16), run by ``torch.jit.load``."""
+
+    kind = "torchscript"
+
+    def _open(self, path: Path, device: str, meta: dict) -> str:
+        from vggtune.use.export import torchscript_runner
+
+        self._runner = torchscript_runner(path)
+        return "cpu"
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self._runner(x)
+
+
+FILE_BACKENDS = {".onnx": OnnxBackend, ".pt": TorchScriptBackend}
+
+
 def load_backend(ckpt: str | None, model: str | None, device: str = "auto", tta: str = "none",
-                 calibrate: bool = True, threshold="auto") -> Backend:
-    """The backend for ``ckpt=`` (a training checkpoint) or ``model=`` (an exported ``.onnx``): exactly one."""
+                 calibrate: bool = True, threshold="auto", precision: str = "fp32") -> Backend:
+    """The backend for ``ckpt=`` (a training checkpoint) or ``model=`` (an exported ``.onnx`` or ``.pt``): exactly
+    one; ``precision=bf16`` runs a checkpoint's network in bfloat16."""
     if bool(ckpt) == bool(model):
         raise UserError("give exactly one of ckpt=<run>/checkpoints/best.ckpt or model=<file>.onnx")
     path = Path(str(ckpt or model)).expanduser()
     if not path.is_file():
         raise UserError(f"{path} does not exist: pass ckpt=<run>/checkpoints/best.ckpt or model=<file>.onnx")
-    if model and path.suffix.lower() != ".onnx":
-        raise UserError(f"model= (onnx=) takes an ONNX file written by 'vggtune export' ({path.name} is not .onnx);"
-                        " serve a checkpoint with ckpt=")
-    backend = (OnnxBackend if model else TorchBackend)(path, device, tta, calibrate, threshold)
+    if model and path.suffix.lower() not in FILE_BACKENDS:
+        raise UserError(f"model= takes a file written by 'vggtune export' (.onnx, or .pt for TorchScript; "
+                        f"{path.name} is neither); serve a checkpoint with ckpt=")
+    if model and precision != "fp32":
+        raise UserError(f"precision={precision} applies to ckpt=; an exported file runs in the precision it was "
+                        "exported in (vggtune export quantize=int8 or quantize=bf16)")
+    backend = (FILE_BACKENDS[path.suffix.lower()] if model else TorchBackend)(path, device, tta, calibrate, threshold,
+                                                                             precision)
     backend.version = file_version(path)
     return backend

@@ -19,8 +19,10 @@ def describe(settings: dict) -> dict:
     starts; returns what ``GET /info`` reports (the workers load their own copies)."""
     # On the CPU: CUDA initialised here would be inherited by the HTTP processes LitServe forks.
     backend = load_backend(settings["ckpt"], settings["model"], "cpu", settings["tta"], settings["calibrate"],
-                           settings["threshold"])
+                           settings["threshold"], settings["precision"])
     info = {**backend.info(), "device": settings["device"]}
+    if settings.get("chosen"):  # backend=auto: what the benchmark measured
+        info["chosen_by_benchmark"] = settings["chosen"]
     settings.update(name=model_name(backend.path), version=backend.version)
     return info
 

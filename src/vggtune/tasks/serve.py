@@ -50,6 +50,7 @@ def settings_from(cfg: DictConfig) -> dict:
         "max_request_mb": check_positive_int("max_request_mb", cfg.max_request_mb),
         "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
         "log_level": str(cfg.log_level),
+        "backend": cfg.get("backend"), "precision": str(cfg.get("precision", "fp32")), "chosen": None,
     }
 
 
@@ -66,12 +67,14 @@ def _check_port_free(host: str, port: int) -> None:
 
 def run(cfg: DictConfig) -> str:
     """Serve until SIGTERM (requests in flight finish; exit 0) or Ctrl-C."""
+    from vggtune.serve.choice import choose
     from vggtune.serve.server import describe, run_server
     from vggtune.use.inference import pick_device
 
     settings = settings_from(cfg)
     device = pick_device(settings["device"])  # a UserError for device=cuda without a GPU
     settings["device"] = "cpu" if device.type == "cpu" else settings["device"]
+    choose(settings)
     info = describe(settings)
     run_server(settings, info)
     return f"served {settings['name']}"

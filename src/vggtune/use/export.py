@@ -26,12 +26,17 @@ _CHECK_BATCH = 3  # differs from the batch of 2 the export traces with, so the c
 
 
 class ExportedClassifier(nn.Module):
-    """``net`` with normalisation in front and (unless ``logits``) ``softmax(logits / temperature)`` after it."""
+    """``net`` with normalisation in front and (unless ``logits``) ``softmax(logits / temperature)`` after it.
+
+    ``dtype=torch.bfloat16`` runs the network in bfloat16 (its weights converted); the input, the
+    normalisation, the output and the softmax stay float32.
+    """
 
     def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False, temperature: float = 1.0,
-                 multilabel: bool = False):
+                 multilabel: bool = False, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.net = net
+        self.net = net.to(dtype)
+        self.dtype = dtype
         self.logits = logits
         self.multilabel = multilabel  # a sigmoid per label instead of the softmax
         self.temperature = float(temperature)  # a constant in the graph; 1.0 leaves the softmax as it was
@@ -40,7 +45,8 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities (or logits) for a float RGB batch in [0, 1] of shape (N, 3, size, size)."""
-        out = self.net((image - self.pixel_mean) / self.pixel_std)
+        x = (image - self.pixel_mean) / self.pixel_std
+        out = self.net(x) if self.dtype == torch.float32 else self.net(x.to(self.dtype)).float()
         if self.logits:
             return out
         if self.multilabel:
@@ -108,11 +114,20 @@ def _save_onnx(model: ExportedClassifier, example: torch.Tensor, path: Path) -> 
         tmp.unlink(missing_ok=True)
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def onnx_session_runner(path: Path, threads: int | None = None):
+    """A function running the ONNX file on a float batch (a tensor) with onnxruntime on the CPU -> a tensor."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    return onnx_session_runner(path)(x)
 
 
 def _onnx_runtime() -> str:
@@ -123,15 +138,26 @@ def _onnx_runtime() -> str:
 
 def _save_torchscript(model: ExportedClassifier, example: torch.Tensor, path: Path) -> None:
     """Traced, not scripted: VGG's forward has no data-dependent control flow that tracing would lose."""
-    with _quiet_torchscript(), torch.no_grad():
+    with quiet_torchscript(), torch.no_grad():
         traced = torch.jit.trace(model, example)
         with atomic_open(path, "wb") as f:
             torch.jit.save(traced, f)
 
 
+def torchscript_runner(path: Path):
+    """A function running the TorchScript file on a float batch -> a tensor (without autograd)."""
+    with quiet_torchscript():
+        module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with quiet_torchscript(), torch.inference_mode():
+            return module(x)
+
+    return run
+
+
 def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
-    with _quiet_torchscript(), torch.inference_mode():
-        return torch.jit.load(str(path), map_location="cpu")(x)
+    return torchscript_runner(path)(x)
 
 
 def _torch_runtime() -> str:
@@ -143,7 +169,7 @@ _FORMATS = {"onnx": (_save_onnx, _run_onnx, _onnx_runtime),
 
 
 @contextmanager
-def _quiet_torchscript():
+def quiet_torchscript():
     # Recent torch warns that torch.jit is deprecated on every trace/save/load; the user asked for
     # TorchScript, and the task says once that ONNX is the format to prefer.
     with warnings.catch_warnings():

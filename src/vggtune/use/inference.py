@@ -235,7 +235,8 @@ def view_logits(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
     """The network's logits (batch, views, classes), float32 on the CPU, for what :func:`tta_transform` gives
     a batch of images: (batch, 3, H, W), or (batch, views, 3, H, W) with test-time augmentation."""
     views = images.unsqueeze(1) if images.ndim == 4 else images
-    logits = model.module(views.flatten(0, 1).to(model.device)).float().cpu()
+    dtype = next(model.module.parameters()).dtype  # bfloat16 where serve runs precision=bf16
+    logits = model.module(views.flatten(0, 1).to(model.device, dtype)).float().cpu()
     return logits.view(*views.shape[:2], -1)
 
 
