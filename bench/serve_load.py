@@ -64,16 +64,25 @@ def start(ckpt: Path, batch: int, work: Path, extra: list[str] = ()) -> tuple[su
                              f"max_batch_size={batch}", "batch_timeout=0.01", f"hydra.run.dir={work / f'serve-{port}'}",
                              *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, port
+
+
+def wait_ready(port: int, timeout: float = 240) -> None:
+    """Until the server on ``port`` answers ``GET /health`` with 200 (a RuntimeError after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/health")
             if c.getresponse().status == 200:
-                return proc, port
+                return
         except OSError:
             time.sleep(0.5)
-    proc.kill()
     raise RuntimeError("server did not start")
 
 

@@ -276,6 +276,32 @@ def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_r
     torch.testing.assert_close(torch.from_numpy(got), sigmoid_by_hand(model, paths), atol=1e-4, rtol=1e-4)
 
 
+def test_an_int8_export_keeps_the_thresholds_and_is_judged_by_label_sets(ml_run, tmp_path):
+    from vggtune.use import export, heldout
+
+    ckpt = ml_run / "checkpoints" / "best.ckpt"
+    out = tmp_path / "m.int8.onnx"
+    proc = run_cli_here("export", f"ckpt={ckpt}", "quantize=int8", "force=true", "calibration_images=8",
+                        f"output={out}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(Path(f"{out}.json").read_text())
+    model = load_model(ckpt, "cpu")
+    assert info["multilabel"] is True
+    assert info["thresholds"] == pytest.approx(dict(zip(model.class_names, model.module.thresholds)))
+    held = heldout.held_out(model, None, "val")
+    probs = heldout.probabilities(export.onnx_session_runner(out), held.images)
+    cuts = torch.tensor(model.module.thresholds)
+    truth = np.zeros((len(held.targets), len(model.class_names)), dtype=int)
+    for row, labels in enumerate(held.targets):
+        truth[row, list(labels)] = 1
+    decided = (probs >= cuts).long().numpy()
+    check = info["quantized"]["check"]
+    assert check["quantized"]["acc"] == pytest.approx(accuracy_score(truth, decided), abs=1e-4)  # exact match
+    assert check["quantized"]["f1"] == pytest.approx(f1_score(truth, decided, average="macro", zero_division=0),
+                                                     abs=1e-4)
+    assert "map" in check["quantized"] and 0 <= check["agreement"] <= 1
+
+
 def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_run):
     from test_tensorboard import load_events
 

@@ -128,7 +128,7 @@ def _format(name: str, cfg: DictConfig, loaded: LoadedModel, files: Path, settin
                  "calibration_method": settings["calibration_method"],
                  "calibration_root": settings["calibration_root"]}
     export_cfg = OmegaConf.create({"ckpt": cfg.ckpt, "output": str(out), "logits": False, "calibrate": True,
-                                   "data": {"root": cfg.data.root, "subset": "val"},
+                                   "data": {"root": cfg.data.root, "subset": cfg.data.subset},
                                    "max_accuracy_drop": 100.0, "paths": {"run_dir": str(files)}, **overrides})
     with _quiet(), export.quiet_torchscript():
         export_checkpoint(export_cfg)

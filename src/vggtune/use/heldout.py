@@ -63,6 +63,9 @@ def calibration_batches(model: LoadedModel, root: str | None, count: int, batch_
     random.Random(seed).shuffle(paths)
     paths = paths[:count]
     images, kept, _ = _load(paths, model)
+    if not kept:
+        raise UserError(f"none of the {len(paths)} calibration images of {source} could be read: pass "
+                        "calibration_root=<a folder of training images>")
     batches = [images[i:i + batch_size].numpy() for i in range(0, len(images), batch_size)]
     return batches, source, [paths[i] for i in kept]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -147,29 +148,19 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: 
     finally:
         for path in (pre, tmp, pre.with_name(pre.name + ".data")):
             path.unlink(missing_ok=True)
-        _remove_calibration_leftovers(out.parent)
-    if not reader.images:
-        raise UserError("no calibration image could be read: give calibration_root=<a folder of training images>")
     return {"runtime": f"onnxruntime {ort_version}", "format": "QDQ", "weights": "int8, per channel",
             "activations": "uint8, per tensor", "reduce_range": reduce_range, "calibration_method": method,
             "float_nodes": excluded, "calibration_images": reader.images}
 
 
-def _remove_calibration_leftovers(folder: Path) -> None:
-    # onnxruntime's calibrator writes augmented_model.onnx (a copy of the model with every tensor as an
-    # output) into the working folder, and leaves it there.
-    for name in ("augmented_model.onnx", "augmented_model.onnx.data"):
-        for where in (Path.cwd(), folder):
-            (where / name).unlink(missing_ok=True)
-
-
-class _quiet_quantizer:
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
     """onnxruntime's quantizer logs a WARNING through the root logger for every rank-1 weight it cannot quantize
     per channel (BatchNorm scales) and for each tensor without a range: many lines, none a user can act on."""
-
-    def __enter__(self):
-        self.level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        logging.getLogger().setLevel(self.level)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
