@@ -1,5 +1,6 @@
 """Serving a trained model over HTTP: LitServe's API (``api``), the model backends it runs requests
-through (``backends``: a checkpoint in PyTorch, an exported ONNX file in onnxruntime), how a request
+through (``backends``: a checkpoint in PyTorch, an exported ONNX file in onnxruntime or TorchScript file;
+``choice``: ``backend=auto`` and ``precision``), how a request
 body becomes images (``requests``, ``http``) and the server around them (``server``, ``page.html``).
 
 May import: core, model, data, use, inspect (the inference and Grad-CAM code ``predict`` and
