@@ -88,8 +88,8 @@ def speed_part(args) -> dict:
     run = WORK / "deploy-vgg16-224px"
     if not (run / "metrics.json").exists():
         vggtune("train", f"data.root={data}", "model=vgg16", f"model.weights={weights}", "data.image_size=224",
-                "finetune=linear_probe", "trainer.max_epochs=1", "logger=null", "callbacks.last_checkpoint=null",
-                f"hydra.run.dir={run}", cwd=WORK)
+                "finetune=linear_probe", "trainer.max_epochs=1", "data.batch_size=8", "logger=null",
+                "callbacks.last_checkpoint=null", f"hydra.run.dir={run}", cwd=WORK)
     result = benchmark(run / "checkpoints" / "best.ckpt", WORK / "bench-speed-224", f"latency_runs={args.latency_runs}")
     for r in result["formats"]:
         print(json.dumps({k: r[k] for k in ("format", "file_mb", "p50_ms", "p99_ms", "images_per_s", "peak_share")}),

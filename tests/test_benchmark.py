@@ -71,7 +71,8 @@ def test_every_format_is_scored_on_the_test_images_as_sklearn_scores_its_own_fil
         assert row["p50_ms"] <= row["p99_ms"] and row["images_per_s"] > 0
         share = row["gflop_per_s"] / result["peak"]["gops"][row["precision"]]
         assert row["peak_share"] == pytest.approx(share, abs=2e-3)
-    assert rows["onnx_int8"]["precision"] == "int8" and rows["onnx_int8"]["file_mb"] < 0.3 * rows["onnx_fp32"]["file_mb"]
+    int8, fp32 = rows["onnx_int8"], rows["onnx_fp32"]
+    assert int8["precision"] == "int8" and int8["file_mb"] < 0.3 * fp32["file_mb"]
     within = [r for r in result["formats"] if r["accuracy_drop_points"] <= result["max_accuracy_drop"]]
     assert result["recommended"]["format"] == max(within, key=lambda r: r["images_per_s"])["format"]
     assert f"Fastest within 1 accuracy point(s) of fp32: {result['recommended']['format']}" in printed
@@ -101,7 +102,8 @@ def test_backend_auto_serves_what_the_benchmark_recommends_and_refuses_a_stale_o
     best = result["recommended"]
     assert settings["chosen"]["format"] == best["format"]
     if best["format"].startswith("eager"):
-        assert settings["ckpt"] == str(ckpt) and settings["precision"] == ("bf16" if "bf16" in best["format"] else "fp32")
+        assert settings["ckpt"] == str(ckpt)
+        assert settings["precision"] == ("bf16" if "bf16" in best["format"] else "fp32")
     else:
         assert settings["ckpt"] is None and settings["model"] == best["file"]
 

@@ -16,7 +16,8 @@ from vggtune.core.errors import UserError
 from vggtune.core.proxies import proxies_as_now
 from vggtune.training.tracker_checks import check_tracking_uri
 
-PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+PROXY_VARS = [f"{name}_PROXY" for name in ("HTTP", "HTTPS", "NO", "ALL")]
+PROXY_VARS += [name.lower() for name in PROXY_VARS]
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
