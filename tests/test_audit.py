@@ -147,3 +147,34 @@ def test_a_checkpoint_of_other_classes_is_one_line(tiny_run, tmp_path):
     proc = run_cli_here("audit", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={data}",
                         "data.num_workers=0", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert_one_line_error(proc, "was trained on the classes", "cats")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (Debian) to run the report test")
+def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(audit_run, planted, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    run_dir, _ = audit_run
+    root, wrong, exact, _ = planted
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto((run_dir / "report.html").as_uri())  # no server
+        first = page.eval_on_selector("#issues .row", "r => [r.dataset.path, r.innerText, "
+                                                      "r.querySelector('img').naturalWidth, r.querySelector('a').href]")
+        visible = page.eval_on_selector_all("section", "s => s.filter(x => !x.hidden).map(x => x.id)")
+        page.click("nav button[data-tab=duplicates]")
+        pairs = page.eval_on_selector_all("#duplicates .pair", "rows => rows.map(r => [r.dataset.paths, r.innerText])")
+        shown_after = page.eval_on_selector_all("section", "s => s.filter(x => !x.hidden).map(x => x.id)")
+        page.click("nav button[data-tab=classes]")
+        table = page.eval_on_selector_all("#classes tr", "rows => rows.map(r => r.innerText)")
+        page.screenshot(path=str(tmp_path / "report.png"))
+        browser.close()
+    path, text, thumb_width, link = first
+    assert path == wrong and "given green" in text and "suggested red" in text
+    assert thumb_width > 0 and link == (root / wrong).as_uri()
+    assert visible == ["issues"] and shown_after == ["duplicates"]
+    exact_row = next(t for paths, t in pairs if paths == " ".join(exact))
+    assert "exact" in exact_row and "leak across subsets" in exact_row
+    assert len(table) == 4 and any(row.startswith("red") for row in table)

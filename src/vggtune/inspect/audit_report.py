@@ -58,7 +58,7 @@ def _who(row: ReportRow) -> str:
 def _rows(rows: list[ReportRow], empty: str) -> str:
     if not rows:
         return f'<p class="empty">{empty}</p>'
-    return "\n".join(f'<div class="row"><span class="rank">{k}</span>{_image(r)}<div class="what">{_who(r)}'
+    return "\n".join(f'<div class="row" data-path="{html.escape(r.shown)}"><span class="rank">{k}</span>{_image(r)}<div class="what">{_who(r)}'
                      f'<div class="note">{html.escape(r.note)}</div></div></div>' for k, r in enumerate(rows, 1))
 
 
@@ -68,7 +68,8 @@ def _pairs(pairs: list[tuple[ReportRow, ReportRow, str]]) -> str:
     out = []
     for k, (a, b, note) in enumerate(pairs, 1):
         flag = ' class="flag"' if ":" in note else ""
-        out.append(f'<div class="row pair"><span class="rank">{k}</span><div class="side">{_image(a)}{_who(a)}</div>'
+        paths = html.escape(f"{a.shown} {b.shown}")
+        out.append(f'<div class="row pair" data-paths="{paths}"><span class="rank">{k}</span><div class="side">{_image(a)}{_who(a)}</div>'
                    f'<div class="side">{_image(b)}{_who(b)}</div><div class="what"{flag}>{html.escape(note)}</div></div>')
     return "\n".join(out)
 
