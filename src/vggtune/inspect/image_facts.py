@@ -23,7 +23,7 @@ from vggtune.data.images import to_rgb
 @dataclass(frozen=True)
 class ImageFacts:
     """A file's SHA-256, its pixel size, the standard deviation of its grey levels (0-255, on a small copy), and
-    that copy at 16 x 16 (256 values), which resizing or re-encoding the file hardly changes."""
+    that copy at 16 x 16 less its mean (256 values), which resizing or re-encoding the file hardly changes."""
 
     digest: str
     width: int
@@ -64,6 +64,7 @@ def read_facts(path: Path) -> ImageFacts:
     small = grey.copy()
     small.thumbnail((64, 64))
     tiny = np.asarray(grey.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel()
+    tiny -= tiny.mean()  # the image's own brightness says nothing about which image it is
     return ImageFacts(hashlib.sha256(data).hexdigest(), width, height, float(np.asarray(small, dtype=np.float32).std()),
                       tiny)
 

@@ -16,7 +16,7 @@ from vggtune.core.errors import UserError
 def import_cleanlab():
     """The cleanlab package, or a UserError saying how to install it."""
     try:
-        import cleanlab  # noqa: F401
+        import cleanlab
         import cleanlab.filter
         import cleanlab.multilabel_classification
         import cleanlab.outlier
