@@ -185,3 +185,26 @@ def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(aud
     exact_row = next(t for paths, t in pairs if paths == " ".join(exact))
     assert "exact" in exact_row and "leak across subsets" in exact_row
     assert len(table) == 4 and any(row.startswith("red") for row in table)
+
+
+def test_a_stream_is_refused_with_one_line(tmp_path):
+    proc = run_cli_here("audit", f"data.stream={tmp_path / 'shards'}", *AUDIT, f"hydra.run.dir={tmp_path / 'r'}",
+                        cwd=tmp_path)
+    assert_one_line_error(proc, "data.stream", "data.root=")
+
+
+def test_several_labels_per_image_go_through_cleanlabs_multilabel_functions(tmp_path):
+    root = make_colour_folders(tmp_path / "data", per_class=10)
+    rows = [[p.relative_to(root).as_posix(), p.parent.name] for p in sorted(root.rglob("*.png"))]
+    rows = [[p, f"{label} bright" if k % 2 else label] for k, (p, label) in enumerate(rows)]
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "labels"], *rows])
+    run_dir = tmp_path / "run"
+    proc = run_cli_here("audit", f"data.labels={root / 'labels.csv'}", "data.label_delim=' '", *AUDIT,
+                        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probs = np.load(run_dir / "pred_probs.npy")
+    assert probs.shape == (len(rows), 4) and ((probs >= 0) & (probs <= 1)).all()
+    given = {r["path"]: set(r["given_label"].split()) for r in _rows(run_dir / "cleaned_labels.csv")}
+    assert given == {p: set(label.split()) for p, label in rows}
+    assert {r["subset"] for r in _rows(run_dir / "images.csv")} == {"train", "val", "test"}
