@@ -2,6 +2,7 @@
 found, and its time and memory.
 
     python bench/audit.py --out bench/results/audit-cpu-<date>.json          # noise, retrain, copies: ~15 min
+    python bench/audit.py --noise 0.2 --fix drop --train 20 --out ...   # retrain after dropping, 20 a class
     python bench/audit.py --timing --out bench/results/audit-timing-cpu-<date>.json   # alone: flock -x
 
 Task: the recipe bench's "letters" transfer (``transfer.py``): vgg11_bn pretrained here on letters K-O
@@ -135,7 +136,7 @@ def label_noise(args, root: Path, weights: Path) -> list[dict]:
             labels = _write_labels(WORK / f"noisy-{noise}-{seed}.csv", rows)
             run_dir = WORK / f"audit-{noise}-{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            summary, cfg = _audit(root, labels, weights, run_dir, seed)
+            summary, cfg = _audit(root, labels, weights, run_dir, seed, [f"audit.fix={args.fix}"])
             flagged = {r["path"] for r in _rows(run_dir / "label_issues.csv")}
             r = {"seed": seed, "noise": noise, "flips": len(flips), "audit": _prf(flagged, flips),
                  **baselines(cfg, run_dir, flips, len(flagged)), "seconds": summary["seconds"]}
@@ -260,6 +261,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=60, help="training images per class")
     p.add_argument("--val", type=int, default=60, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--fix", default="relabel", help="audit.fix for cleaned_labels.csv: relabel | drop")
     p.add_argument("--copies", type=int, default=30, help="exact copies planted (and as many resized)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.95, 0.97, 0.98, 0.99, 0.995, 0.998])
     p.add_argument("--timing", action="store_true", help="only time the command (run it alone)")
@@ -282,10 +284,15 @@ def main() -> None:
         weights = transfer.pretrain(WORK, "letters-a", ARCH, SIZE)
         root = transfer.write_split(WORK / f"data-letters-b-{args.train}x{args.val}", "letters-b", args.train, args.val)
         runs = label_noise(args, root, weights)
-        result = {"meta": meta, "table": _summarise(runs), "runs": runs, "copies": copies(args, root, weights)}
+        result = {"meta": meta, "table": _summarise(runs), "runs": runs,
+                  "copies": copies(args, root, weights) if args.copies else None}
         for row in result["table"]:
             print(f"| {row['noise']:.0%} | {row['method']} | {row['precision']:.3f} ± {row['precision_sd']:.3f} | "
                   f"{row['recall']:.3f} ± {row['recall_sd']:.3f} | {row['f1']:.3f} ± {row['f1_sd']:.3f} |")
+        for noise in args.retrain:
+            done = [r["retrain"] for r in runs if r["noise"] == noise and "retrain" in r]
+            print(f"retrain at {noise:.0%} ({args.fix}): " + ", ".join(
+                f"{k} {statistics.mean(d[k] for d in done):.3f}" for k in ("clean", "noisy", "cleaned")))
         print(json.dumps(result["copies"], indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

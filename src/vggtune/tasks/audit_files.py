@@ -126,7 +126,7 @@ def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
     """Every image with its label after the audit: the suggested label of a likely error (``audit.fix=relabel``)
     or ``drop=1`` (``audit.fix=drop``); the val/test copy of an exact duplicate of another subset's image is
     always marked ``drop=1``. ``data.labels=`` reads the file as it is, the split column included."""
-    reason = {int(i): f"label issue (score {f.issues.quality[i]:.3f}, suggested {f.suggested(i)})"
+    reason = {int(i): f"label issue (score {f.issues.quality[i]:.3g}, suggested {f.suggested(i)})"
               for i in f.issues.ranked}
     drop = set() if f.settings.fix == "relabel" else set(reason)
     subsets = [s for _, _, s in f.items]
@@ -153,7 +153,7 @@ def _report_rows(f: Findings, odd: list[int]) -> tuple[list[ReportRow], list[tup
     def row(i: int, note: str) -> ReportRow:
         return ReportRow(f.items[i][0], f.path(i), subsets[i], f.label(i), note)
 
-    issues = [row(i, f"suggested {f.suggested(i)} (p={f.suggested_prob(i):.2f}), score {f.issues.quality[i]:.3f}")
+    issues = [row(i, f"suggested {f.suggested(i)} (p={f.suggested_prob(i):.2f}), score {f.issues.quality[i]:.3g}")
               for i in f.issues.ranked[:limit]]
     pairs = []
     for p in sorted(f.pairs, key=lambda p: (-sum(pair_flags(p, subsets, [x[1] for x in f.items])), -p.similarity))[:limit]:
