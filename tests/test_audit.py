@@ -136,6 +136,9 @@ def test_an_unknown_path_in_data_exclude_is_one_line(tiny_data, tmp_path):
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.exclude=[checks/no_such.png]",
                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_one_line_error(proc, "data.exclude", "checks/no_such.png")
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.exclude=missing_issues.csv",
+                        f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    assert_one_line_error(proc, "data.exclude missing_issues.csv: no such file")
 
 
 def test_a_class_with_fewer_images_than_folds_is_one_line(tmp_path):

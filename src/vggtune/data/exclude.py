@@ -32,7 +32,10 @@ def read_exclude(value, root: Path) -> tuple[list[Path], str]:
         given = Path(value).expanduser()
         found = given if given.is_absolute() else next((p for p in (Path.cwd() / given, root / given) if p.is_file()),
                                                        given)
-        if found.is_file() and found.suffix.lower() in (".csv", ".txt", ".tsv"):
+        if found.suffix.lower() in (".csv", ".txt", ".tsv"):
+            if not found.is_file():
+                raise UserError(f"data.exclude {value}: no such file (looked in {Path.cwd()} and {root}): pass a CSV "
+                                "with a path column, a text file of paths, or a list of paths")
             return _read_list_file(found, root), found.name
         value = [value]  # one image path
     if not isinstance(value, Sequence):

@@ -70,7 +70,7 @@ def check_settings(audit: DictConfig) -> Settings:
     recipe = HeadRecipe(check_positive_int("audit.epochs", audit.epochs), float(lr), float(audit.l2),
                         check_positive_int("audit.batch_size", audit.batch_size))
     odd = OddRules(int(audit.odd.min_side), float(audit.odd.max_aspect), float(audit.odd.min_std))
-    return Settings(int(audit.folds) if not isinstance(audit.folds, bool) else audit.folds, recipe, float(threshold),
+    return Settings(audit.folds, recipe, float(threshold),
                     audit.fix, odd, check_positive_int("audit.report_rows", audit.report_rows))
 
 
