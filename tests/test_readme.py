@@ -7,9 +7,9 @@ and the other folders and files the examples name), ``DIR`` is that flowers fold
 ``lr_find`` lines end with ``--cfg job`` (they would fine-tune ImageNet weights, which no test
 downloads), and so do ``serve`` lines (a server runs until stopped; tests/test_serve.py runs one) and
 a sweep's first job (``-m`` and all but the first value of each list dropped): every key and group
-they name must exist and take the value given. ``embed`` and ``summary`` without a checkpoint get
+they name must exist and take the value given. ``embed``, ``summary`` and ``audit`` without a checkpoint get
 ``model.weights=none`` (ImageNet weights again). ``eval``, ``predict``, ``export``, ``prepare``,
-``embed``, ``explain`` and ``summary`` lines run for real, and ``--help`` as it is.
+``embed``, ``explain``, ``summary`` and ``audit`` lines run for real, and ``--help`` as it is.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
         args = [a.split(",")[0] if "=" in a else a for a in args if a != "-m"]
     if task in ("train", "lr_find", "serve") and not {"--cfg", "--help"} & set(args):
         args += ["--cfg", "job"]
-    if task in ("embed", "summary") and not any(a.startswith("ckpt=") for a in args):
+    if task in ("embed", "summary", "audit") and not any(a.startswith("ckpt=") for a in args):
         args += ["model.weights=none"]  # torchvision's ImageNet weights: a download, which no test makes
     proc = run_cli_here(*args, cwd=tmp_path, env={"HOME": str(home)})
     assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])

@@ -32,6 +32,7 @@ TASKS = {
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
     "embed": ("vggtune.tasks.embed", "the vector the last layer reads, for every image; 2-D maps, TensorBoard projector"),
     "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
+    "audit": ("vggtune.tasks.audit", "likely label errors, duplicates and leaks across subsets, outliers; an HTML report"),
     "serve": ("vggtune.tasks.serve", "an HTTP API (LitServe, dynamic batching) and a web page for a checkpoint or ONNX file"),
 }
 
@@ -57,6 +58,8 @@ Examples:
   vggtune summary model=vgg19 finetune=linear_probe
   vggtune embed ckpt=RUN/checkpoints/best.ckpt data.root=~/pictures/flowers
   vggtune explain ckpt=RUN/checkpoints/best.ckpt input=~/pictures/rose.jpg top_k=3
+  vggtune audit data.root=~/pictures/flowers      # then open <run folder>/report.html
+  vggtune train data.root=DIR data.exclude=RUN/label_issues.csv   # leave the flagged images out
   vggtune serve ckpt=RUN/checkpoints/best.ckpt port=8000   # then open http://127.0.0.1:8000/
 
 Add --debug to see full tracebacks. Version {version}."""

@@ -15,6 +15,7 @@ from vggtune.core.errors import UserError
 from vggtune.data.balance import loss_weights
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
+from vggtune.data.exclude import apply_exclude
 from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_transform, ensure_cache,
                                        usable_cores)
@@ -58,11 +59,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
                  path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
                  balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
                  label_delim: str | None = None, stream: str | None = None, storage_options: dict | None = None,
-                 mixup: float = 0.0, cutmix: float = 0.0):
+                 mixup: float = 0.0, cutmix: float = 0.0, exclude: str | list[str] | None = None):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
-        self.labels, self.label_delim = labels, label_delim
+        self.labels, self.label_delim, self.exclude = labels, label_delim, exclude
         if balance not in BALANCE_MODES:
             raise UserError(f"data.balance={balance} is not a mode: choose none, sampler (every class equally "
                             "likely in each epoch's draw) or loss (class weights in the training loss)")
@@ -95,11 +96,14 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def split(self) -> DataSplit:
         """The discovered classes and subsets (scanned once, on first use)."""
         if self.stream:
+            if self.exclude:
+                raise UserError("data.exclude leaves image files out, and data.stream holds no files: prepare the "
+                                "stream again with the same data.exclude (vggtune prepare ... data.exclude=...)")
             split = self.stream_source.split()
         else:
             self.prepare_data()
-            split = discover(self.root, self.val_split, self.test_split, self.seed, self.verify, self.on_bad_image,
-                             self.labels, self.columns, self.label_delim)
+            split = apply_exclude(discover(self.root, self.val_split, self.test_split, self.seed, self.verify,
+                                           self.on_bad_image, self.labels, self.columns, self.label_delim), self.exclude)
         if split.multilabel and self.balance != "none":
             raise UserError(f"data.balance={self.balance} balances single-label classes; with several labels per "
                             "image (data.label_delim) use data.balance=none")

@@ -5,7 +5,8 @@ Column names are found among common ones (``path``/``filename``/``image``..., ``
 ``class``..., ``split``/``subset``) or given with ``data.path_column``, ``data.label_column`` and
 ``data.split_column``. A bad row (a missing or unreadable file, an empty label, a path listed twice
 with different labels, an unknown subset, a class that only val or test has) is left out with its
-line number and reason, or stops the run with ``data.on_bad_image=fail``.
+line number and reason, or stops the run with ``data.on_bad_image=fail``. A row whose ``drop`` column (if
+the CSV has one, as ``vggtune audit``'s ``cleaned_labels.csv`` does) says 1, true or yes is left out and listed.
 
 With ``data.label_delim`` (e.g. ``" "``) a label cell holds several labels, and the task is
 multi-label: an image may have any number of them, none included (an empty cell).
@@ -104,6 +105,7 @@ def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = 
         columns = _columns(csv_path, reader.fieldnames or [], path_column, label_column, split_column)
         rows = []
         root_text, folder_text = str(root), str(csv_path.parent)
+        drop_column = next((f for f in reader.fieldnames or [] if f.strip().lower() == "drop"), None)
         for record in reader:
             line = reader.line_num
             value = (record.get(columns.path) or "").strip()
@@ -115,6 +117,9 @@ def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = 
             if path is None:
                 places = str(root) if root == csv_path.parent else f"{root} and {csv_path.parent}"
                 reject(line, value, f"no such file (looked in {places})")
+                continue
+            if drop_column and (record.get(drop_column) or "").strip().lower() in ("1", "true", "yes"):
+                reject.rows.append(BadImage(path, f"{csv_path.name} line {line}: marked drop in its {drop_column} column"))
                 continue
             if label_delim is not None:
                 label = label_delim.join(split_labels(label, label_delim))  # empty: an image with no label
