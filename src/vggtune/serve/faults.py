@@ -37,6 +37,7 @@ class RestartingServer(ls.LitServer):
     """A LitServer that counts each model worker's deaths (in :class:`Counters`) before starting it again."""
 
     counters: Counters | None = None
+    stopping = False  # set on SIGTERM and Ctrl-C: a worker that stops then is not restarted
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, restart_workers=True, **kwargs)
@@ -48,6 +49,8 @@ class RestartingServer(ls.LitServer):
 
     def launch_single_inference_worker(self, lit_api, worker_id: int):
         # LitServe's monitor calls this only to replace a worker that died; the first ones start elsewhere.
+        if self.stopping:  # and it goes on while the server stops after Ctrl-C: keep the stopped worker
+            return self.inference_workers[worker_id]
         log.error("model worker %d died: starting it again (/health answers 503 until it is ready)", worker_id)
         if self.counters is not None:
             with self.counters.worker_deaths.get_lock():

@@ -66,13 +66,20 @@ def run_server(settings: dict, info: dict) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         log.info("SIGTERM: finishing the requests in flight, then stopping (new requests get 503)")
+        server.stopping = True
         # LitServe stops on KeyboardInterrupt or its shutdown event; SIGTERM kills it outright, with requests
         # in flight. Setting the event is what its own /shutdown endpoint does.
         if server._shutdown_event is None:  # still starting: nothing in flight yet
             raise KeyboardInterrupt
         drain_then_stop(counters, server._shutdown_event, settings["drain_timeout"])
 
+    def on_sigint(signum, frame):
+        # Ctrl-C reaches the model workers too: they stop, and must not be started again as if they had died.
+        server.stopping = True
+        signal.default_int_handler(signum, frame)
+
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
     log.info("Serving %s (%s, version %s) at http://%s:%d/  (POST %s, GET /info, GET /health)", settings["name"],
              info["backend"], settings["version"], settings["host"], settings["port"], API_PATH)
     server.run(host=settings["host"], port=settings["port"], generate_client_file=False,
