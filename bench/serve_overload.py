@@ -88,17 +88,20 @@ def summarize(results: list[tuple[str, float]], seconds: float) -> dict:
             "slowest_any_s": round(max(t for _, t in results), 3) if results else None}
 
 
-def server_rss_mb(pid: int) -> float:
-    """Resident memory of the server and all its processes (children of every thread), MB."""
+def server_rss_mb(pid: int) -> dict:
+    """Resident memory of the server and each of its processes (children of every thread), MB."""
     def tree(p: int) -> list[int]:
         kids = [int(c) for f in Path(f"/proc/{p}/task").glob("*/children") for c in f.read_text().split()]
         return [p] + [d for k in kids for d in tree(k)]
-    total = 0
+    each = {}
     for p in tree(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return round(total / 1024, 1)
+        cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        kind = ("main" if p == pid else "model worker" if b"spawn_main" in cmd else
+                "resource tracker" if b"resource_tracker" in cmd else "forked (HTTP or queue manager)")
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        each[f"{p} {kind}"] = round(rss / 1024, 1)
+    return {"total": round(sum(each.values()), 1), "processes": each}
 
 
 def stats(port: int) -> dict:
@@ -133,7 +136,8 @@ def bench_model(spec: str, work: Path, args) -> dict:
         record["capacity"] = capacity
         wait_idle(port, 120)
         record["rss_mb_before"] = server_rss_mb(proc.pid)
-        print(json.dumps({"model": spec, "capacity_per_s": rate, "rss_mb_before": record["rss_mb_before"]}), flush=True)
+        print(json.dumps({"model": spec, "capacity_per_s": rate, "rss_mb_before": record["rss_mb_before"]["total"]}),
+              flush=True)
         over = asyncio.run(_open_loop(port, body, args.factor * rate, args.overload_s, deadline))
         record["overload"] = {"factor": args.factor, "seconds": args.overload_s, **summarize(over, args.overload_s)}
         record["overload"]["drained_after_s"] = wait_idle(port, 120)
@@ -151,7 +155,7 @@ def bench_model(spec: str, work: Path, args) -> dict:
             "none_hung": "hung" not in every,
             "p99_of_accepted_within_timeout": (record["overload"]["p99_200_s"] or 0) <= TIMEOUT_S,
             "normal_load_all_200": all(s == "200" for s, _ in normal),
-            "rss_change_mb": round(record["rss_mb_after"] - record["rss_mb_before"], 1)}
+            "rss_change_mb": round(record["rss_mb_after"]["total"] - record["rss_mb_before"]["total"], 1)}
     finally:
         proc.send_signal(signal.SIGTERM)
         record["exit_status_after_sigterm"] = proc.wait(timeout=120)
