@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli_here
 from test_serve import START_TIMEOUT, Server
 
@@ -80,7 +79,7 @@ def faults_server(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def one_image(tiny_data) -> bytes:
-    image = sorted(tiny_data.rglob("*.*"))[0]
+    image = min(tiny_data.rglob("*.*"))
     return json.dumps({"images": [base64.b64encode(image.read_bytes()).decode()]}).encode()
 
 
@@ -179,7 +178,7 @@ def test_a_model_worker_killed_mid_request_is_noticed_its_request_answered_and_i
     server = faults_server
     assert server.ready(60)
     worker, restarts = model_worker(server), stats(server)["worker_restarts"]
-    image = base64.b64encode(sorted(tiny_data.rglob("*.*"))[0].read_bytes()).decode()
+    image = base64.b64encode(min(tiny_data.rglob("*.*")).read_bytes()).decode()
     heavy = json.dumps({"images": [image] * 64, "explain": True}).encode()  # seconds of Grad-CAM for the worker
     busy_from = cpu_seconds(worker)
     thread, result = in_background(lambda: call(server, "POST", "/predict", heavy, timeout=120))
