@@ -4,8 +4,10 @@ LitServe 0.2.19's ``collate_requests`` asks the request queue (a ``multiprocessi
 each ask is a round trip to the manager process) for a request every millisecond, idle or not, and
 the batched loop calls it again as soon as it returns empty. On a 2-core machine the idle polling of
 the worker and the manager takes CPU that the model then lacks (bench/serve_load.py measures it).
-Here the first request of a batch is awaited with one blocking ``get`` (a second at a time, so that
-the stop sentinel is still seen); LitServe's own collation then gathers the rest of the batch.
+Here, when the queue is empty, the first request of a batch is awaited with one blocking ``get`` (a
+second at a time, so that the stop sentinel is still seen); LitServe's own collation then gathers
+the rest of the batch. When requests are waiting, collation starts at once: the request put back
+would go behind them, and under load the oldest request would keep moving to the end of the queue.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class IdleWaitBatchedLoop(BatchedLoop):
     """:class:`litserve.loops.simple_loops.BatchedLoop` with a blocking wait for a batch's first request."""
 
     def get_batch_requests(self, lit_api, request_queue, transport):
+        if not request_queue.empty():
+            return super().get_batch_requests(lit_api, request_queue, transport)
         first = self.get_request(request_queue, timeout=IDLE_WAIT_S)
         if first is None:
             return [], []

@@ -7,6 +7,7 @@ wrong value or a bad file is one line and exit 2, not a worker's traceback.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from omegaconf import DictConfig
@@ -50,8 +51,36 @@ def settings_from(cfg: DictConfig) -> dict:
         "max_request_mb": check_positive_int("max_request_mb", cfg.max_request_mb),
         "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
         "log_level": str(cfg.log_level),
+        "max_queue": _check_max_queue(cfg.get("max_queue")),
+        "api_key": _check_api_key(cfg.get("api_key")),
         "backend": cfg.get("backend"), "precision": str(cfg.get("precision", "fp32")), "chosen": None,
     }
+
+
+def _check_max_queue(value) -> int | None:
+    if value is None or (is_number(value, whole=True) and value == 0):
+        return None  # no bound, as LitServe queues
+    if not is_number(value, whole=True) or value < 0:
+        raise UserError(f"max_queue must be a whole number of requests (0 or null: no bound), got {value!r}")
+    return int(value)
+
+
+def _check_api_key(key) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip():
+        raise UserError(f"api_key must be a non-empty string (quote one that YAML would read as a number: "
+                        f"api_key=\"'0123'\"), or null for none; got {key!r}")
+    return key
+
+
+def exposure_warning(settings: dict) -> str | None:
+    """The warning for a server on every interface that anyone who reaches it can use, else None."""
+    if settings["host"] == "127.0.0.1" or settings["api_key"] or os.environ.get("LIT_SERVER_API_KEY"):
+        return None
+    return (f"host={settings['host']} serves on every network interface without an api_key: anyone who can reach "
+            "this machine can use the model; set api_key=<secret> (clients send it as X-API-Key) or put the server "
+            "behind a proxy that checks who calls")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -72,6 +101,8 @@ def run(cfg: DictConfig) -> str:
     from vggtune.use.inference import pick_device
 
     settings = settings_from(cfg)
+    if warning := exposure_warning(settings):
+        log.warning(warning)
     device = pick_device(settings["device"])  # a UserError for device=cuda without a GPU
     settings["device"] = "cpu" if device.type == "cpu" else settings["device"]
     choose(settings)
