@@ -57,9 +57,21 @@ def _compose(task: str, overrides: list[str]):
 def _audit(root: Path, labels: Path, weights: Path, run_dir: Path, seed: int, extra=()) -> dict:
     from vggtune.tasks.audit import run
 
-    cfg = _compose("audit", [f"data.root={root}", f"data.labels={labels}", f"model={ARCH}", f"model.weights={weights}",
-                             f"data.image_size={SIZE}", "device=cpu", f"seed={seed}", f"paths.run_dir={run_dir}",
-                             f"data.cache_dir={WORK / 'cache'}", *extra])
+    cfg = _compose(
+        "audit",
+        [
+            f"data.root={root}",
+            f"data.labels={labels}",
+            f"model={ARCH}",
+            f"model.weights={weights}",
+            f"data.image_size={SIZE}",
+            "device=cpu",
+            f"seed={seed}",
+            f"paths.run_dir={run_dir}",
+            f"data.cache_dir={WORK / 'cache'}",
+            *extra,
+        ],
+    )
     return run(cfg), cfg
 
 
@@ -82,14 +94,19 @@ def _prf(flagged: set, truth: set) -> dict:
 
 def noisy_rows(root: Path, noise: float, seed: int) -> tuple[list[list[str]], set[str], list[list[str]]]:
     """(rows with a share ``noise`` of the training labels flipped, the flipped paths, the clean rows)."""
-    clean = [[p.relative_to(root).as_posix(), p.parent.name, s] for s in ("train", "val")
-             for p in sorted((root / s).rglob("*.png"))]
+    clean = [
+        [p.relative_to(root).as_posix(), p.parent.name, s]
+        for s in ("train", "val")
+        for p in sorted((root / s).rglob("*.png"))
+    ]
     classes = sorted({r[1] for r in clean})
     rng = random.Random(f"{seed}/{noise}")
     train = [i for i, r in enumerate(clean) if r[2] == "train"]
     flips = set(rng.sample(train, round(noise * len(train))))
-    rows = [[p, rng.choice([c for c in classes if c != label]) if i in flips else label, s]
-            for i, (p, label, s) in enumerate(clean)]
+    rows = [
+        [p, rng.choice([c for c in classes if c != label]) if i in flips else label, s]
+        for i, (p, label, s) in enumerate(clean)
+    ]
     return rows, {clean[i][0] for i in flips}, clean
 
 
@@ -110,20 +127,38 @@ def baselines(cfg, run_dir: Path, flips: set, flagged: int) -> dict:
     paths = [r["path"] for r in images]
     loss_top = by_loss(y, in_sample(x, y, len(split.classes), settings.recipe, cfg.seed), flagged)
     no_l2 = out_of_fold(x, y, len(split.classes), settings.folds, replace(settings.recipe, l2=0.0), cfg.seed)
-    return {"in_sample_loss": _prf({paths[i] for i in loss_top}, flips),
-            "folds_without_l2": _prf({paths[i] for i in find_label_issues(y, no_l2).ranked}, flips)}
+    return {
+        "in_sample_loss": _prf({paths[i] for i in loss_top}, flips),
+        "folds_without_l2": _prf({paths[i] for i in find_label_issues(y, no_l2).ranked}, flips),
+    }
 
 
 def _train(labels: Path, root: Path, weights: Path, seed: int, epochs: int) -> float:
     from vggtune.tasks.train import train
 
     with tempfile.TemporaryDirectory(dir=WORK) as run_dir:
-        cfg = _compose("train", [
-            f"data.root={root}", f"data.labels={labels}", f"model={ARCH}", f"model.weights={weights}",
-            f"data.image_size={SIZE}", f"trainer.max_epochs={epochs}", f"seed={seed}", f"paths.run_dir={run_dir}",
-            "~logger", "callbacks.lr_monitor=null", "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
-            "trainer=cpu", "trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
-            "test_after_fit=false", f"data.cache_dir={WORK / 'cache'}"])
+        cfg = _compose(
+            "train",
+            [
+                f"data.root={root}",
+                f"data.labels={labels}",
+                f"model={ARCH}",
+                f"model.weights={weights}",
+                f"data.image_size={SIZE}",
+                f"trainer.max_epochs={epochs}",
+                f"seed={seed}",
+                f"paths.run_dir={run_dir}",
+                "~logger",
+                "callbacks.lr_monitor=null",
+                "callbacks.best_checkpoint=null",
+                "callbacks.last_checkpoint=null",
+                "trainer=cpu",
+                "trainer.enable_checkpointing=false",
+                "trainer.enable_progress_bar=false",
+                "test_after_fit=false",
+                f"data.cache_dir={WORK / 'cache'}",
+            ],
+        )
         return float(train(cfg)["metrics"]["val/acc"])
 
 
@@ -138,19 +173,31 @@ def label_noise(args, root: Path, weights: Path) -> list[dict]:
             shutil.rmtree(run_dir, ignore_errors=True)
             summary, cfg = _audit(root, labels, weights, run_dir, seed, [f"audit.fix={args.fix}"])
             flagged = {r["path"] for r in _rows(run_dir / "label_issues.csv")}
-            r = {"seed": seed, "noise": noise, "flips": len(flips), "audit": _prf(flagged, flips),
-                 **baselines(cfg, run_dir, flips, len(flagged)), "seconds": summary["seconds"]}
+            r = {
+                "seed": seed,
+                "noise": noise,
+                "flips": len(flips),
+                "audit": _prf(flagged, flips),
+                **baselines(cfg, run_dir, flips, len(flagged)),
+                "seconds": summary["seconds"],
+            }
             if noise in args.retrain:
                 if clean_acc is None:
                     clean_acc = _train(_write_labels(WORK / "clean.csv", clean), root, weights, seed, args.epochs)
                 truth = {p: label for p, label, s in clean if s == "val"}
-                cleaned = [[c["path"], c["label"], c["subset"], c["drop"]] for c in _rows(run_dir / "cleaned_labels.csv")]
+                cleaned = [
+                    [c["path"], c["label"], c["subset"], c["drop"]] for c in _rows(run_dir / "cleaned_labels.csv")
+                ]
                 kept = [[p, truth.get(p, label), s] for p, label, s, drop in cleaned if drop == "0" or s == "val"]
-                r["retrain"] = {"clean": clean_acc, "noisy": _train(labels, root, weights, seed, args.epochs),
-                                "cleaned": _train(_write_labels(WORK / "cleaned.csv", kept), root, weights, seed,
-                                                  args.epochs)}
+                r["retrain"] = {
+                    "clean": clean_acc,
+                    "noisy": _train(labels, root, weights, seed, args.epochs),
+                    "cleaned": _train(_write_labels(WORK / "cleaned.csv", kept), root, weights, seed, args.epochs),
+                }
                 lost = r["retrain"]["clean"] - r["retrain"]["noisy"]
-                r["retrain"]["recovered_share"] = (r["retrain"]["cleaned"] - r["retrain"]["noisy"]) / lost if lost > 0 else None
+                r["retrain"]["recovered_share"] = (
+                    (r["retrain"]["cleaned"] - r["retrain"]["noisy"]) / lost if lost > 0 else None
+                )
             out.append(r)
             print(json.dumps(r), flush=True)
     return out
@@ -201,8 +248,11 @@ def copies(args, root: Path, weights: Path) -> dict:
 
 def _pair_stats(found: set, planted: set) -> dict:
     hit = len(found & planted)
-    return {"found_share": hit / len(planted), "false_pair_share": (len(found) - hit) / max(1, len(found)),
-            "pairs_flagged": len(found)}
+    return {
+        "found_share": hit / len(planted),
+        "false_pair_share": (len(found) - hit) / max(1, len(found)),
+        "pairs_flagged": len(found),
+    }
 
 
 def timing(args) -> list[dict]:
@@ -220,9 +270,17 @@ def timing(args) -> list[dict]:
                     pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
                     Image.fromarray(pixels).save(data / f"class{c}" / f"{i:04d}.jpg", quality=90)
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-            cmd = [str(Path(sys.executable).with_name("vggtune")), "audit", f"data.root={data}", f"model={arch}",
-                   "model.weights=none", f"data.image_size={size}", "device=cpu", f"data.cache_dir={tmp}/cache",
-                   f"hydra.run.dir={tmp}/run"]
+            cmd = [
+                str(Path(sys.executable).with_name("vggtune")),
+                "audit",
+                f"data.root={data}",
+                f"model={arch}",
+                "model.weights=none",
+                f"data.image_size={size}",
+                "device=cpu",
+                f"data.cache_dir={tmp}/cache",
+                f"hydra.run.dir={tmp}/run",
+            ]
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
@@ -231,9 +289,16 @@ def timing(args) -> list[dict]:
                 raise RuntimeError(proc.stderr[-3000:])
             rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             summary = json.loads((Path(tmp) / "run" / "audit.json").read_text())
-        r = {"arch": arch, "size": size, "images": n, "wall_s": wall, "phases_s": summary["seconds"],
-             "per_image_ms": 1000 * wall / n, "peak_rss_mb": rss / 1024, "peak_rss_note":
-             "max over this script's children so far" if rss == before else "this command's peak"}
+        r = {
+            "arch": arch,
+            "size": size,
+            "images": n,
+            "wall_s": wall,
+            "phases_s": summary["seconds"],
+            "per_image_ms": 1000 * wall / n,
+            "peak_rss_mb": rss / 1024,
+            "peak_rss_note": "max over this script's children so far" if rss == before else "this command's peak",
+        }
         out.append(r)
         print(json.dumps(r), flush=True)
     return out
@@ -273,26 +338,41 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    meta = {"argv": sys.argv[1:], "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"), "lscpu_model": next((line.split(":", 1)[1].strip() for line in
-                                                                   lscpu.splitlines() if line.startswith("Model name")), ""),
-            "lscpu_flags": next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                                 if line.startswith("Flags")), "")}
+    meta = {
+        "argv": sys.argv[1:],
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "lscpu_model": next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), ""
+        ),
+        "lscpu_flags": next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Flags")), ""
+        ),
+    }
     if args.timing:
         result = {"meta": meta, "timing": timing(args)}
     else:
         weights = transfer.pretrain(WORK, "letters-a", ARCH, SIZE)
         root = transfer.write_split(WORK / f"data-letters-b-{args.train}x{args.val}", "letters-b", args.train, args.val)
         runs = label_noise(args, root, weights)
-        result = {"meta": meta, "table": _summarise(runs), "runs": runs,
-                  "copies": copies(args, root, weights) if args.copies else None}
+        result = {
+            "meta": meta,
+            "table": _summarise(runs),
+            "runs": runs,
+            "copies": copies(args, root, weights) if args.copies else None,
+        }
         for row in result["table"]:
-            print(f"| {row['noise']:.0%} | {row['method']} | {row['precision']:.3f} ± {row['precision_sd']:.3f} | "
-                  f"{row['recall']:.3f} ± {row['recall_sd']:.3f} | {row['f1']:.3f} ± {row['f1_sd']:.3f} |")
+            print(
+                f"| {row['noise']:.0%} | {row['method']} | {row['precision']:.3f} ± {row['precision_sd']:.3f} | "
+                f"{row['recall']:.3f} ± {row['recall_sd']:.3f} | {row['f1']:.3f} ± {row['f1_sd']:.3f} |"
+            )
         for noise in args.retrain:
             done = [r["retrain"] for r in runs if r["noise"] == noise and "retrain" in r]
-            print(f"retrain at {noise:.0%} ({args.fix}): " + ", ".join(
-                f"{k} {statistics.mean(d[k] for d in done):.3f}" for k in ("clean", "noisy", "cleaned")))
+            print(
+                f"retrain at {noise:.0%} ({args.fix}): "
+                + ", ".join(f"{k} {statistics.mean(d[k] for d in done):.3f}" for k in ("clean", "noisy", "cleaned"))
+            )
         print(json.dumps(result["copies"], indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -141,7 +141,7 @@ def plain_loop(args, batches, frozen=False, compiled=False) -> tuple[float, floa
         if step + 1 >= args.warmup + args.steps:
             break
     _sync()
-    return count / (time.perf_counter() - start), float(np.median(times[args.warmup:]))
+    return count / (time.perf_counter() - start), float(np.median(times[args.warmup :]))
 
 
 def _cpu_name() -> str:
@@ -164,11 +164,23 @@ def synthetic(args):
 
 
 def jpeg_loader(args, root):
-    tf = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    dl = torch.utils.data.DataLoader(datasets.ImageFolder(root, tf), batch_size=args.batch, shuffle=True,
-                                     num_workers=args.workers, pin_memory=args.device == "cuda", drop_last=True,
-                                     persistent_workers=args.workers > 0)
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(args.size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    dl = torch.utils.data.DataLoader(
+        datasets.ImageFolder(root, tf),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=args.device == "cuda",
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
     while True:
         yield from dl
 
@@ -180,18 +192,39 @@ def vggtune_run(args, root, work, name, *overrides, batches: int | None = None, 
     ``logged=True`` keeps the rest of a default run: TensorBoard logger and its callbacks, LR monitor,
     progress bar."""
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    limit = ([f"+trainer.limit_train_batches={batches or args.warmup + args.steps}", "trainer.max_epochs=1"]
-             if batches != 0 else [])
+    limit = (
+        [f"+trainer.limit_train_batches={batches or args.warmup + args.steps}", "trainer.max_epochs=1"]
+        if batches != 0
+        else []
+    )
     quiet = [] if logged else ["trainer.enable_progress_bar=false", "~logger", "callbacks.lr_monitor=null"]
     with initialize_config_module("vggtune.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"data.root={root}", f"model={args.arch}", "model.weights=none", f"model.compile={args.compile}",
-            f"data.image_size={args.size}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
-            "data.val_split=0.05", "data.test_split=0", f"data.cache_dir={work / 'cache'}",
-            f"trainer.accelerator={accelerator}", *quiet, "callbacks.best_checkpoint=null",
-            "callbacks.last_checkpoint=null", "trainer.enable_checkpointing=false", "trainer.num_sanity_val_steps=0",
-            "+trainer.limit_val_batches=1", f"paths.run_dir={work / name}", "test_after_fit=false", *limit,
-            *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.root={root}",
+                f"model={args.arch}",
+                "model.weights=none",
+                f"model.compile={args.compile}",
+                f"data.image_size={args.size}",
+                f"data.batch_size={args.batch}",
+                f"data.num_workers={args.workers}",
+                "data.val_split=0.05",
+                "data.test_split=0",
+                f"data.cache_dir={work / 'cache'}",
+                f"trainer.accelerator={accelerator}",
+                *quiet,
+                "callbacks.best_checkpoint=null",
+                "callbacks.last_checkpoint=null",
+                "trainer.enable_checkpointing=false",
+                "trainer.num_sanity_val_steps=0",
+                "+trainer.limit_val_batches=1",
+                f"paths.run_dir={work / name}",
+                "test_after_fit=false",
+                *limit,
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.callbacks["timer"] = {"_target_": "__main__.StepTimer", "skip": args.warmup}
     train(cfg)
@@ -217,10 +250,15 @@ def main() -> None:
         torch.set_float32_matmul_precision("high")
     work = Path(tempfile.mkdtemp(prefix="vggtune-bench-"))
     root = make_jpegs(Path(os.environ.get("BENCH_JPEGS", "/tmp/vggtune-bench-jpegs")) / str(args.images), args.images)
-    R.update(device=torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name(),
-             cpus=os.cpu_count(), torch=torch.__version__, torchvision=torchvision.__version__,
-             lightning=pl.__version__,
-             date=time.strftime("%Y-%m-%d"), args=vars(args))
+    R.update(
+        device=torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name(),
+        cpus=os.cpu_count(),
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        lightning=pl.__version__,
+        date=time.strftime("%Y-%m-%d"),
+        args=vars(args),
+    )
 
     R["plain_synthetic"], _ = plain_loop(args, synthetic(args))
     if args.compile:
@@ -234,29 +272,37 @@ def main() -> None:
     plain, ours = [], []
     for i in range(args.repeats if args.device == "cpu" else 0):  # a GPU step is asynchronous
         plain.append(plain_loop(args, synthetic(args))[1])
-        ours.append(vggtune_run(args, root, work, f"step{i}", "finetune=full", "optim=sgd", "data.num_workers=0",
-                                logged=True).step_seconds())
+        ours.append(
+            vggtune_run(
+                args, root, work, f"step{i}", "finetune=full", "optim=sgd", "data.num_workers=0", logged=True
+            ).step_seconds()
+        )
     if plain:
         R["step_seconds_plain"], R["step_seconds_vggtune"] = float(np.median(plain)), float(np.median(ours))
-    R["vggtune_frozen_jpeg"] = vggtune_run(args, root, work, "frozen", "finetune=linear_probe",
-                                           "finetune.train_fc=true", "optim=sgd").throughput()
+    R["vggtune_frozen_jpeg"] = vggtune_run(
+        args, root, work, "frozen", "finetune=linear_probe", "finetune.train_fc=true", "optim=sgd"
+    ).throughput()
     probe = ["finetune=linear_probe", "data.augment=none", "trainer.max_epochs=5", "data.cache_images=false"]
     R["epoch_seconds_uncached"] = vggtune_run(args, root, work, "uncached", *probe, batches=0).epochs[1:]
-    R["epoch_seconds_cached"] = vggtune_run(args, root, work, "cached", *probe, "data.cache_features=true",
-                                            batches=0).epochs[1:]
+    R["epoch_seconds_cached"] = vggtune_run(
+        args, root, work, "cached", *probe, "data.cache_features=true", batches=0
+    ).epochs[1:]
 
     reference = R.get("plain_synthetic_compiled", R["plain_synthetic"])
     R["ratios"] = {
-        "vggtune_full_jpeg / plain_synthetic" + ("_compiled" if args.compile else ""): R["vggtune_full_jpeg"] / reference,
+        "vggtune_full_jpeg / plain_synthetic" + ("_compiled" if args.compile else ""): R["vggtune_full_jpeg"]
+        / reference,
         "vggtune_frozen_jpeg / plain_frozen_synthetic": R["vggtune_frozen_jpeg"] / R["plain_frozen_synthetic"],
         "vggtune_full_jpeg / plain_jpeg_loop": R["vggtune_full_jpeg"] / R["plain_jpeg_loop"],
-        "epoch uncached / cached": float(np.median(R["epoch_seconds_uncached"])
-                                         / np.median(R["epoch_seconds_cached"])),
+        "epoch uncached / cached": float(np.median(R["epoch_seconds_uncached"]) / np.median(R["epoch_seconds_cached"])),
     }
     if plain:
         R["ratios"]["step time vggtune / plain"] = R["step_seconds_vggtune"] / R["step_seconds_plain"]
-    report = "\n".join(f"{k:48s} {v:10.3f}" if isinstance(v, float) else f"{k:48s} {v}" for k, v in R.items()
-                       if k not in ("ratios", "args"))
+    report = "\n".join(
+        f"{k:48s} {v:10.3f}" if isinstance(v, float) else f"{k:48s} {v}"
+        for k, v in R.items()
+        if k not in ("ratios", "args")
+    )
     report += "\nratios:\n" + "\n".join(f"  {k:46s} {v:8.3f}" for k, v in R["ratios"].items())
     print(report)
     if args.out:

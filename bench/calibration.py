@@ -48,9 +48,23 @@ import transfer  # noqa: E402
 TTAS = ("none", "flip", "five_crop")
 T_CLAMP = (0.05, 100.0)  # vggtune.model.calibration's range for the temperature
 # Per-run numbers averaged in the table (mean +- sd over seeds), in this order.
-FIELDS = ("val_acc", "test_acc", "temperature", "val_ece", "val_ece_calibrated", "ece", "ece_calibrated",
-          "nll", "nll_calibrated", "flip_acc", "flip_acc_gain", "five_crop_acc", "five_crop_acc_gain",
-          "flip_ece_calibrated", "five_crop_ece_calibrated")
+FIELDS = (
+    "val_acc",
+    "test_acc",
+    "temperature",
+    "val_ece",
+    "val_ece_calibrated",
+    "ece",
+    "ece_calibrated",
+    "nll",
+    "nll_calibrated",
+    "flip_acc",
+    "flip_acc_gain",
+    "five_crop_acc",
+    "five_crop_acc_gain",
+    "flip_ece_calibrated",
+    "five_crop_ece_calibrated",
+)
 
 
 def vggtune(args: list[str], cwd: Path) -> None:
@@ -71,32 +85,69 @@ def target_data(task: str, per_class: int) -> Path:
 
 def run_seed(task: str, seed: int, args, weights: Path, data: Path, work: Path) -> dict:
     run = work / f"{task}-seed{seed}"
-    vggtune(["train", f"data.root={data}", f"model={args.arch}", f"model.weights={weights}",
-             f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}", f"seed={seed}",
-             f"data.val_split={args.val_split}", f"data.test_split={args.test_split}",
-             f"data.cache_dir={recipe.WORK / 'cache'}", f"hydra.run.dir={run}", *args.overrides], cwd=work)
+    vggtune(
+        [
+            "train",
+            f"data.root={data}",
+            f"model={args.arch}",
+            f"model.weights={weights}",
+            f"data.image_size={args.size}",
+            f"trainer.max_epochs={args.epochs}",
+            f"seed={seed}",
+            f"data.val_split={args.val_split}",
+            f"data.test_split={args.test_split}",
+            f"data.cache_dir={recipe.WORK / 'cache'}",
+            f"hydra.run.dir={run}",
+            *args.overrides,
+        ],
+        cwd=work,
+    )
     trained = json.loads((run / "metrics.json").read_text())
     ckpt = run / "checkpoints" / "best.ckpt"
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)["vggtune"].get("calibration")
-    row = {"task": task, "seed": seed, "split": trained["data"]["counts"],
-           "val_acc": float(trained["metrics"]["val/acc"]), "train_test_acc": trained["metrics"].get("test/acc"),
-           "checkpoint_calibration": stored}
+    row = {
+        "task": task,
+        "seed": seed,
+        "split": trained["data"]["counts"],
+        "val_acc": float(trained["metrics"]["val/acc"]),
+        "train_test_acc": trained["metrics"].get("test/acc"),
+        "checkpoint_calibration": stored,
+    }
     if stored is not None:
-        row.update(val_ece=stored["ece"], val_ece_calibrated=stored["ece_calibrated"], temperature_epoch=stored["epoch"])
+        row.update(
+            val_ece=stored["ece"], val_ece_calibrated=stored["ece_calibrated"], temperature_epoch=stored["epoch"]
+        )
     for tta in TTAS:
         out = work / f"{task}-seed{seed}-eval-{tta}"
         vggtune(["eval", f"ckpt={ckpt}", f"tta={tta}", f"hydra.run.dir={out}"], cwd=work)
         m = json.loads((out / "metrics.json").read_text())
         cal, gain = m["calibration"], m["tta"]
-        row[f"eval_{tta}"] = {"images": m["data"]["images"], "source": m["data"]["source"], "metrics": m["metrics"],
-                              "calibration": cal, "tta": gain}
+        row[f"eval_{tta}"] = {
+            "images": m["data"]["images"],
+            "source": m["data"]["source"],
+            "metrics": m["metrics"],
+            "calibration": cal,
+            "tta": gain,
+        }
         if tta == "none":
-            row.update(test_images=m["data"]["images"], test_acc=m["metrics"]["acc"], temperature=cal["temperature"],
-                       ece=cal["ece"], ece_calibrated=cal.get("ece_calibrated"), nll=cal["nll"],
-                       nll_calibrated=cal.get("nll_calibrated"))
+            row.update(
+                test_images=m["data"]["images"],
+                test_acc=m["metrics"]["acc"],
+                temperature=cal["temperature"],
+                ece=cal["ece"],
+                ece_calibrated=cal.get("ece_calibrated"),
+                nll=cal["nll"],
+                nll_calibrated=cal.get("nll_calibrated"),
+            )
         else:
-            row.update({f"{tta}_acc": m["metrics"]["acc"], f"{tta}_acc_without": gain["acc_without"],
-                        f"{tta}_acc_gain": gain["acc_gain"], f"{tta}_ece_calibrated": cal.get("ece_calibrated")})
+            row.update(
+                {
+                    f"{tta}_acc": m["metrics"]["acc"],
+                    f"{tta}_acc_without": gain["acc_without"],
+                    f"{tta}_acc_gain": gain["acc_gain"],
+                    f"{tta}_ece_calibrated": cal.get("ece_calibrated"),
+                }
+            )
         shutil.rmtree(out, ignore_errors=True)
     t = row["temperature"]
     row["temperature_at_clamp"] = t is not None and any(math.isclose(t, c, rel_tol=1e-6) for c in T_CLAMP)
@@ -110,8 +161,11 @@ def mean_sd(values: list) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "sd": None, "n": 0}
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.mean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def fmt(s: dict, digits: int = 3, sign: bool = False) -> str:
@@ -121,18 +175,25 @@ def fmt(s: dict, digits: int = 3, sign: bool = False) -> str:
 
 
 def table(summary: dict) -> str:
-    lines = ["| task | test acc | temperature | ECE before -> after | NLL before -> after | "
-             "tta=flip acc gain | tta=five_crop acc gain |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| task | test acc | temperature | ECE before -> after | NLL before -> after | "
+        "tta=flip acc gain | tta=five_crop acc gain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for task, s in summary.items():
-        lines.append(f"| {task} | {fmt(s['test_acc'])} | {fmt(s['temperature'], 2)} | "
-                     f"{fmt(s['ece'])} -> {fmt(s['ece_calibrated'])} | {fmt(s['nll'])} -> {fmt(s['nll_calibrated'])} | "
-                     f"{fmt(s['flip_acc_gain'], sign=True)} | {fmt(s['five_crop_acc_gain'], sign=True)} |")
+        lines.append(
+            f"| {task} | {fmt(s['test_acc'])} | {fmt(s['temperature'], 2)} | "
+            f"{fmt(s['ece'])} -> {fmt(s['ece_calibrated'])} | {fmt(s['nll'])} -> {fmt(s['nll_calibrated'])} | "
+            f"{fmt(s['flip_acc_gain'], sign=True)} | {fmt(s['five_crop_acc_gain'], sign=True)} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", nargs="+", default=["letters", "shapes"], choices=[t for t in transfer.TASKS if t != "digits"])
+    p.add_argument(
+        "--tasks", nargs="+", default=["letters", "shapes"], choices=[t for t in transfer.TASKS if t != "digits"]
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     # recipe.py's defaults: vgg11_bn, 32 px, 5 epochs, 20 training and 150 validation images per class.
     p.add_argument("--arch", default="vgg11_bn")
@@ -157,23 +218,35 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=recipe.WORK, prefix="calibration-") as work:
                 r = run_seed(task, seed, args, weights, data, Path(work))
             task_rows.append(r)
-            print(f"  {task} seed {seed}: split {r['split']}, test acc {r['test_acc']:.3f}, T {r['temperature']:.3f} "
-                  f"(epoch {r.get('temperature_epoch')}), test ECE {r['ece']:.3f} -> {r['ece_calibrated']:.3f}, "
-                  f"NLL {r['nll']:.3f} -> {r['nll_calibrated']:.3f}, flip {r['flip_acc_gain']:+.3f}, "
-                  f"five_crop {r['five_crop_acc_gain']:+.3f} ({time.perf_counter() - t0:.0f} s)"
-                  + (" TEMPERATURE AT CLAMP" if r["temperature_at_clamp"] else "")
-                  + (f" WARNING {r['warning']}" if "warning" in r else ""), flush=True)
+            print(
+                f"  {task} seed {seed}: split {r['split']}, test acc {r['test_acc']:.3f}, T {r['temperature']:.3f} "
+                f"(epoch {r.get('temperature_epoch')}), test ECE {r['ece']:.3f} -> {r['ece_calibrated']:.3f}, "
+                f"NLL {r['nll']:.3f} -> {r['nll_calibrated']:.3f}, flip {r['flip_acc_gain']:+.3f}, "
+                f"five_crop {r['five_crop_acc_gain']:+.3f} ({time.perf_counter() - t0:.0f} s)"
+                + (" TEMPERATURE AT CLAMP" if r["temperature_at_clamp"] else "")
+                + (f" WARNING {r['warning']}" if "warning" in r else ""),
+                flush=True,
+            )
         rows += task_rows
         summary[task] = {f: mean_sd([r.get(f) for r in task_rows]) for f in FIELDS}
-    print(f"\n{args.arch}, {args.size} px, {args.epochs} epochs, {args.images} images per class split "
-          f"val {args.val_split} / test {args.test_split}, seeds {args.seeds}; mean ± sd over seeds\n")
+    print(
+        f"\n{args.arch}, {args.size} px, {args.epochs} epochs, {args.images} images per class split "
+        f"val {args.val_split} / test {args.test_split}, seeds {args.seeds}; mean ± sd over seeds\n"
+    )
     print(table(summary))
     if args.out:
-        meta = {"argv": sys.argv[1:], "python": platform.python_version(), "torch": torch.__version__,
-                "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-                "total_s": time.perf_counter() - t0, "settings": vars(args)}
-        Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "table": table(summary),
-                                              "runs": rows}, indent=1))
+        meta = {
+            "argv": sys.argv[1:],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+            "total_s": time.perf_counter() - t0,
+            "settings": vars(args),
+        }
+        Path(args.out).write_text(
+            json.dumps({"meta": meta, "summary": summary, "table": table(summary), "runs": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -62,15 +62,34 @@ def accuracy_part(args) -> list[dict]:
     for seed in args.seeds:
         run = WORK / f"deploy-letters-{args.arch}-{args.size}px-seed{seed}"
         if not (run / "metrics.json").exists():
-            vggtune("train", f"data.root={data}", f"model={args.arch}", f"model.weights={weights}",
-                    f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}", f"seed={seed}",
-                    "logger=null", "callbacks.last_checkpoint=null", f"hydra.run.dir={run}", cwd=WORK)
-        result = benchmark(run / "checkpoints" / "best.ckpt", WORK / f"bench-accuracy-seed{seed}",
-                           "formats=[eager_fp32,eager_bf16,onnx_fp32,onnx_int8]", "latency_runs=3",
-                           "throughput_batches=1")
+            vggtune(
+                "train",
+                f"data.root={data}",
+                f"model={args.arch}",
+                f"model.weights={weights}",
+                f"data.image_size={args.size}",
+                f"trainer.max_epochs={args.epochs}",
+                f"seed={seed}",
+                "logger=null",
+                "callbacks.last_checkpoint=null",
+                f"hydra.run.dir={run}",
+                cwd=WORK,
+            )
+        result = benchmark(
+            run / "checkpoints" / "best.ckpt",
+            WORK / f"bench-accuracy-seed{seed}",
+            "formats=[eager_fp32,eager_bf16,onnx_fp32,onnx_int8]",
+            "latency_runs=3",
+            "throughput_batches=1",
+        )
         for r in result["formats"]:
-            rows.append({"seed": seed, "images": result["data"]["images"], **{k: r[k] for k in (
-                "format", "acc", "f1", "agreement", "accuracy_drop_points", "file_mb")}})
+            rows.append(
+                {
+                    "seed": seed,
+                    "images": result["data"]["images"],
+                    **{k: r[k] for k in ("format", "acc", "f1", "agreement", "accuracy_drop_points", "file_mb")},
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         (run / "checkpoints" / "best.ckpt").unlink()  # 0.5 GB each; metrics.json says the run happened
     return rows
@@ -87,13 +106,26 @@ def speed_part(args) -> dict:
     data = transfer.write_split(WORK / "data-letters-b-6x6", "letters-b", 6, 6)
     run = WORK / "deploy-vgg16-224px"
     if not (run / "metrics.json").exists():
-        vggtune("train", f"data.root={data}", "model=vgg16", f"model.weights={weights}", "data.image_size=224",
-                "finetune=linear_probe", "trainer.max_epochs=1", "data.batch_size=8", "logger=null",
-                "callbacks.last_checkpoint=null", f"hydra.run.dir={run}", cwd=WORK)
+        vggtune(
+            "train",
+            f"data.root={data}",
+            "model=vgg16",
+            f"model.weights={weights}",
+            "data.image_size=224",
+            "finetune=linear_probe",
+            "trainer.max_epochs=1",
+            "data.batch_size=8",
+            "logger=null",
+            "callbacks.last_checkpoint=null",
+            f"hydra.run.dir={run}",
+            cwd=WORK,
+        )
     result = benchmark(run / "checkpoints" / "best.ckpt", WORK / "bench-speed-224", f"latency_runs={args.latency_runs}")
     for r in result["formats"]:
-        print(json.dumps({k: r[k] for k in ("format", "file_mb", "p50_ms", "p99_ms", "images_per_s", "peak_share")}),
-              flush=True)
+        print(
+            json.dumps({k: r[k] for k in ("format", "file_mb", "p50_ms", "p99_ms", "images_per_s", "peak_share")}),
+            flush=True,
+        )
     return result
 
 
@@ -101,6 +133,7 @@ def plain_loop(model: Path, body: bytes, images: int, batch: int = 16) -> dict:
     """What the server does per image, in one process: decode, resize and crop, [0, 1]; batches through onnxruntime."""
     import onnxruntime
     import torch
+
     from vggtune.data.transforms import unit_transform
     from vggtune.model.arch import Preprocessing
 
@@ -128,9 +161,19 @@ def serve_part(args, int8: Path) -> dict:
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (448, 448, 3), dtype=np.uint8)).save(buf, format="JPEG")
     body = buf.getvalue()
     port = serve_load.free_port()
-    proc = subprocess.Popen([VGGTUNE, "serve", f"model={int8}", f"port={port}", "device=cpu", "max_batch_size=16",
-                             f"hydra.run.dir={WORK / f'serve-{port}'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            VGGTUNE,
+            "serve",
+            f"model={int8}",
+            f"port={port}",
+            "device=cpu",
+            "max_batch_size=16",
+            f"hydra.run.dir={WORK / f'serve-{port}'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         serve_load.wait_ready(port)
         serve_load.load(port, body, 4, 16, 60)  # warm-up
@@ -138,8 +181,13 @@ def serve_part(args, int8: Path) -> dict:
         for _ in range(args.rounds):  # alternated: a drifting load hits both alike
             served = serve_load.load(port, body, args.clients, args.requests, 300)
             loop = plain_loop(int8, body, args.requests)
-            rounds.append({"serve": served, "plain_loop": loop,
-                           "ratio": round(served["requests_per_s"] / loop["images_per_s"], 3)})
+            rounds.append(
+                {
+                    "serve": served,
+                    "plain_loop": loop,
+                    "ratio": round(served["requests_per_s"] / loop["images_per_s"], 3),
+                }
+            )
             print(json.dumps(rounds[-1]), flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -152,8 +200,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["accuracy", "speed", "serve"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--arch", default="vgg16_bn", help="the accuracy part's VGG (plain vgg16 does not learn from "
-                    "random init in the bench's pretraining: chance accuracy after 4 epochs at 64 px)")
+    ap.add_argument(
+        "--arch",
+        default="vgg16_bn",
+        help="the accuracy part's VGG (plain vgg16 does not learn from "
+        "random init in the bench's pretraining: chance accuracy after 4 epochs at 64 px)",
+    )
     ap.add_argument("--size", type=int, default=48, help="image size of the accuracy part's transfer task")
     ap.add_argument("--train", type=int, default=20, help="training images per class")
     ap.add_argument("--val", type=int, default=100, help="validation images per class")

@@ -40,8 +40,15 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._close(time.perf_counter())
-        self.epochs.append({"epoch": trainer.current_epoch, "start": time.perf_counter(), "train_steps_s": 0.0,
-                            "val_steps_s": 0.0, "train_steps": 0})
+        self.epochs.append(
+            {
+                "epoch": trainer.current_epoch,
+                "start": time.perf_counter(),
+                "train_steps_s": 0.0,
+                "val_steps_s": 0.0,
+                "train_steps": 0,
+            }
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._mark = time.perf_counter()
@@ -74,8 +81,15 @@ def run(work: Path, overrides: list[str]) -> list[dict]:
     from vggtune.tasks.train import train
 
     with initialize_config_module("vggtune.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.run_dir={work / 'run'}", f"data.cache_dir={work / 'cache'}",
-                                          "+callbacks.epoch_timer._target_=__main__.EpochTimer", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.run_dir={work / 'run'}",
+                f"data.cache_dir={work / 'cache'}",
+                "+callbacks.epoch_timer._target_=__main__.EpochTimer",
+                *overrides,
+            ],
+        )
     train(cfg)
     return EpochTimer.made[-1].epochs
 
@@ -93,17 +107,36 @@ def main() -> None:
     weights = work / "vgg11_bn.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.vgg11_bn().state_dict(), weights)
-    base = [f"data.root={data}", "model=vgg11_bn", f"model.weights={weights}", f"data.image_size={args.size}",
-            "data.val_split=0.1667", "data.test_split=0", f"trainer.max_epochs={args.epochs}",
-            "callbacks.progress_bar.mode=plain", "test_after_fit=false"]
-    variants = {"defaults": [], "no figures": ["logger.images_every_n_epochs=0"],
-                "no last.ckpt, no figures": ["callbacks.last_checkpoint=null", "logger.images_every_n_epochs=0"]}
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-              "size": args.size, "epochs": args.epochs, "variants": {}}
+    base = [
+        f"data.root={data}",
+        "model=vgg11_bn",
+        f"model.weights={weights}",
+        f"data.image_size={args.size}",
+        "data.val_split=0.1667",
+        "data.test_split=0",
+        f"trainer.max_epochs={args.epochs}",
+        "callbacks.progress_bar.mode=plain",
+        "test_after_fit=false",
+    ]
+    variants = {
+        "defaults": [],
+        "no figures": ["logger.images_every_n_epochs=0"],
+        "no last.ckpt, no figures": ["callbacks.last_checkpoint=null", "logger.images_every_n_epochs=0"],
+    }
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "size": args.size,
+        "epochs": args.epochs,
+        "variants": {},
+    }
     for i, (name, extra) in enumerate(variants.items()):
         epochs = run(work / f"v{i}", base + extra)
         later = [e["overhead_fraction"] for e in epochs[1:]]
-        result["variants"][name] = {"epochs": epochs, "median_overhead_fraction_after_epoch_0": statistics.median(later)}
+        result["variants"][name] = {
+            "epochs": epochs,
+            "median_overhead_fraction_after_epoch_0": statistics.median(later),
+        }
         print(name, json.dumps(result["variants"][name], indent=1), flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -167,14 +167,19 @@ def gil_share(root: Path, resize: int, images: int = 1000) -> dict:
         totals.append(time.thread_time() - start)
     profile = cProfile.Profile(time.thread_time)
     profile.runcall(work)
-    released = sum(tt for (_, _, name), (_, _, tt, _, _) in pstats.Stats(profile).stats.items()
-                   if name in ("<method 'decode' of 'ImagingDecoder' objects>",
-                               "<method 'resize' of 'ImagingCore' objects>"))
+    released = sum(
+        tt
+        for (_, _, name), (_, _, tt, _, _) in pstats.Stats(profile).stats.items()
+        if name in ("<method 'decode' of 'ImagingDecoder' objects>", "<method 'resize' of 'ImagingCore' objects>")
+    )
     total = float(np.median(totals))
     share = 1 - released / total
-    return {"cpu_ms_per_image": round(total / len(paths) * 1e3, 3),
-            "gil_released_ms_per_image": round(released / len(paths) * 1e3, 3),
-            "gil_held_share": round(share, 2), "thread_speedup_cap": round(1 / share, 1)}
+    return {
+        "cpu_ms_per_image": round(total / len(paths) * 1e3, 3),
+        "gil_released_ms_per_image": round(released / len(paths) * 1e3, 3),
+        "gil_held_share": round(share, 2),
+        "thread_speedup_cap": round(1 / share, 1),
+    }
 
 
 def run_case(case: str, root: Path, resize: int, out: Path) -> dict:
@@ -206,12 +211,19 @@ def run_case(case: str, root: Path, resize: int, out: Path) -> dict:
     hwm = _status("VmHWM")
     cpu = sum(os.times()[:4]) - sum(cpu[:4])  # user + system, this process and its ended workers
     size = path.stat().st_size
-    digest = int(np.fromfile(path, np.uint8)[:: 4099].astype(np.int64).sum())  # the cases must agree
-    return {"case": case, "images": len(paths), "workers": 1 if case == "in-process" else cores,
-            "seconds": round(seconds, 2), "images_per_s": round(len(paths) / seconds),
-            "cpu_ms_per_image": round(cpu / len(paths) * 1e3, 3),
-            "array_mb": round(size / 1e6), "peak_pss_growth_mb": round((peak.peak - base_pss) / 1e6),
-            "main_hwm_growth_mb": round((hwm - base_rss) / 1e6), "check": digest}
+    digest = int(np.fromfile(path, np.uint8)[::4099].astype(np.int64).sum())  # the cases must agree
+    return {
+        "case": case,
+        "images": len(paths),
+        "workers": 1 if case == "in-process" else cores,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(paths) / seconds),
+        "cpu_ms_per_image": round(cpu / len(paths) * 1e3, 3),
+        "array_mb": round(size / 1e6),
+        "peak_pss_growth_mb": round((peak.peak - base_pss) / 1e6),
+        "main_hwm_growth_mb": round((hwm - base_rss) / 1e6),
+        "check": digest,
+    }
 
 
 def main() -> None:
@@ -239,26 +251,54 @@ def main() -> None:
     for r in range(args.rounds):
         for case in cases if r % 2 == 0 else cases[::-1]:
             cache = work / f"image-cache-out-{case}"
-            proc = subprocess.run([sys.executable, __file__, "--case", case, "--root", str(root), "--cache",
-                                   str(cache), "--resize", str(args.resize)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    case,
+                    "--root",
+                    str(root),
+                    "--cache",
+                    str(cache),
+                    "--resize",
+                    str(args.resize),
+                ],
+                capture_output=True,
+                text=True,
+            )
             subprocess.run(["rm", "-rf", str(cache)], check=True)
             if proc.returncode:
                 sys.exit(f"{case} failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
     assert len({r["check"] for r in runs}) == 1, "the cases built different files"
-    gil = subprocess.run([sys.executable, __file__, "--case", "gil", "--root", str(root), "--resize", str(args.resize)],
-                         capture_output=True, text=True, check=True)
+    gil = subprocess.run(
+        [sys.executable, __file__, "--case", "gil", "--root", str(root), "--resize", str(args.resize)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     gil = json.loads(gil.stdout.splitlines()[-1])
     print("GIL:", json.dumps(gil), flush=True)
-    summary = {case: {k: float(np.median([r[k] for r in runs if r["case"] == case]))
-                      for k in ("seconds", "images_per_s", "cpu_ms_per_image", "peak_pss_growth_mb",
-                                "main_hwm_growth_mb")}
-               for case in cases}
-    result = {"images": args.images, "resize": args.resize, "array_mb": runs[0]["array_mb"],
-              "rounds": args.rounds, "median": summary, "gil": gil, "runs": runs,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"Python {platform.python_version()}, shared with other jobs"}
+    summary = {
+        case: {
+            k: float(np.median([r[k] for r in runs if r["case"] == case]))
+            for k in ("seconds", "images_per_s", "cpu_ms_per_image", "peak_pss_growth_mb", "main_hwm_growth_mb")
+        }
+        for case in cases
+    }
+    result = {
+        "images": args.images,
+        "resize": args.resize,
+        "array_mb": runs[0]["array_mb"],
+        "rounds": args.rounds,
+        "median": summary,
+        "gil": gil,
+        "runs": runs,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, shared with other jobs",
+    }
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -71,9 +71,13 @@ def main() -> None:
     t_files, _ = timed(lambda: discover(root, 0.2, 0.1, seed=0, labels=root / "labels.csv", verify="files"))
     t_folders, split_f = timed(lambda: discover(root, 0.2, 0.1, seed=0))
     result = {
-        "rows": args.rows, "read_labels_csv_s": round(t_rows, 2), "discover_csv_s": round(t_csv, 2),
-        "discover_csv_verify_files_s": round(t_files, 2), "discover_class_folders_s": round(t_folders, 2),
-        "rows_per_s_csv": round(args.rows / t_csv), "kept": sum(len(v) for v in split.subsets.values()),
+        "rows": args.rows,
+        "read_labels_csv_s": round(t_rows, 2),
+        "discover_csv_s": round(t_csv, 2),
+        "discover_csv_verify_files_s": round(t_files, 2),
+        "discover_class_folders_s": round(t_folders, 2),
+        "rows_per_s_csv": round(args.rows / t_csv),
+        "kept": sum(len(v) for v in split.subsets.values()),
         "kept_class_folders": sum(len(v) for v in split_f.subsets.values()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }

@@ -58,8 +58,14 @@ def fastai_run(data: Path, weights: Path, arch: str, size: int, epochs: int, see
     fl.model_meta[body] = {"cut": -2, "split": fl._vgg_split, "stats": imagenet_stats}
     t0 = time.perf_counter()
     set_seed(seed, reproducible=True)
-    dls = ImageDataLoaders.from_folder(data, train="train", valid="val", item_tfms=Resize(size), seed=seed,
-                                       batch_tfms=aug_transforms() if aug else None)
+    dls = ImageDataLoaders.from_folder(
+        data,
+        train="train",
+        valid="val",
+        item_tfms=Resize(size),
+        seed=seed,
+        batch_tfms=aug_transforms() if aug else None,
+    )
     learn = fl.vision_learner(dls, body, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(epochs - 1, freeze_epochs=1)
@@ -67,19 +73,35 @@ def fastai_run(data: Path, weights: Path, arch: str, size: int, epochs: int, see
     return {"acc": acc, "fit_s": time.perf_counter() - t0}
 
 
-def vggtune_run(data: Path, weights: Path, arch: str, size: int, epochs: int, seed: int, overrides: list[str],
-                run_dir: Path) -> dict:
+def vggtune_run(
+    data: Path, weights: Path, arch: str, size: int, epochs: int, seed: int, overrides: list[str], run_dir: Path
+) -> dict:
     from hydra import compose, initialize_config_module
 
     from vggtune.tasks.train import train
 
     with initialize_config_module("vggtune.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"data.root={data}", f"model={arch}", f"model.weights={weights}", f"data.image_size={size}",
-            f"trainer.max_epochs={epochs}", f"seed={seed}", f"paths.run_dir={run_dir}", "~logger",
-            "callbacks.lr_monitor=null", "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null",
-            "trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false", "test_after_fit=false",
-            f"data.cache_dir={WORK / 'cache'}", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.root={data}",
+                f"model={arch}",
+                f"model.weights={weights}",
+                f"data.image_size={size}",
+                f"trainer.max_epochs={epochs}",
+                f"seed={seed}",
+                f"paths.run_dir={run_dir}",
+                "~logger",
+                "callbacks.lr_monitor=null",
+                "callbacks.best_checkpoint=null",
+                "callbacks.last_checkpoint=null",
+                "trainer.enable_checkpointing=false",
+                "trainer.enable_progress_bar=false",
+                "test_after_fit=false",
+                f"data.cache_dir={WORK / 'cache'}",
+                *overrides,
+            ],
+        )
     t0 = time.perf_counter()
     summary = train(cfg)
     return {"acc": float(summary["metrics"]["val/acc"]), "fit_s": time.perf_counter() - t0}
@@ -101,9 +123,19 @@ def command_run(spec: str, data: Path, weights: Path, args, seed: int) -> dict:
             cmd = [sys.executable, __file__, "--fastai-once", *common, "aug" if spec == "fastai-aug" else "noaug"]
         else:
             overrides = [o for o in spec.partition(":")[2].split() if o]
-            cmd = [str(Path(sys.executable).with_name("vggtune")), "train", f"data.root={data}", f"model={args.arch}",
-                   f"model.weights={weights}", f"data.image_size={args.size}", f"trainer.max_epochs={args.epochs}",
-                   f"seed={seed}", f"hydra.run.dir={tmp}/run", f"data.cache_dir={WORK / 'cache'}", *overrides]
+            cmd = [
+                str(Path(sys.executable).with_name("vggtune")),
+                "train",
+                f"data.root={data}",
+                f"model={args.arch}",
+                f"model.weights={weights}",
+                f"data.image_size={args.size}",
+                f"trainer.max_epochs={args.epochs}",
+                f"seed={seed}",
+                f"hydra.run.dir={tmp}/run",
+                f"data.cache_dir={WORK / 'cache'}",
+                *overrides,
+            ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
         wall = time.perf_counter() - t0
@@ -151,8 +183,11 @@ def main() -> None:
     p.add_argument("--train", type=int, default=20, help="training images per class")
     p.add_argument("--val", type=int, default=150, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--command", action="store_true",
-                   help="time each tool's whole command in a fresh process (imports, writing its outputs)")
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="time each tool's whole command in a fresh process (imports, writing its outputs)",
+    )
     p.add_argument("--out", default=None, help="write every run and the table as JSON here")
     args = p.parse_args()
     if args.final:
@@ -172,21 +207,42 @@ def main() -> None:
                 runs.append({"task": task, "run": spec, "seed": seed, **r})
                 print(f"  {task} {spec} seed {seed}: acc {r['acc']:.3f} fit {r['fit_s']:.1f} s", flush=True)
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            rows.append({"task": task, "run": spec, "acc_mean": statistics.mean(accs), "acc_sd": sd,
-                         "fit_s_mean": statistics.mean(times), "fit_s_sd": statistics.stdev(times) if len(times) > 1 else 0.0,
-                         "kept_mb": runs[-1].get("kept_mb")})
-    print(f"\n{args.arch}, {args.size} px, {args.train} train / {args.val} val images per class, "
-          f"{args.epochs} epochs, seeds {args.seeds}\n")
+            rows.append(
+                {
+                    "task": task,
+                    "run": spec,
+                    "acc_mean": statistics.mean(accs),
+                    "acc_sd": sd,
+                    "fit_s_mean": statistics.mean(times),
+                    "fit_s_sd": statistics.stdev(times) if len(times) > 1 else 0.0,
+                    "kept_mb": runs[-1].get("kept_mb"),
+                }
+            )
+    print(
+        f"\n{args.arch}, {args.size} px, {args.train} train / {args.val} val images per class, "
+        f"{args.epochs} epochs, seeds {args.seeds}\n"
+    )
     what = "whole command s" if args.command else "fit s"
-    print(f"| task | run | val acc (mean ± sd) | {what} (mean ± sd) |" + (" kept MB |" if args.command else "")
-          + "\n|---|---|---:|---:|" + ("---:|" if args.command else ""))
+    print(
+        f"| task | run | val acc (mean ± sd) | {what} (mean ± sd) |"
+        + (" kept MB |" if args.command else "")
+        + "\n|---|---|---:|---:|"
+        + ("---:|" if args.command else "")
+    )
     for r in rows:
         kept = f" {r['kept_mb']:.0f} |" if args.command else ""
-        print(f"| {r['task']} | `{r['run']}` | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} | "
-              f"{r['fit_s_mean']:.1f} ± {r['fit_s_sd']:.1f} |{kept}")
+        print(
+            f"| {r['task']} | `{r['run']}` | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} | "
+            f"{r['fit_s_mean']:.1f} ± {r['fit_s_sd']:.1f} |{kept}"
+        )
     if args.out:
-        meta = {"argv": sys.argv[1:], "python": platform.python_version(), "torch": torch.__version__,
-                "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+        meta = {
+            "argv": sys.argv[1:],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
         Path(args.out).write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
 
 

@@ -49,9 +49,14 @@ def idle_cpu(loop, seconds: float) -> dict:
     after = cpu_seconds(os.getpid()), cpu_seconds(manager_pid)
     manager.shutdown()
     worker, mgr = after[0] - before[0], after[1] - before[1]
-    return {"loop": type(loop).__name__, "seconds": seconds, "collect_calls": calls,
-            "worker_cpu_s": round(worker, 2), "manager_cpu_s": round(mgr, 2),
-            "share_of_one_core": round((worker + mgr) / seconds, 3)}
+    return {
+        "loop": type(loop).__name__,
+        "seconds": seconds,
+        "collect_calls": calls,
+        "worker_cpu_s": round(worker, 2),
+        "manager_cpu_s": round(mgr, 2),
+        "share_of_one_core": round((worker + mgr) / seconds, 3),
+    }
 
 
 def main() -> None:

@@ -42,13 +42,30 @@ def make_checkpoint(work: Path, arch: str, size: int) -> Path:
         (data / f"c{c}").mkdir(parents=True, exist_ok=True)
         for i in range(8):
             Image.fromarray(rng.integers(0, 255, (size + 8, size + 8, 3), dtype=np.uint8)).save(
-                data / f"c{c}" / f"{i}.jpg")
+                data / f"c{c}" / f"{i}.jpg"
+            )
     run = work / f"run-{arch}-{size}"
-    subprocess.run([*VGGTUNE, "train", f"data.root={data}", f"model={arch}", "model.weights=none",
-                    f"data.image_size={size}", "finetune=full", "trainer.max_epochs=1", "data.batch_size=4",
-                    "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "data.num_workers=0",
-                    "callbacks.last_checkpoint=null", "logger=null", f"hydra.run.dir={run}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *VGGTUNE,
+            "train",
+            f"data.root={data}",
+            f"model={arch}",
+            "model.weights=none",
+            f"data.image_size={size}",
+            "finetune=full",
+            "trainer.max_epochs=1",
+            "data.batch_size=4",
+            "+trainer.limit_train_batches=1",
+            "+trainer.limit_val_batches=1",
+            "data.num_workers=0",
+            "callbacks.last_checkpoint=null",
+            "logger=null",
+            f"hydra.run.dir={run}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return run / "checkpoints" / "best.ckpt"
 
 
@@ -60,10 +77,21 @@ def free_port() -> int:
 
 def start(ckpt: Path, batch: int, work: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([*VGGTUNE, "serve", f"ckpt={ckpt}", f"port={port}", "device=cpu",
-                             f"max_batch_size={batch}", "batch_timeout=0.01", f"hydra.run.dir={work / f'serve-{port}'}",
-                             *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *VGGTUNE,
+            "serve",
+            f"ckpt={ckpt}",
+            f"port={port}",
+            "device=cpu",
+            f"max_batch_size={batch}",
+            "batch_timeout=0.01",
+            f"hydra.run.dir={work / f'serve-{port}'}",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_ready(port)
     except RuntimeError:
@@ -118,10 +146,15 @@ def load(port: int, body: bytes, clients: int, requests: int, cap_s: float) -> d
         t.join()
     wall = time.perf_counter() - start_t
     lat = sorted(latencies)
-    return {"clients": clients, "answered": len(lat), "failed": len(failures), "wall_s": round(wall, 2),
-            "requests_per_s": round(len(lat) / wall, 2),
-            "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
-            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None}
+    return {
+        "clients": clients,
+        "answered": len(lat),
+        "failed": len(failures),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(lat) / wall, 2),
+        "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+    }
 
 
 def main() -> None:
@@ -141,19 +174,23 @@ def main() -> None:
             arch, size = spec.split(":")
             ckpt = make_checkpoint(work, arch, int(size))
             buf = io.BytesIO()
-            Image.fromarray(np.random.default_rng(1).integers(0, 255, (int(size) * 2, int(size) * 2, 3),
-                                                              dtype=np.uint8)).save(buf, format="JPEG")
+            Image.fromarray(
+                np.random.default_rng(1).integers(0, 255, (int(size) * 2, int(size) * 2, 3), dtype=np.uint8)
+            ).save(buf, format="JPEG")
             # Both servers up at once, cases alternated (A B A B): a load that drifts (a shared machine)
             # hits both alike. An idle server costs next to nothing.
             servers = {batch: start(ckpt, batch, work, args.serve_args) for batch in (1, 16)}
             try:
-                for batch, (_, port) in servers.items():
+                for _, port in servers.values():
                     load(port, buf.getvalue(), 4, 8, 30)  # warm-up
                 for clients in args.clients:
                     for _ in range(args.rounds):
                         for batch, (_, port) in servers.items():
-                            r = {"model": spec, "max_batch_size": batch,
-                                 **load(port, buf.getvalue(), clients, args.requests, args.cap)}
+                            r = {
+                                "model": spec,
+                                "max_batch_size": batch,
+                                **load(port, buf.getvalue(), clients, args.requests, args.cap),
+                            }
                             results["cases"].append(r)
                             print(json.dumps(r), flush=True)
             finally:
@@ -166,12 +203,34 @@ def main() -> None:
     summary = []
     for spec in args.models:
         for clients in args.clients:
-            rate = {b: round(statistics.median(c["requests_per_s"] for c in results["cases"] if c["model"] == spec
-                                         and c["clients"] == clients and c["max_batch_size"] == b), 2) for b in (1, 16)}
-            failed = {b: sum(c["failed"] for c in results["cases"] if c["model"] == spec and c["clients"] == clients
-                             and c["max_batch_size"] == b) for b in (1, 16)}
-            summary.append({"model": spec, "clients": clients, "requests_per_s": rate, "failed": failed,
-                            "batching_speedup": round(rate[16] / rate[1], 2) if rate[1] else None})
+            rate = {
+                b: round(
+                    statistics.median(
+                        c["requests_per_s"]
+                        for c in results["cases"]
+                        if c["model"] == spec and c["clients"] == clients and c["max_batch_size"] == b
+                    ),
+                    2,
+                )
+                for b in (1, 16)
+            }
+            failed = {
+                b: sum(
+                    c["failed"]
+                    for c in results["cases"]
+                    if c["model"] == spec and c["clients"] == clients and c["max_batch_size"] == b
+                )
+                for b in (1, 16)
+            }
+            summary.append(
+                {
+                    "model": spec,
+                    "clients": clients,
+                    "requests_per_s": rate,
+                    "failed": failed,
+                    "batching_speedup": round(rate[16] / rate[1], 2) if rate[1] else None,
+                }
+            )
             print(json.dumps(summary[-1]))
     results["summary"] = summary
     if args.out:

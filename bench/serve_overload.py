@@ -49,8 +49,10 @@ async def _post(port: int, body: bytes, deadline: float) -> tuple[str, float]:
     async def exchange() -> str:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            writer.write(
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
             await writer.drain()
             status_line = await reader.readline()
             await reader.read()  # headers and body, to the close
@@ -80,26 +82,42 @@ async def _open_loop(port: int, body: bytes, rate: float, seconds: float, deadli
 def summarize(results: list[tuple[str, float]], seconds: float) -> dict:
     """Counts by status and the latency of the 200s."""
     ok = sorted(t for s, t in results if s == "200")
-    return {"sent": len(results), "sent_per_s": round(len(results) / seconds, 2),
-            "status": dict(Counter(s for s, _ in results)), "answered_200_per_s": round(len(ok) / seconds, 2),
-            "p50_200_s": round(statistics.median(ok), 3) if ok else None,
-            "p99_200_s": round(ok[min(len(ok) - 1, int(0.99 * len(ok)))], 3) if ok else None,
-            "max_200_s": round(ok[-1], 3) if ok else None,
-            "slowest_any_s": round(max(t for _, t in results), 3) if results else None}
+    return {
+        "sent": len(results),
+        "sent_per_s": round(len(results) / seconds, 2),
+        "status": dict(Counter(s for s, _ in results)),
+        "answered_200_per_s": round(len(ok) / seconds, 2),
+        "p50_200_s": round(statistics.median(ok), 3) if ok else None,
+        "p99_200_s": round(ok[min(len(ok) - 1, int(0.99 * len(ok)))], 3) if ok else None,
+        "max_200_s": round(ok[-1], 3) if ok else None,
+        "slowest_any_s": round(max(t for _, t in results), 3) if results else None,
+    }
 
 
 def server_rss_mb(pid: int) -> dict:
     """Resident memory of the server and each of its processes (children of every thread), MB."""
+
     def tree(p: int) -> list[int]:
         kids = [int(c) for f in Path(f"/proc/{p}/task").glob("*/children") for c in f.read_text().split()]
         return [p] + [d for k in kids for d in tree(k)]
+
     each = {}
     for p in tree(pid):
         cmd = Path(f"/proc/{p}/cmdline").read_bytes()
-        kind = ("main" if p == pid else "model worker" if b"spawn_main" in cmd else
-                "resource tracker" if b"resource_tracker" in cmd else "forked (HTTP or queue manager)")
-        rss = next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))
+        kind = (
+            "main"
+            if p == pid
+            else "model worker"
+            if b"spawn_main" in cmd
+            else "resource tracker"
+            if b"resource_tracker" in cmd
+            else "forked (HTTP or queue manager)"
+        )
+        rss = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{p}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
         each[f"{p} {kind}"] = round(rss / 1024, 1)
     return {"total": round(sum(each.values()), 1), "processes": each}
 
@@ -122,13 +140,19 @@ def bench_model(spec: str, work: Path, args) -> dict:
     arch, size = spec.split(":")
     ckpt = make_checkpoint(work, arch, int(size))
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (int(size) * 2, int(size) * 2, 3),
-                                                      dtype=np.uint8)).save(buf, format="JPEG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (int(size) * 2, int(size) * 2, 3), dtype=np.uint8)).save(
+        buf, format="JPEG"
+    )
     body = buf.getvalue()
     proc, port = start(ckpt, 16, work, [f"max_queue={MAX_QUEUE}", f"timeout={TIMEOUT_S}", *args.serve_args])
     deadline = TIMEOUT_S + 30
-    record: dict = {"model": spec, "max_batch_size": 16, "max_queue": MAX_QUEUE, "timeout_s": TIMEOUT_S,
-                    "client_deadline_s": deadline}
+    record: dict = {
+        "model": spec,
+        "max_batch_size": 16,
+        "max_queue": MAX_QUEUE,
+        "timeout_s": TIMEOUT_S,
+        "client_deadline_s": deadline,
+    }
     try:
         load(port, body, 4, 16, 60)  # warm-up
         capacity = load(port, body, MAX_QUEUE, 100_000, args.capacity_s)
@@ -136,8 +160,10 @@ def bench_model(spec: str, work: Path, args) -> dict:
         record["capacity"] = capacity
         wait_idle(port, 120)
         record["rss_mb_before"] = server_rss_mb(proc.pid)
-        print(json.dumps({"model": spec, "capacity_per_s": rate, "rss_mb_before": record["rss_mb_before"]["total"]}),
-              flush=True)
+        print(
+            json.dumps({"model": spec, "capacity_per_s": rate, "rss_mb_before": record["rss_mb_before"]["total"]}),
+            flush=True,
+        )
         over = asyncio.run(_open_loop(port, body, args.factor * rate, args.overload_s, deadline))
         record["overload"] = {"factor": args.factor, "seconds": args.overload_s, **summarize(over, args.overload_s)}
         record["overload"]["drained_after_s"] = wait_idle(port, 120)
@@ -155,7 +181,8 @@ def bench_model(spec: str, work: Path, args) -> dict:
             "none_hung": "hung" not in every,
             "p99_of_accepted_within_timeout": (record["overload"]["p99_200_s"] or 0) <= TIMEOUT_S,
             "normal_load_all_200": all(s == "200" for s, _ in normal),
-            "rss_change_mb": round(record["rss_mb_after"]["total"] - record["rss_mb_before"]["total"], 1)}
+            "rss_change_mb": round(record["rss_mb_after"]["total"] - record["rss_mb_before"]["total"], 1),
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         record["exit_status_after_sigterm"] = proc.wait(timeout=120)
@@ -180,8 +207,14 @@ def main() -> None:
     ap.add_argument("--serve-args", nargs="*", default=[], help="more `vggtune serve` overrides")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    results = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "cpu": lscpu(), "python": platform.python_version(),
-               "load_average_before": os.getloadavg(), "serve_args": args.serve_args, "models": []}
+    results = {
+        "machine": f"{os.cpu_count()} CPU cores, no GPU",
+        "cpu": lscpu(),
+        "python": platform.python_version(),
+        "load_average_before": os.getloadavg(),
+        "serve_args": args.serve_args,
+        "models": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models:
             results["models"].append(bench_model(spec, Path(tmp), args))

@@ -51,8 +51,17 @@ def make_jpegs(root: Path, images: int, seed: int = 0) -> Path:
 def datamodule(case: str, data: Path, shards: Path, cache: Path, args):
     from vggtune.data.datamodule import ClassFolderDataModule
 
-    kw = dict(image_size=args.size, batch_size=args.batch, num_workers=args.workers, augment="light", arch=args.arch,
-              val_split=0.2, test_split=0.0, cache_dir=str(cache), seed=1)
+    kw = dict(
+        image_size=args.size,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        augment="light",
+        arch=args.arch,
+        val_split=0.2,
+        test_split=0.0,
+        cache_dir=str(cache),
+        seed=1,
+    )
     if case == "stream":
         return ClassFolderDataModule(stream=str(shards), **kw)
     dm = ClassFolderDataModule(str(data), cache_images=case == "image_cache", **kw)
@@ -84,14 +93,33 @@ def train_speed(case: str, data: Path, shards: Path, work: Path, args) -> dict:
 
     from vggtune.tasks.train import train
 
-    source = [f"data.stream={shards}"] if case == "stream" else [
-        f"data.root={data}", f"data.cache_images={'true' if case == 'image_cache' else 'false'}"]
-    overrides = [*source, f"model={args.arch}", "model.weights=none", f"data.image_size={args.size}",
-                 f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.augment=light",
-                 "data.test_split=0", "trainer=cpu", f"trainer.max_epochs={args.epochs}", "finetune=full", "optim=sgd",
-                 "callbacks.best_checkpoint=null", "callbacks.last_checkpoint=null", "~logger", "seed=1",
-                 "trainer.enable_progress_bar=false", f"paths.run_dir={work / case}",
-                 f"data.cache_dir={work / 'cache'}", "+callbacks.epoch_timer._target_=epoch_overhead.EpochTimer"]
+    source = (
+        [f"data.stream={shards}"]
+        if case == "stream"
+        else [f"data.root={data}", f"data.cache_images={'true' if case == 'image_cache' else 'false'}"]
+    )
+    overrides = [
+        *source,
+        f"model={args.arch}",
+        "model.weights=none",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch}",
+        f"data.num_workers={args.workers}",
+        "data.augment=light",
+        "data.test_split=0",
+        "trainer=cpu",
+        f"trainer.max_epochs={args.epochs}",
+        "finetune=full",
+        "optim=sgd",
+        "callbacks.best_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "~logger",
+        "seed=1",
+        "trainer.enable_progress_bar=false",
+        f"paths.run_dir={work / case}",
+        f"data.cache_dir={work / 'cache'}",
+        "+callbacks.epoch_timer._target_=epoch_overhead.EpochTimer",
+    ]
     with initialize_config_module("vggtune.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     start = time.perf_counter()
@@ -100,8 +128,7 @@ def train_speed(case: str, data: Path, shards: Path, work: Path, args) -> dict:
     epochs = EpochTimer.made[-1].epochs
     later = [e["epoch_s"] for e in epochs[1:]]
     images = epochs[0]["train_steps"] * args.batch
-    return {"wall_s": wall, "epochs": epochs, "train_images": images,
-            "images_per_s": images / statistics.median(later)}
+    return {"wall_s": wall, "epochs": epochs, "train_images": images, "images_per_s": images / statistics.median(later)}
 
 
 def main() -> None:
@@ -122,12 +149,16 @@ def main() -> None:
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="vggtune-bench-stream-"))
     data = make_jpegs(work / "jpegs", args.images)
-    source = ClassFolderDataModule(str(data), image_size=args.size, arch=args.arch, val_split=0.2, test_split=0.0,
-                                   batch_size=1, seed=1)
+    source = ClassFolderDataModule(
+        str(data), image_size=args.size, arch=args.arch, val_split=0.2, test_split=0.0, batch_size=1, seed=1
+    )
     start = time.perf_counter()
     info = write_stream(source.split, source.preprocessing, str(work / "shards"), workers=args.workers)
-    results = {"prepare": {"seconds": time.perf_counter() - start, "bytes": info["bytes"], "images": info["images"]},
-               "loader": {}, "train": {}}
+    results = {
+        "prepare": {"seconds": time.perf_counter() - start, "bytes": info["bytes"], "images": info["images"]},
+        "loader": {},
+        "train": {},
+    }
     for case in CASES:
         results["loader"][case] = loader_speed(case, data, work / "shards", work / "cache", args)
         print(f"loader {case}: {results['loader'][case]['images_per_s']:.0f} images/s", flush=True)
@@ -135,9 +166,14 @@ def main() -> None:
         GlobalHydra.instance().clear()
         results["train"][case] = train_speed(case, data, work / "shards", work, args)
         print(f"train {case}: {results['train'][case]['images_per_s']:.1f} images/s", flush=True)
-    results["setup"] = {**vars(args), "out": str(args.out), "python": platform.python_version(),
-                        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                        "note": "shared 2-core machine: other jobs ran at the same time; compare cases within a run"}
+    results["setup"] = {
+        **vars(args),
+        "out": str(args.out),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "note": "shared 2-core machine: other jobs ran at the same time; compare cases within a run",
+    }
     text = json.dumps(results, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -72,7 +72,12 @@ def _digits(lo: int):
         counters[c] += 1
         a = (imgs[i] * (255 / 16)).astype(np.uint8)
         return Image.fromarray(255 - a).resize((SOURCE_SIZE, SOURCE_SIZE), Image.BILINEAR).convert("RGB")
-    return draw, [str(c) for c in range(lo, lo + 5)], {str(c): len(v) for c, v in zip(range(lo, lo + 5), by_class.values())}
+
+    return (
+        draw,
+        [str(c) for c in range(lo, lo + 5)],
+        {str(c): len(v) for c, v in zip(range(lo, lo + 5), by_class.values())},
+    )
 
 
 def family(name: str):
@@ -110,8 +115,15 @@ def write_split(root: Path, name: str, train_per_class: int, val_per_class: int,
     return root
 
 
-def pretrain(work: Path, source: str, arch: str = "vgg11_bn", size: int = 32, per_class: int = 200,
-             epochs: int = 4, seed: int = 0) -> Path:
+def pretrain(
+    work: Path,
+    source: str,
+    arch: str = "vgg11_bn",
+    size: int = 32,
+    per_class: int = 200,
+    epochs: int = 4,
+    seed: int = 0,
+) -> Path:
     """A VGG trained from random init on ``source`` (plain PyTorch); its state dict's path (cached).
 
     Two phases, because at 32 px VGG's ImageNet classifier (fc6 reads 512 x 7 x 7 copies of a 1 x 1
@@ -127,31 +139,48 @@ def pretrain(work: Path, source: str, arch: str = "vgg11_bn", size: int = 32, pe
     torch.manual_seed(seed)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    ds = torchvision.datasets.ImageFolder(str(data / "train"), transform=v2.Compose(
-        [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), *norm]))
+    ds = torchvision.datasets.ImageFolder(
+        str(data / "train"), transform=v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), *norm])
+    )
     dl = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=1, drop_last=True)
     model = torchvision.models.get_model(arch, weights=None)
     model.classifier[6] = nn.Linear(4096, len(ds.classes))
     t0 = time.perf_counter()
 
     def fit(net, opt, loader, n_epochs, what):
-        fit_plain(net, opt, loader, n_epochs, lambda epoch, acc: print(
-            f"  pretrain {source} {what} epoch {epoch}: train acc {acc:.3f} ({time.perf_counter() - t0:.0f} s)",
-            flush=True))
+        fit_plain(
+            net,
+            opt,
+            loader,
+            n_epochs,
+            lambda epoch, acc: print(
+                f"  pretrain {source} {what} epoch {epoch}: train acc {acc:.3f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            ),
+        )
 
     convs = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, len(ds.classes)))
     fit(convs, torch.optim.AdamW(convs.parameters(), lr=1e-3, weight_decay=1e-4), dl, epochs, "conv layers")
     model.eval()
     ds.transform = v2.Compose([v2.Resize(size, antialias=True), *norm])
     with torch.no_grad():
-        feats, labels = zip(*[(model.avgpool(model.features(x)).flatten(1), y)
-                              for x, y in torch.utils.data.DataLoader(ds, batch_size=64)])
+        feats, labels = zip(
+            *[
+                (model.avgpool(model.features(x)).flatten(1), y)
+                for x, y in torch.utils.data.DataLoader(ds, batch_size=64)
+            ]
+        )
     pooled = torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels))
     # SGD as VGG's own recipe (weight decay 5e-4): fc7 activations and logits stay at the scale of
     # torchvision's ImageNet VGGs (mean |fc7| about 1, |logits| about 10), where AdamW here gave
     # 40x larger ones that no target recipe recovers from.
-    fit(model.classifier, torch.optim.SGD(model.classifier.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4),
-        torch.utils.data.DataLoader(pooled, batch_size=32, shuffle=True), 3, "fc6/fc7/head")
+    fit(
+        model.classifier,
+        torch.optim.SGD(model.classifier.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4),
+        torch.utils.data.DataLoader(pooled, batch_size=32, shuffle=True),
+        3,
+        "fc6/fc7/head",
+    )
     with torch.no_grad():
         fc7 = model.classifier[:5](pooled.tensors[0][:200])
         logits = model.classifier[5:](fc7)

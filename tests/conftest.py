@@ -23,12 +23,26 @@ from vggtune.data.demo import PATTERNS, draw_pattern
 # Plain SGD keeps no optimizer state, so a checkpoint is the model's 0.5 GB, not 1.5 GB with AdamW's
 # two moments: the suite spends its time training, not writing files. (AdamW is trained in-process
 # by test_finetune.py.)
-TINY = ["model=vgg11", "model.weights=none", "data.image_size=32", "data.batch_size=8", "data.num_workers=0",
-        "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-        "finetune=full", "optim=sgd", "optim.momentum=0", "optim.nesterov=false"]
+TINY = [
+    "model=vgg11",
+    "model.weights=none",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "finetune=full",
+    "optim=sgd",
+    "optim.momentum=0",
+    "optim.nesterov=false",
+]
 
 
-def linear_probe_from_a_weights_file(tmp_path: Path, data: Path, *extra: str) -> tuple[dict, Path, "subprocess.CompletedProcess"]:
+def linear_probe_from_a_weights_file(
+    tmp_path: Path, data: Path, *extra: str
+) -> tuple[dict, Path, subprocess.CompletedProcess]:
     """Save a seeded random vgg11 state dict, run ``train finetune=linear_probe`` from it: (state, run folder, process)."""
     import torch
     import torchvision
@@ -37,9 +51,16 @@ def linear_probe_from_a_weights_file(tmp_path: Path, data: Path, *extra: str) ->
     state = torchvision.models.vgg11().state_dict()
     torch.save(state, tmp_path / "vgg11-local.pth")
     run_dir = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={data}", *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
-                   f"model.weights={tmp_path / 'vgg11-local.pth'}", "finetune=linear_probe", *extra,
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={data}",
+        *[a for a in TINY if not a.startswith(("model.weights", "finetune"))],
+        f"model.weights={tmp_path / 'vgg11-local.pth'}",
+        "finetune=linear_probe",
+        *extra,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     return state, run_dir, proc
 
 
@@ -65,8 +86,9 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     """Run ``vggtune <args>`` in ``cwd`` and return the finished process (output captured as text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([*vggtune_command(), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*vggtune_command(), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_cli_here(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -102,7 +124,7 @@ class ProcessState:
     Hydra's global state. A logger first made during the run (by an import) keeps what its module gave it,
     as it would in a process that imported the module then."""
 
-    def __enter__(self) -> "ProcessState":
+    def __enter__(self) -> ProcessState:
         import urllib.request
 
         import torch
@@ -145,15 +167,24 @@ class ProcessState:
 
         import torch
 
-        return {"cwd": os.getcwd(), "env": dict(os.environ), "opener": urllib.request._opener,
-                "warnings": list(warnings.filters), "threads": torch.get_num_threads(), "hub": torch.hub._hub_dir,
-                "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
-                "loggers": {n: _logger_state(lg) for n, lg in _loggers().items()}}
+        return {
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "opener": urllib.request._opener,
+            "warnings": list(warnings.filters),
+            "threads": torch.get_num_threads(),
+            "hub": torch.hub._hub_dir,
+            "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+            "loggers": {n: _logger_state(lg) for n, lg in _loggers().items()},
+        }
 
 
 def _loggers() -> dict[str, logging.Logger]:
     manager = logging.Logger.manager
-    return {"": logging.getLogger(), **{n: lg for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}}
+    return {
+        "": logging.getLogger(),
+        **{n: lg for n, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)},
+    }
 
 
 def _logger_state(logger: logging.Logger) -> tuple:

@@ -74,8 +74,9 @@ def test_layer_groups_cover_the_model_once(arch):
 
 def test_vgg16_has_torchvisions_parameter_count():
     model = build_vgg("vgg16", num_classes=1000, weights="none")
-    assert sum(p.numel() for p in model.parameters()) == torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta[
-        "num_params"]
+    assert (
+        sum(p.numel() for p in model.parameters()) == torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["num_params"]
+    )
 
 
 def test_preprocessing_from_weights_metadata_and_override():
@@ -134,8 +135,14 @@ def test_pooled_head_keeps_the_pretrained_convs_and_replaces_pool_and_classifier
     got = model.state_dict()
     convs = [k for k in state if k.startswith("features.")]
     assert convs and all(torch.equal(got[k], state[k]) for k in convs)
-    assert not any(k.startswith("classifier.") and got.get(k) is not None and got[k].shape == state[k].shape
-                   and torch.equal(got[k], state[k]) for k in state if k in got)
+    assert not any(
+        k.startswith("classifier.")
+        and got.get(k) is not None
+        and got[k].shape == state[k].shape
+        and torch.equal(got[k], state[k])
+        for k in state
+        if k in got
+    )
     # fastai's create_head: BN, dropout p/2, linear 1024 -> 512, ReLU, BN, dropout p, linear -> classes
     c = model.classifier
     assert isinstance(c[0], nn.BatchNorm1d) and c[0].num_features == 1024 and c[1].p == 0.25

@@ -9,9 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
+from PIL import Image
 
 pytest.importorskip("cleanlab")
 AUDIT = ["model=vgg11", "model.weights=none", "data.image_size=32", "data.num_workers=0", "device=cpu"]
@@ -34,7 +33,7 @@ def make_colour_folders(root, per_class: int = 16, size: int = 48, seed: int = 0
         for i in range(per_class):
             pixels = np.array(colour) + rng.normal(0, 20, (size, size, 3))
             top, left = rng.integers(0, size // 2, 2)  # a patch in its own place: what tells two images apart
-            pixels[top:top + size // 3, left:left + size // 3] += rng.choice([-40, 40])
+            pixels[top : top + size // 3, left : left + size // 3] += rng.choice([-40, 40])
             pixels = np.clip(pixels, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"img_{i:03d}.png")
     return root
@@ -66,8 +65,14 @@ def audit_run(planted, tmp_path_factory):
     root = planted[0]
     work = tmp_path_factory.mktemp("audit")
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-    proc = run_cli_here("audit", f"data.labels={root / 'labels.csv'}", *AUDIT, f"data.cache_dir={work / 'cache'}",
-                        f"hydra.run.dir={work / 'run'}", cwd=work)
+    proc = run_cli_here(
+        "audit",
+        f"data.labels={root / 'labels.csv'}",
+        *AUDIT,
+        f"data.cache_dir={work / 'cache'}",
+        f"hydra.run.dir={work / 'run'}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # no file of the user's touched
     return work / "run", proc
@@ -107,8 +112,15 @@ def test_cleaned_labels_relabel_the_wrong_row_and_train_reads_them_as_they_are(a
     cleaned = {r["path"]: r for r in _rows(run_dir / "cleaned_labels.csv")}
     assert len(cleaned) == len(_rows(root / "labels.csv"))
     assert (cleaned[wrong]["label"], cleaned[wrong]["given_label"], cleaned[wrong]["drop"]) == ("red", "green", "0")
-    proc = run_cli_here("train", f"data.root={root}", f"data.labels={run_dir / 'cleaned_labels.csv'}", *TINY,
-                        "logger=csv", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={root}",
+        f"data.labels={run_dir / 'cleaned_labels.csv'}",
+        *TINY,
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     split = {r["path"]: r for r in _rows(tmp_path / "run" / "split.csv")}
     assert split[wrong]["class"] == "red" and exact[1] not in split
@@ -121,8 +133,16 @@ def test_data_exclude_leaves_out_exactly_the_listed_files_and_says_how_many(tiny
     (tmp_path / "out.csv").write_text("rank,path\n" + "".join(f"{k},{p}\n" for k, p in enumerate(listed)))
     runs = {}
     for name, extra in (("all", []), ("excluded", [f"data.exclude={tmp_path / 'out.csv'}"])):
-        proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "+trainer.limit_train_batches=1", "logger=csv", *extra,
-                            f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        proc = run_cli_here(
+            "train",
+            f"data.root={tiny_data}",
+            *TINY,
+            "+trainer.limit_train_batches=1",
+            "logger=csv",
+            *extra,
+            f"hydra.run.dir={tmp_path / name}",
+            cwd=tmp_path,
+        )
         runs[name] = (proc, {r["path"]: r for r in _rows(tmp_path / name / "split.csv")})
     (_, everything), (proc, kept) = runs["all"], runs["excluded"]
     assert set(everything) - set(kept) == set(listed)
@@ -133,18 +153,31 @@ def test_data_exclude_leaves_out_exactly_the_listed_files_and_says_how_many(tiny
 
 
 def test_an_unknown_path_in_data_exclude_is_one_line(tiny_data, tmp_path):
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.exclude=[checks/no_such.png]",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "data.exclude=[checks/no_such.png]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "data.exclude", "checks/no_such.png")
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.exclude=missing_issues.csv",
-                        f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "data.exclude=missing_issues.csv",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "data.exclude missing_issues.csv: no such file")
 
 
 def test_a_class_with_fewer_images_than_folds_is_one_line(tmp_path):
     data = make_class_folders(tmp_path / "few", classes=2, per_class=4)
-    proc = run_cli_here("audit", f"data.root={data}", *AUDIT, "data.test_split=0", f"hydra.run.dir={tmp_path / 'r'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "audit", f"data.root={data}", *AUDIT, "data.test_split=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "fewer than audit.folds=5", "lower audit.folds")
 
 
@@ -152,8 +185,15 @@ def test_a_class_with_fewer_images_than_folds_is_one_line(tmp_path):
 def test_a_checkpoint_of_other_classes_is_one_line(tiny_run, tmp_path):
     data = make_class_folders(tmp_path / "other", classes=2, per_class=10, seed=1)
     (data / "checks").rename(data / "cats")
-    proc = run_cli_here("audit", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={data}",
-                        "data.num_workers=0", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "audit",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={data}",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "was trained on the classes", "cats")
 
 
@@ -169,8 +209,10 @@ def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(aud
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1000, "height": 800})
         page.goto((run_dir / "report.html").as_uri())  # no server
-        first = page.eval_on_selector("#issues .row", "r => [r.dataset.path, r.innerText, "
-                                                      "r.querySelector('img').naturalWidth, r.querySelector('a').href]")
+        first = page.eval_on_selector(
+            "#issues .row",
+            "r => [r.dataset.path, r.innerText, r.querySelector('img').naturalWidth, r.querySelector('a').href]",
+        )
         visible = page.eval_on_selector_all("section", "s => s.filter(x => !x.hidden).map(x => x.id)")
         page.click("nav button[data-tab=duplicates]")
         pairs = page.eval_on_selector_all("#duplicates .pair", "rows => rows.map(r => [r.dataset.paths, r.innerText])")
@@ -191,8 +233,9 @@ def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(aud
 
 
 def test_a_stream_is_refused_with_one_line(tmp_path):
-    proc = run_cli_here("audit", f"data.stream={tmp_path / 'shards'}", *AUDIT, f"hydra.run.dir={tmp_path / 'r'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "audit", f"data.stream={tmp_path / 'shards'}", *AUDIT, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "data.stream", "data.root=")
 
 
@@ -203,8 +246,15 @@ def test_several_labels_per_image_go_through_cleanlabs_multilabel_functions(tmp_
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "labels"], *rows])
     run_dir = tmp_path / "run"
-    proc = run_cli_here("audit", f"data.labels={root / 'labels.csv'}", "data.label_delim=' '", *AUDIT,
-                        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "audit",
+        f"data.labels={root / 'labels.csv'}",
+        "data.label_delim=' '",
+        *AUDIT,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     probs = np.load(run_dir / "pred_probs.npy")
     assert probs.shape == (len(rows), 4) and ((probs >= 0) & (probs <= 1)).all()

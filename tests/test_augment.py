@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_class_folders
 from PIL import Image
 
-from conftest import make_class_folders
 from vggtune.core.errors import UserError
 from vggtune.data.image_cache import CachedImageDataset, build_cache
 from vggtune.data.transforms import train_transform
@@ -51,8 +51,9 @@ def test_the_image_cache_follows_crop_scale_and_flip(tmp_path):
     paths = sorted(data.rglob("img_*"))
     cache = build_cache(paths, prep, tmp_path)
     for flip in (True, False):
-        ds = CachedImageDataset(cache, [0] * len(paths), prep.resize_size, train=True, seed=1, crop_scale=0.9,
-                                flip=flip)
+        ds = CachedImageDataset(
+            cache, [0] * len(paths), prep.resize_size, train=True, seed=1, crop_scale=0.9, flip=flip
+        )
         items = [ds[i] for i in range(len(paths))]
         flips = sum(f for *_, f in items)
         assert (flips > 0) if flip else (flips == 0)
@@ -60,8 +61,14 @@ def test_the_image_cache_follows_crop_scale_and_flip(tmp_path):
         assert all((b[2] - b[0]) * (b[3] - b[1]) >= 0.9 * side * side - 2 * side for _, _, b, _ in items)
 
 
-@pytest.mark.parametrize("kwargs, needle", [({"crop_scale": 0}, "data.crop_scale"), ({"crop_scale": 1.5}, "data.crop_scale"),
-                                            ({"flip": "yes"}, "data.flip must be true or false")])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"crop_scale": 0}, "data.crop_scale"),
+        ({"crop_scale": 1.5}, "data.crop_scale"),
+        ({"flip": "yes"}, "data.flip must be true or false"),
+    ],
+)
 def test_bad_augmentation_values_name_the_key(kwargs, needle):
     with pytest.raises(UserError, match=needle):
         train_transform(preprocessing("vgg11", 32), "light", **kwargs)

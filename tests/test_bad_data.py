@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
 from PIL import Image
 
-from conftest import assert_one_line_error, make_class_folders, run_cli_here, TINY
 from vggtune.data.scan import scan_images
 
 BAD = {"empty.jpg", "truncated.jpg", "random.jpg", "text.png", "bomb.png", "loop.jpg", "unreadable.png"}
@@ -74,7 +74,7 @@ def test_full_verification_finds_damage_that_headers_do_not_show(tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
     raw = bytearray(path.read_bytes())
     middle = raw.index(b"IDAT") + 40
-    raw[middle:middle + 64] = bytes(64)  # corrupt the pixel data, keep the header and the IEND marker
+    raw[middle : middle + 64] = bytes(64)  # corrupt the pixel data, keep the header and the IEND marker
     path.write_bytes(bytes(raw))
     assert scan_images([path], verify="header")[0] == [path]
     good, bad = scan_images([path], verify="full")
@@ -102,11 +102,14 @@ def test_a_file_without_read_permission_is_reported(tmp_path, monkeypatch):
     assert not good and "permission denied" in bad[0].reason
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("data.val_split=0.7", "leaves no training images"),
-    ("data.batch_size=500", "larger than the"),
-    ("data.augment=wild", "data.augment"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.val_split=0.7", "leaves no training images"),
+        ("data.batch_size=500", "larger than the"),
+        ("data.augment=wild", "data.augment"),
+    ],
+)
 def test_bad_configuration_values(tmp_path, tiny_data, override, needle):
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.test_split=0.3", override, cwd=tmp_path)
     assert_one_line_error(proc, needle)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
 
 
@@ -82,20 +81,21 @@ def test_unknown_key_suggests_the_right_one(work, tiny_data):
 
 
 def test_wrong_type(work, tiny_data):
-    assert_one_line_error(_train(work, f"data.root={tiny_data}", "trainer.max_epochs=many"), "trainer.max_epochs",
-                          "whole number")
+    assert_one_line_error(
+        _train(work, f"data.root={tiny_data}", "trainer.max_epochs=many"), "trainer.max_epochs", "whole number"
+    )
 
 
 def test_weights_file_missing(work, tiny_data):
-    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={work / 'no.pth'}"),
-                          "does not exist")
+    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={work / 'no.pth'}"), "does not exist")
 
 
 def test_weights_file_of_another_architecture(work, tiny_data):
     path = work / "vgg13.pth"
     torch.save(torchvision.models.vgg13().state_dict(), path)
-    assert_one_line_error(_train(work, f"data.root={tiny_data}", f"model.weights={path}"),
-                          "do not fit vgg11", "model=vgg13")
+    assert_one_line_error(
+        _train(work, f"data.root={tiny_data}", f"model.weights={path}"), "do not fit vgg11", "model=vgg13"
+    )
 
 
 def test_weights_file_that_is_not_a_checkpoint(work, tiny_data):
@@ -113,30 +113,45 @@ def _closed_port() -> int:
 def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny_data):
     # A proxy on a closed loopback port makes the download fail at once, without touching the network.
     proxy = f"http://127.0.0.1:{_closed_port()}"
-    env = {"TORCH_HOME": str(work / "torch"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
-           "HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
-    err = assert_one_line_error(_train(work, f"data.root={tiny_data}", "model.weights=imagenet", env=env),
-                                "vgg11-8a719046.pth", "model.weights=none", "model.weights=/path/to/")
+    env = {
+        "TORCH_HOME": str(work / "torch"),
+        "HTTPS_PROXY": proxy,
+        "https_proxy": proxy,
+        "HTTP_PROXY": proxy,
+        "http_proxy": proxy,
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    err = assert_one_line_error(
+        _train(work, f"data.root={tiny_data}", "model.weights=imagenet", env=env),
+        "vgg11-8a719046.pth",
+        "model.weights=none",
+        "model.weights=/path/to/",
+    )
     assert str(work / "torch" / "hub" / "checkpoints") in err
 
 
-@pytest.mark.parametrize("override, needles", [
-    ("trainer.max_epochs=-1", ("trainer.max_epochs", "1 or more")),
-    ("trainer.max_epochs=null", ("trainer.max_epochs", "1 or more")),
-    ("trainer.max_epochs=0", ("trainer.max_epochs", "1 or more")),
-    ("optim.lr=-1", ("optim.lr", "positive")),
-    ("monitor=val/accuracy", ("did you mean monitor=val/acc?", "val/loss")),
-    ("scheduler.warmup_fraction=2", ("scheduler.warmup_fraction", "below 1")),
-    ("callbacks.progress_bar.mode=fancy", ("callbacks.progress_bar.mode=fancy", "auto", "plain")),
-    ("callbacks.progress_bar.every_n_steps=0", ("callbacks.progress_bar.every_n_steps", "1 or more")),
-    ("callbacks.progress_bar.refresh_seconds=-1", ("callbacks.progress_bar.refresh_seconds", "0 or more")),
-    ("monitor=val/acc_top5", ("needs at least 5 classes", "has 3")),  # found once the data is read
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("trainer.max_epochs=-1", ("trainer.max_epochs", "1 or more")),
+        ("trainer.max_epochs=null", ("trainer.max_epochs", "1 or more")),
+        ("trainer.max_epochs=0", ("trainer.max_epochs", "1 or more")),
+        ("optim.lr=-1", ("optim.lr", "positive")),
+        ("monitor=val/accuracy", ("did you mean monitor=val/acc?", "val/loss")),
+        ("scheduler.warmup_fraction=2", ("scheduler.warmup_fraction", "below 1")),
+        ("callbacks.progress_bar.mode=fancy", ("callbacks.progress_bar.mode=fancy", "auto", "plain")),
+        ("callbacks.progress_bar.every_n_steps=0", ("callbacks.progress_bar.every_n_steps", "1 or more")),
+        ("callbacks.progress_bar.refresh_seconds=-1", ("callbacks.progress_bar.refresh_seconds", "0 or more")),
+        ("monitor=val/acc_top5", ("needs at least 5 classes", "has 3")),  # found once the data is read
+    ],
+)
 def test_values_that_would_fail_after_training_started_are_refused_first(work, tiny_data, override, needles):
     assert_one_line_error(_train(work, f"data.root={tiny_data}", override), *needles)
 
 
 # --- resuming ---------------------------------------------------------------------------------------
+
 
 def _foreign_checkpoint(path):
     torch.save({"state_dict": {}, "epoch": 3}, path)
@@ -148,12 +163,15 @@ def _text_file(path):
     return path
 
 
-@pytest.mark.parametrize("make, needles", [
-    (lambda run, tmp: tmp / "missing.ckpt", ("does not exist", "last.ckpt")),
-    (lambda run, tmp: _text_file(tmp / "notes.ckpt"), ("not a PyTorch checkpoint",)),
-    (lambda run, tmp: _foreign_checkpoint(tmp / "other.ckpt"), ("not a vggtune checkpoint",)),
-    (lambda run, tmp: run / "checkpoints" / "best.ckpt", ("weights only", "last.ckpt")),
-])
+@pytest.mark.parametrize(
+    "make, needles",
+    [
+        (lambda run, tmp: tmp / "missing.ckpt", ("does not exist", "last.ckpt")),
+        (lambda run, tmp: _text_file(tmp / "notes.ckpt"), ("not a PyTorch checkpoint",)),
+        (lambda run, tmp: _foreign_checkpoint(tmp / "other.ckpt"), ("not a vggtune checkpoint",)),
+        (lambda run, tmp: run / "checkpoints" / "best.ckpt", ("weights only", "last.ckpt")),
+    ],
+)
 def test_a_checkpoint_that_cannot_be_resumed_is_refused_in_one_line(work, tiny_data, tiny_run, make, needles):
     ckpt = make(tiny_run, work)
     assert_one_line_error(_train(work, f"data.root={tiny_data}", f"ckpt_path={ckpt}"), *needles)
@@ -161,8 +179,10 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_in_one_line(work, tiny_d
 
 def _copy_run(run_dir, dest):
     """A copy of a run folder whose checkpoints are hard links (no 0.5 GB copies)."""
+
     def link_checkpoints(src, dst):
         return os.link(src, dst) if src.endswith(".ckpt") else shutil.copy2(src, dst)
+
     return Path(shutil.copytree(run_dir, dest, copy_function=link_checkpoints))
 
 
@@ -187,7 +207,9 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_run, ti
 
 
 def test_unknown_head_lists_valid_ones(work, tiny_data):
-    assert_one_line_error(_train(work, f"data.root={tiny_data}", "model.head=mlp"), "model.head must be one of vgg, pooled")
+    assert_one_line_error(
+        _train(work, f"data.root={tiny_data}", "model.head=mlp"), "model.head must be one of vgg, pooled"
+    )
 
 
 def test_bad_crop_scale_names_the_key(work, tiny_data):

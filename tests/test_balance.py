@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, assert_one_line_error, run_cli_here
 from torch.utils.data import TensorDataset
 
-from conftest import TINY, assert_one_line_error, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.datasets import BalancedSampler
@@ -38,8 +38,9 @@ def unbalanced(tmp_path_factory):
 
 
 def _datamodule(root, **kwargs):
-    dm = ClassFolderDataModule(str(root), image_size=32, batch_size=4, num_workers=0, arch="vgg11", test_split=0.0,
-                               **kwargs)
+    dm = ClassFolderDataModule(
+        str(root), image_size=32, batch_size=4, num_workers=0, arch="vgg11", test_split=0.0, **kwargs
+    )
     dm.setup("fit")
     return dm
 
@@ -101,15 +102,28 @@ def _minority_recall(root, balance: str) -> float:
     dm.split.subsets["train"] = [(f"v{i}", int(label)) for i, label in enumerate(train_y)]
     dm.datasets = {"train": TensorDataset(train_x, train_y), "val": TensorDataset(val_x, val_y)}
     dm.batch_size = 32
-    module = VGGClassifier("vgg11", dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(),
-                           finetune={"name": "linear_probe", "train_fc": False}, class_weights=dm.loss_weights(),
-                           optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.05})
+    module = VGGClassifier(
+        "vgg11",
+        dm.class_names,
+        weights="none",
+        preprocessing=dm.preprocessing.to_dict(),
+        finetune={"name": "linear_probe", "train_fc": False},
+        class_weights=dm.loss_weights(),
+        optim={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.05},
+    )
     with torch.no_grad():
         module.model.classifier[6].weight.zero_()
         module.model.classifier[6].bias.zero_()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=8, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[FreezeSchedule()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[FreezeSchedule()],
+    )
     trainer.fit(module, datamodule=dm)
     module.eval()
     with torch.no_grad():
@@ -128,8 +142,15 @@ def test_on_a_ten_to_one_task_either_option_raises_the_minority_recall(unbalance
 
 def test_a_balanced_run_logs_counts_weights_the_loss_and_reports_balanced_accuracy(tmp_path, unbalanced):
     run_dir = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={unbalanced}", *TINY, "data.balance=loss", "monitor=val/bal_acc",
-                        f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={unbalanced}",
+        *TINY,
+        "data.balance=loss",
+        "monitor=val/bal_acc",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "Training images per class: checks 40, dots 4 (largest / smallest: 10.0)" in log

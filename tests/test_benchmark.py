@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli_here
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import assert_one_line_error, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.serve.backends import file_version
 from vggtune.serve.choice import choose
@@ -39,8 +39,14 @@ def run_copy(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def benched(run_copy, tmp_path_factory) -> tuple[Path, dict, str]:
     work = tmp_path_factory.mktemp("benchwork")
-    proc = run_cli_here("benchmark", f"ckpt={run_copy / 'checkpoints' / 'best.ckpt'}", FORMATS, *QUICK,
-                        f"hydra.run.dir={work / 'out'}", cwd=work)
+    proc = run_cli_here(
+        "benchmark",
+        f"ckpt={run_copy / 'checkpoints' / 'best.ckpt'}",
+        FORMATS,
+        *QUICK,
+        f"hydra.run.dir={work / 'out'}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work / "out", json.loads((work / "out" / "benchmark.json").read_text()), proc.stderr + proc.stdout
 
@@ -54,9 +60,12 @@ def test_every_format_is_scored_on_the_test_images_as_sklearn_scores_its_own_fil
     assert result["data"]["images"] == len(held.targets) and "test split" in result["data"]["source"]
     rows = {r["format"]: r for r in result["formats"]}
     assert list(rows) == ["eager_fp32", "torchscript", "onnx_fp32", "onnx_int8"]
-    runners = {"eager_fp32": None, "torchscript": export.torchscript_runner(out / "files" / "model.pt"),
-               "onnx_fp32": export.onnx_session_runner(out / "files" / "model.onnx"),
-               "onnx_int8": export.onnx_session_runner(out / "files" / "model.int8.onnx")}
+    runners = {
+        "eager_fp32": None,
+        "torchscript": export.torchscript_runner(out / "files" / "model.pt"),
+        "onnx_fp32": export.onnx_session_runner(out / "files" / "model.onnx"),
+        "onnx_int8": export.onnx_session_runner(out / "files" / "model.int8.onnx"),
+    }
     with torch.inference_mode():
         reference = (model.module(model_input(model, held.images)) / model.temperature).softmax(dim=1)
     for name, run in runners.items():
@@ -133,16 +142,20 @@ def test_backend_and_precision_mistakes_are_one_line(tiny_run, tmp_path, monkeyp
     monkeypatch.setattr(choice, "has_bf16", quantize.has_bf16)
     with pytest.raises(UserError, match="precision=bf16 needs a CPU with bf16"):
         choose(_settings(backend=None, precision="bf16", ckpt=str(ckpt)))
-    proc = run_cli_here("serve", f"ckpt={ckpt}", "backend=auto", "port=8123", f"hydra.run.dir={tmp_path / 'r'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "serve", f"ckpt={ckpt}", "backend=auto", "port=8123", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "has not run for this checkpoint", "vggtune benchmark")
 
 
 def test_bad_benchmark_settings_are_one_line(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
-    for overrides, needle in [(["formats=[onnx_fp16]"], "unknown format 'onnx_fp16'"),
-                              (["max_accuracy_drop=-2"], "max_accuracy_drop"),
-                              (["latency_runs=0"], "latency_runs"), (["data.subset=holdout"], "data.subset")]:
+    for overrides, needle in [
+        (["formats=[onnx_fp16]"], "unknown format 'onnx_fp16'"),
+        (["max_accuracy_drop=-2"], "max_accuracy_drop"),
+        (["latency_runs=0"], "latency_runs"),
+        (["data.subset=holdout"], "data.subset"),
+    ]:
         proc = run_cli_here("benchmark", f"ckpt={ckpt}", *overrides, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
         assert_one_line_error(proc, needle)
 
@@ -154,8 +167,9 @@ def test_the_peak_probe_shows_its_arithmetic():
 
 
 @pytest.mark.slow
-def test_serve_backend_auto_over_http_says_what_it_runs_and_answers_as_that_file(benched, run_copy, tiny_data,
-                                                                               tmp_path):
+def test_serve_backend_auto_over_http_says_what_it_runs_and_answers_as_that_file(
+    benched, run_copy, tiny_data, tmp_path
+):
     from test_serve import Server, post
 
     _, result, _ = benched
@@ -173,11 +187,14 @@ def test_serve_backend_auto_over_http_says_what_it_runs_and_answers_as_that_file
         image = sorted(tiny_data.rglob("*.png"))[0]
         status, answer = post(server.url + "/predict", image.read_bytes(), "image/png")
         assert status == 200, answer
-        from vggtune.serve.backends import load_backend
         from vggtune.data.images import load_rgb
+        from vggtune.serve.backends import load_backend
 
-        direct = load_backend(None, best["file"], "cpu") if best["file"].endswith((".onnx", ".pt")) else \
-            load_backend(best["file"], None, "cpu", precision=info["precision"])
+        direct = (
+            load_backend(None, best["file"], "cpu")
+            if best["file"].endswith((".onnx", ".pt"))
+            else load_backend(best["file"], None, "cpu", precision=info["precision"])
+        )
         probs = direct.probabilities(direct.transform(load_rgb(image)).unsqueeze(0))[0]
         got = answer["predictions"][0]["probabilities"]
         assert [got[n] for n in direct.class_names] == pytest.approx(probs.tolist(), abs=1e-5)

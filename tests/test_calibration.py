@@ -15,12 +15,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli_here
 from omegaconf import OmegaConf
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import log_loss
-
-from conftest import assert_one_line_error, run_cli_here
 from test_metrics import ScriptedClassifier, _loader, _scripted
+
 from vggtune.data.images import load_rgb
 from vggtune.model import calibration
 from vggtune.use.inference import load_model
@@ -89,17 +89,23 @@ def test_training_fits_the_temperature_on_the_validation_logits_and_checkpoints_
     logits, targets = _scripted(5, seed=3)
     logits = 3.0 * logits  # over-confident, so that the fit has something to undo
     module = ScriptedClassifier(logits, 5)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=2,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=_loader(targets), val_dataloaders=_loader(targets))
 
     expected_t = scipy_temperature(logits, targets)  # the whole validation set, the sanity batches not again
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert logged["val/temperature"] == pytest.approx(expected_t, rel=1e-3)
     assert logged["val/ece"] == pytest.approx(numpy_ece(logits.softmax(1), targets), abs=1e-5)
-    assert logged["val/ece_calibrated"] == pytest.approx(numpy_ece((logits / expected_t).softmax(1), targets),
-                                                         abs=1e-4)
+    assert logged["val/ece_calibrated"] == pytest.approx(numpy_ece((logits / expected_t).softmax(1), targets), abs=1e-4)
     assert module.calibration["images"] == len(targets)
 
     checkpoint = {}
@@ -136,6 +142,7 @@ def test_a_validation_on_its_own_fits_the_temperature_too():
 
 # --- eval, predict and export of a checkpoint with a temperature --------------------------------
 
+
 @pytest.fixture(scope="module")
 def calibrated(tiny_run, tiny_data, tmp_path_factory) -> tuple[Path, float, list[Path], torch.Tensor]:
     """The tiny run's checkpoint made over-confident (its last layer scaled until the top probability is
@@ -155,8 +162,14 @@ def calibrated(tiny_run, tiny_data, tmp_path_factory) -> tuple[Path, float, list
     accuracy = float((logits.argmax(1) == targets).float().mean())
     assert logits.softmax(1).max(1).values.mean() > 0.98 and accuracy < 0.8  # over-confident, as meant
     t = scipy_temperature(logits, targets)
-    state["vggtune"]["calibration"] = {"temperature": t, "images": len(paths), "epoch": 0, "ece": 0.0,
-                                       "ece_calibrated": 0.0, "fitted_on": "val"}
+    state["vggtune"]["calibration"] = {
+        "temperature": t,
+        "images": len(paths),
+        "epoch": 0,
+        "ece": 0.0,
+        "ece_calibrated": 0.0,
+        "fitted_on": "val",
+    }
     torch.save(state, path)
     return path, t, paths, targets
 
@@ -169,8 +182,15 @@ def raw_logits(model, paths) -> torch.Tensor:
 def test_eval_reports_the_ece_before_and_after_the_checkpoints_temperature(calibrated, tiny_data, tmp_path):
     ckpt, t, paths, targets = calibrated
     run_dir = tmp_path / "ev"
-    proc = run_cli_here("eval", f"ckpt={ckpt}", f"data.root={tiny_data}", "data.num_workers=0", "device=cpu",
-                        f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "eval",
+        f"ckpt={ckpt}",
+        f"data.root={tiny_data}",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cal = json.loads((run_dir / "metrics.json").read_text())["calibration"]
     logits = raw_logits(load_model(ckpt, "cpu"), paths)
@@ -178,8 +198,9 @@ def test_eval_reports_the_ece_before_and_after_the_checkpoints_temperature(calib
     assert cal["ece"] == pytest.approx(numpy_ece(logits.softmax(1), targets), abs=1e-5)
     assert cal["ece_calibrated"] == pytest.approx(numpy_ece((logits / t).softmax(1), targets), abs=1e-5)
     assert cal["ece_calibrated"] < cal["ece"]
-    assert cal["nll"] == pytest.approx(log_loss(targets.numpy(), logits.double().softmax(1).numpy(),
-                                                labels=[0, 1, 2]), rel=1e-4)
+    assert cal["nll"] == pytest.approx(
+        log_loss(targets.numpy(), logits.double().softmax(1).numpy(), labels=[0, 1, 2]), rel=1e-4
+    )
     assert (run_dir / "reliability.png").stat().st_size > 10_000
     assert f"-> {cal['ece_calibrated']:.4f} with the temperature {t:.3f}" in proc.stdout + proc.stderr
 
@@ -194,9 +215,18 @@ def test_predict_divides_the_logits_by_the_temperature_unless_told_not_to(calibr
         images.append(folder / f"{p.parent.name}-{p.name}")
         images[-1].write_bytes(p.read_bytes())
     images.sort()
-    proc = run_cli_here("predict", f"ckpt={ckpt}", f"input={folder}", "top_k=3", "num_workers=0", "device=cpu",
-                        f"calibrate={str(calibrate).lower()}", "output=p.csv", f"hydra.run.dir={tmp_path / 'r'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "predict",
+        f"ckpt={ckpt}",
+        f"input={folder}",
+        "top_k=3",
+        "num_workers=0",
+        "device=cpu",
+        f"calibrate={str(calibrate).lower()}",
+        "output=p.csv",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
     assert [r["path"] for r in rows] == [str(p) for p in images]
@@ -215,8 +245,17 @@ def test_the_exported_softmax_has_the_temperature_folded_in(calibrated, tmp_path
 
     ckpt, t, paths, _ = calibrated
     out = tmp_path / "m.pt"
-    info = export_checkpoint(OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "output": str(out),
-                                               "logits": False, "paths": {"run_dir": str(tmp_path / "run")}}))
+    info = export_checkpoint(
+        OmegaConf.create(
+            {
+                "ckpt": str(ckpt),
+                "format": "torchscript",
+                "output": str(out),
+                "logits": False,
+                "paths": {"run_dir": str(tmp_path / "run")},
+            }
+        )
+    )
     assert info["calibration"]["temperature"] == pytest.approx(t) and info["calibration"]["applied"] is True
     model = load_model(ckpt, "cpu")
     raw = torch.stack([model.transform(load_rgb(p)) for p in paths[:4]])
@@ -225,18 +264,34 @@ def test_the_exported_softmax_has_the_temperature_folded_in(calibrated, tmp_path
     got = torch.jit.load(str(out))(raw * std + mean).detach()  # the file takes [0, 1] images
     torch.testing.assert_close(got, (raw_logits(model, paths[:4]) / t).softmax(1), atol=1e-4, rtol=1e-4)
 
-    plain = export_checkpoint(OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "calibrate": False,
-                                                "output": str(tmp_path / "raw.pt"), "logits": False,
-                                                "paths": {"run_dir": str(tmp_path / "run2")}}))
+    plain = export_checkpoint(
+        OmegaConf.create(
+            {
+                "ckpt": str(ckpt),
+                "format": "torchscript",
+                "calibrate": False,
+                "output": str(tmp_path / "raw.pt"),
+                "logits": False,
+                "paths": {"run_dir": str(tmp_path / "run2")},
+            }
+        )
+    )
     assert plain["calibration"]["applied"] is False and plain["calibration"]["temperature"] == pytest.approx(t)
     got = torch.jit.load(str(tmp_path / "raw.pt"))(raw * std + mean).detach()
     torch.testing.assert_close(got, raw_logits(model, paths[:4]).softmax(1), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("task, key, value, needle", [("predict", "calibrate", "maybe", "calibrate must be true or false"),
-                                                       ("predict", "tta", "rotate", "tta must be one of none, flip, five_crop"),
-                                                       ("eval", "tta", "flips", "tta must be one of")])
-def test_bad_calibrate_and_tta_values_are_refused_in_one_line(calibrated, tiny_data, tmp_path, task, key, value, needle):
+@pytest.mark.parametrize(
+    "task, key, value, needle",
+    [
+        ("predict", "calibrate", "maybe", "calibrate must be true or false"),
+        ("predict", "tta", "rotate", "tta must be one of none, flip, five_crop"),
+        ("eval", "tta", "flips", "tta must be one of"),
+    ],
+)
+def test_bad_calibrate_and_tta_values_are_refused_in_one_line(
+    calibrated, tiny_data, tmp_path, task, key, value, needle
+):
     ckpt = calibrated[0]
     where = f"input={tiny_data}" if task == "predict" else f"data.root={tiny_data}"
     proc = run_cli_here(task, f"ckpt={ckpt}", where, f"{key}={value}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli, run_cli_here
+
 from vggtune.core.errors import UserError
 from vggtune.use.inference import load_model
 
@@ -42,16 +42,26 @@ def _not_a_checkpoint(tmp_path: Path) -> Path:
 
 
 def _other_project(tmp_path: Path) -> Path:
-    torch.save({"state_dict": {"encoder.weight": torch.zeros(2, 2)}, "epoch": 3,
-                "pytorch-lightning_version": "2.6.0", "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
+    torch.save(
+        {
+            "state_dict": {"encoder.weight": torch.zeros(2, 2)},
+            "epoch": 3,
+            "pytorch-lightning_version": "2.6.0",
+            "hyper_parameters": {"lr": 0.1},
+        },
+        tmp_path / "other.ckpt",
+    )
     return tmp_path / "other.ckpt"
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda tmp: tmp / "missing.ckpt", "does not exist: pass ckpt="),
-    (_not_a_checkpoint, "is not a PyTorch checkpoint"),
-    (_other_project, "is not a vggtune checkpoint"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda tmp: tmp / "missing.ckpt", "does not exist: pass ckpt="),
+        (_not_a_checkpoint, "is not a PyTorch checkpoint"),
+        (_other_project, "is not a vggtune checkpoint"),
+    ],
+)
 def test_a_bad_checkpoint_gets_one_line_saying_what_is_wrong(make, needle, tmp_path):
     # Every task loads through load_model; the CLI prints a UserError as one line with exit status 2
     # (the malicious-checkpoint test above checks that end to end).

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_class_folders
+
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import discover, labelled_images
 
@@ -30,8 +30,9 @@ def test_every_image_in_exactly_one_subset(data):
     subsets = _as_sets(split)
     all_files = {p for p in data.rglob("img_*")}
     assert subsets["train"] | subsets["val"] | subsets["test"] == all_files
-    assert not (subsets["train"] & subsets["val"] or subsets["train"] & subsets["test"]
-                or subsets["val"] & subsets["test"])
+    assert not (
+        subsets["train"] & subsets["val"] or subsets["train"] & subsets["test"] or subsets["val"] & subsets["test"]
+    )
 
 
 def test_every_class_in_every_subset_with_stratified_counts(data):
@@ -121,10 +122,12 @@ def test_a_sampler_started_part_way_gives_the_rest_of_that_epoch_once(balanced):
     from vggtune.data.datasets import BalancedSampler, EpochSampler
 
     dataset = list(range(23))
+
     def make():
         if balanced:
             return BalancedSampler(dataset, [i % 3 == 0 for i in dataset], num_replicas=2, rank=1, seed=5)
         return EpochSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=5)
+
     whole = make()
     whole.set_epoch(3)
     order = list(whole)

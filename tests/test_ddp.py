@@ -12,10 +12,21 @@ def test_ddp_cpu_through_an_unfreeze_keeps_replicas_identical_and_writes_one_run
     # With the image cache: built on local rank 0 (prepare_data), read by both ranks.
     data = make_class_folders(tmp_path / "d", classes=2, per_class=10)
     tiny = [a for a in TINY if not a.startswith(("trainer=", "trainer.max_epochs", "finetune="))]
-    proc = run_cli("train", f"data.root={data}", *tiny, "trainer=ddp_cpu", "trainer.max_epochs=2",
-                   "data.batch_size=4", "data.test_split=0", "finetune=freeze_unfreeze",
-                   "finetune.unfreeze_at_epoch=1", "finetune.train_fc=false", "data.cache_images=true",
-                   f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_cli(
+        "train",
+        f"data.root={data}",
+        *tiny,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        "data.batch_size=4",
+        "data.test_split=0",
+        "finetune=freeze_unfreeze",
+        "finetune.unfreeze_at_epoch=1",
+        "finetune.train_fc=false",
+        "data.cache_images=true",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [p for p in (tmp_path / "outputs" / "train").iterdir()]
     assert len(runs) == 1, runs

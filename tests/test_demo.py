@@ -10,12 +10,19 @@ import json
 import re
 
 import torch
-
 from conftest import run_cli_here
+
 from vggtune.training.demo_weights import demo_weights
 
-SMALL = ["demo.pretrain.per_class=6", "demo.pretrain.epochs=1", "data.per_class=8", "data.batch_size=4",
-         "trainer.max_epochs=2", "data.num_workers=0", "logger.images_every_n_epochs=0"]
+SMALL = [
+    "demo.pretrain.per_class=6",
+    "demo.pretrain.epochs=1",
+    "data.per_class=8",
+    "data.batch_size=4",
+    "trainer.max_epochs=2",
+    "data.num_workers=0",
+    "logger.images_every_n_epochs=0",
+]
 
 
 def test_the_demo_pretrains_once_fine_tunes_and_compares_with_random_init(tmp_path):

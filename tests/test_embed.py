@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import assert_one_line_error, make_class_folders, run_cli_here
 from PIL import Image
 from sklearn.metrics import silhouette_score
 
-from conftest import assert_one_line_error, make_class_folders, run_cli_here
 from vggtune.data.images import load_rgb
 from vggtune.data.transforms import eval_transform
 from vggtune.model.arch import Preprocessing, preprocessing
@@ -25,8 +25,15 @@ def embed_run(tiny_run, tiny_data, tmp_path_factory):
     """`vggtune embed` of the tiny data set with the tiny run's checkpoint: (run folder, process)."""
     work = tmp_path_factory.mktemp("embed")
     run_dir = work / "run"
-    proc = run_cli_here("embed", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_data}",
-                   "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=work)
+    proc = run_cli_here(
+        "embed",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={tiny_data}",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -84,8 +91,9 @@ def test_both_maps_and_the_projector_files(embed_run, tiny_run):
     assert len(lines) == n and all(len(line.split("\t")) == _head_input_width(tiny_run) for line in lines)
     metadata = _rows(tensors[0].with_name("metadata.tsv"))
     csv_rows = _rows(run_dir / "embeddings.csv")
-    assert [(m["class"], m["predicted"], m["path"]) for m in metadata] == \
-        [(r["class"], r["predicted"], r["path"]) for r in csv_rows]
+    assert [(m["class"], m["predicted"], m["path"]) for m in metadata] == [
+        (r["class"], r["predicted"], r["path"]) for r in csv_rows
+    ]
     with Image.open(tensors[0].with_name("sprite.png")) as sprite:
         assert sprite.size[0] > 0
 
@@ -103,8 +111,17 @@ def test_silhouette_by_class_is_printed_and_saved(embed_run):
 def test_without_checkpoint_embeds_with_the_imagenet_network(tmp_path):
     data = make_class_folders(tmp_path / "few", classes=2, per_class=3)  # 6 images: t-SNE's perplexity must drop
     run_dir = tmp_path / "run"
-    proc = run_cli_here("embed", f"data.root={data}", "model=vgg11", "model.weights=none", "data.image_size=32",
-                   "data.num_workers=0", "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "embed",
+        f"data.root={data}",
+        "model=vgg11",
+        "model.weights=none",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(run_dir / "embeddings.npy").shape == (6, 4096)
     assert (run_dir / "pca.png").is_file() and (run_dir / "tsne.png").is_file()
@@ -129,16 +146,32 @@ def test_missing_data_folder_gives_one_line(tmp_path):
     assert "experiment=demo" not in err  # that hint is for train
 
 
-def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold_is_one_line(embed_run, tiny_run,
-                                                                                             tiny_data, tmp_path):
+def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold_is_one_line(
+    embed_run, tiny_run, tiny_data, tmp_path
+):
     ckpt = f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}"
     for size in (32, 48):  # the tiny run's size, and one whose squares the checkpoint's crops cannot be cut from
-        proc = run_cli_here("prepare", f"data.root={tiny_data}", f"output={tmp_path / f'shards{size}'}", "model=vgg11",
-                            f"data.image_size={size}", f"hydra.run.dir={tmp_path / f'p{size}'}", cwd=tmp_path)
+        proc = run_cli_here(
+            "prepare",
+            f"data.root={tiny_data}",
+            f"output={tmp_path / f'shards{size}'}",
+            "model=vgg11",
+            f"data.image_size={size}",
+            f"hydra.run.dir={tmp_path / f'p{size}'}",
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "run"
-    proc = run_cli_here("embed", ckpt, f"data.stream={tmp_path / 'shards32'}", "data.batch_size=4",
-                        "data.num_workers=2", "device=cpu", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "embed",
+        ckpt,
+        f"data.stream={tmp_path / 'shards32'}",
+        "data.batch_size=4",
+        "data.num_workers=2",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files_dir, _ = embed_run  # every file of the data set, embedded from the files themselves
     by_path = {r["path"]: (k, r) for k, r in enumerate(_rows(files_dir / "embeddings.csv"))}
@@ -152,13 +185,26 @@ def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold
     summary = json.loads((run_dir / "embed.json").read_text())
     assert summary["data_stream"] == str(tmp_path / "shards32") and summary["images"] == len(rows)
     # Without a checkpoint: torchvision's network at the size the stream was prepared for (48, not 224).
-    proc = run_cli_here("embed", f"data.stream={tmp_path / 'shards48'}", "model=vgg11", "model.weights=none",
-                        "data.num_workers=0", "device=cpu", f"hydra.run.dir={tmp_path / 'w48'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "embed",
+        f"data.stream={tmp_path / 'shards48'}",
+        "model=vgg11",
+        "model.weights=none",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'w48'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(tmp_path / "w48" / "embeddings.npy").shape == (len(rows), 4096)
-    proc = run_cli_here("embed", ckpt, f"data.stream={tmp_path / 'shards48'}", f"hydra.run.dir={tmp_path / 'r48'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "embed", ckpt, f"data.stream={tmp_path / 'shards48'}", f"hydra.run.dir={tmp_path / 'r48'}", cwd=tmp_path
+    )
     squares, needed = (preprocessing("vgg11", size).resize_size for size in (48, 32))
-    assert_one_line_error(proc, f"holds {squares} px squares", f"needs {needed} px",
-                          "prepare the stream again with model=vgg11 data.image_size=32")
+    assert_one_line_error(
+        proc,
+        f"holds {squares} px squares",
+        f"needs {needed} px",
+        "prepare the stream again with model=vgg11 data.image_size=32",
+    )
     assert not (tmp_path / "r48" / "embeddings.npy").exists()

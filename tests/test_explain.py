@@ -7,10 +7,10 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli_here
 from PIL import Image
 from torchvision.transforms import v2
 
-from conftest import assert_one_line_error, run_cli_here
 from vggtune.inspect.gradcam import CropBox
 from vggtune.model.arch import preprocessing
 
@@ -40,8 +40,16 @@ def explain_run(ckpt, inputs, tmp_path_factory):
     """`vggtune explain` of the folder, top 2 classes, on block3 (8 x 8 cells at 32 px)."""
     work = tmp_path_factory.mktemp("explain")
     run_dir = work / "run"
-    proc = run_cli_here("explain", f"ckpt={ckpt}", f"input={inputs}", "top_k=2", "layer=block3", "device=cpu",
-                   f"hydra.run.dir={run_dir}", cwd=work)
+    proc = run_cli_here(
+        "explain",
+        f"ckpt={ckpt}",
+        f"input={inputs}",
+        "top_k=2",
+        "layer=block3",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -71,8 +79,8 @@ def test_heatmap_is_zero_where_the_network_saw_nothing(explain_run):
     heat = np.load(run_dir / "wide" / "heatmaps.npz")["heatmaps"]
     box = CropBox.of((WIDTH, HEIGHT), preprocessing("vgg11", 32))
     assert box.width < WIDTH  # the centre crop cut the sides off
-    assert (heat[:, :, :box.left] == 0).all() and (heat[:, :, box.left + box.width:] == 0).all()
-    assert heat[:, :, box.left:box.left + box.width].max() > 0
+    assert (heat[:, :, : box.left] == 0).all() and (heat[:, :, box.left + box.width :] == 0).all()
+    assert heat[:, :, box.left : box.left + box.width].max() > 0
 
 
 def test_overlays_have_the_images_size_and_feature_maps_are_drawn(explain_run):

@@ -12,8 +12,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import TINY, make_class_folders, run_cli, run_cli_here, vggtune_command
+
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.model.checkpoint import AtomicCheckpointIO
@@ -22,8 +22,12 @@ from vggtune.training.faults import StopOnNonFiniteLoss
 
 # Two epochs of three steps each: the kill lands in the second.
 RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
-    "trainer.max_epochs=2", "data.batch_size=4", "trainer.deterministic=true", "data.test_split=0",
-    "optim.lr=0.001"]
+    "trainer.max_epochs=2",
+    "data.batch_size=4",
+    "trainer.deterministic=true",
+    "data.test_split=0",
+    "optim.lr=0.001",
+]
 
 
 @pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
@@ -33,8 +37,14 @@ def data(tmp_path_factory):
 
 def _start(cwd, *args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([*vggtune_command(), "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*vggtune_command(), "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(predicate, timeout=300.0, every=0.005):
@@ -68,11 +78,23 @@ def recipe(data, pretrained) -> list[str]:
     (data.num_workers=auto) and data.augment=light, whose per-image seeds must resume too. Six
     steps an epoch, each reported on its own line (the interruptions wait for them)."""
     assert ClassFolderDataModule(data).num_workers > 0  # auto: loader processes
-    return [f"data.root={data}", "model=vgg11_bn", f"model.weights={pretrained}", "data.image_size=32",
-            "data.augment=light", "data.batch_size=2", "trainer=cpu", "trainer.max_epochs=2",
-            "trainer.deterministic=true", "data.test_split=0", "seed=7", "callbacks.best_checkpoint=null",
-            "logger.images_every_n_epochs=0",  # only last.ckpt is written
-            "callbacks.progress_bar.mode=plain", "callbacks.progress_bar.every_n_steps=1"]
+    return [
+        f"data.root={data}",
+        "model=vgg11_bn",
+        f"model.weights={pretrained}",
+        "data.image_size=32",
+        "data.augment=light",
+        "data.batch_size=2",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "data.test_split=0",
+        "seed=7",
+        "callbacks.best_checkpoint=null",
+        "logger.images_every_n_epochs=0",  # only last.ckpt is written
+        "callbacks.progress_bar.mode=plain",
+        "callbacks.progress_bar.every_n_steps=1",
+    ]
 
 
 @pytest.fixture(scope="session")  # once per worker, whichever tests of this file it runs in which order
@@ -96,8 +118,10 @@ def _assert_same_run(resumed: Path, whole: Path) -> None:
 
 def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted):
     # logged under vggtune's own logger name, not Lightning's
-    assert "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 " in \
-        (uninterrupted / "train.log").read_text()
+    assert (
+        "[vggtune.model.finetune][INFO] Epoch 1: training head, fc, block5, block4, block3, block2, block1 "
+        in (uninterrupted / "train.log").read_text()
+    )
     killed = tmp_path / "killed"
     child = _start(tmp_path, *recipe, f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"
@@ -132,9 +156,15 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
     # As a terminal sends Ctrl-C and SLURM pre-empts a job: to every process of the group, the
     # loader workers too. The signal lands part-way through epoch 1, where everything unfreezes.
     run = tmp_path / "run"
-    child = subprocess.Popen([*vggtune_command(), "train", *recipe, f"hydra.run.dir={run}"], cwd=tmp_path,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [*vggtune_command(), "train", *recipe, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in child.stdout:
         seen.append(line)
@@ -164,11 +194,17 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
-    dm = ClassFolderDataModule(data, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0,
-                               arch="vgg11")
-    module = VGGClassifier("vgg11", dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(),
-                           optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
-                           finetune={"name": "full"})
+    dm = ClassFolderDataModule(
+        data, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0, arch="vgg11"
+    )
+    module = VGGClassifier(
+        "vgg11",
+        dm.class_names,
+        weights="none",
+        preprocessing=dm.preprocessing.to_dict(),
+        optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+        finetune={"name": "full"},
+    )
 
     class BlowUpInEpoch1(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -176,11 +212,17 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
                 for group in trainer.optimizers[0].param_groups:
                     group["lr"] = 1e30
 
-    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last",
-                                        enable_version_counter=False)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
-                         num_sanity_val_steps=0, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
-                         callbacks=[BlowUpInEpoch1(), StopOnNonFiniteLoss(check_every_n_steps=1), last])
+    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last", enable_version_counter=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[BlowUpInEpoch1(), StopOnNonFiniteLoss(check_every_n_steps=1), last],
+    )
     with pytest.raises(UserError, match=r"became (nan|inf).* at epoch 1, batch \d+ .*last good checkpoint"):
         trainer.fit(module, datamodule=dm)
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

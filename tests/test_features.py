@@ -7,8 +7,8 @@ import logging
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
+
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import cache_key, weights_identity
 from vggtune.model.arch import frozen_trunk
@@ -25,16 +25,38 @@ def data(tmp_path_factory):
 
 
 def _train(data, cache_dir, train_fc, epochs=2):
-    dm = ClassFolderDataModule(data, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0,
-                               augment="none", arch="vgg11", cache_features=cache_dir is not None,
-                               cache_dir=str(cache_dir))
+    dm = ClassFolderDataModule(
+        data,
+        val_split=0.2,
+        test_split=0.0,
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        augment="none",
+        arch="vgg11",
+        cache_features=cache_dir is not None,
+        cache_dir=str(cache_dir),
+    )
     torch.manual_seed(0)
-    module = VGGClassifier("vgg11", dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(),
-                           optim=SGD, finetune={"name": "linear_probe", "train_fc": train_fc})
+    module = VGGClassifier(
+        "vgg11",
+        dm.class_names,
+        weights="none",
+        preprocessing=dm.preprocessing.to_dict(),
+        optim=SGD,
+        finetune={"name": "linear_probe", "train_fc": train_fc},
+    )
     if cache_dir is not None:
         dm.use_cached_features(module.model, train_fc, weights_identity("none", 0), torch.device("cpu"))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[FreezeSchedule(), EpochSeed(0)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[FreezeSchedule(), EpochSeed(0)],
+    )
     trainer.fit(module, datamodule=dm)
     return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -68,8 +90,18 @@ def test_the_cache_is_reused_and_invalidated_when_an_input_changes(tmp_path, cap
     cache = tmp_path / "cache"
 
     def prepare(image_size=32, arch="vgg11"):
-        dm = ClassFolderDataModule(data, val_split=0.2, test_split=0.0, image_size=image_size, batch_size=2,
-                                   num_workers=0, augment="none", arch=arch, cache_features=True, cache_dir=str(cache))
+        dm = ClassFolderDataModule(
+            data,
+            val_split=0.2,
+            test_split=0.0,
+            image_size=image_size,
+            batch_size=2,
+            num_workers=0,
+            augment="none",
+            arch=arch,
+            cache_features=True,
+            cache_dir=str(cache),
+        )
         model = VGGClassifier(arch, dm.class_names, weights="none").model
         with caplog.at_level(logging.INFO, logger="vggtune.data.feature_cache"):
             caplog.clear()
@@ -87,8 +119,14 @@ def test_the_cache_is_reused_and_invalidated_when_an_input_changes(tmp_path, cap
 
 
 def test_cached_features_need_a_backbone_frozen_for_the_whole_run(tmp_path, tiny_data):
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "data.cache_features=true",
-                   f"data.cache_dir={tmp_path / 'c'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "data.cache_features=true",
+        f"data.cache_dir={tmp_path / 'c'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "finetune=linear_probe")
 
 
@@ -100,7 +138,9 @@ def test_the_pooled_heads_cache_is_another_file_than_the_vgg_heads(tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(b"x")
     subsets = {"train": [(image, 0)]}
-    keys = {head: cache_key("vgg11", "imagenet", preprocessing("vgg11", 32), True, subsets, head)
-            for head in ("vgg", "pooled")}
+    keys = {
+        head: cache_key("vgg11", "imagenet", preprocessing("vgg11", 32), True, subsets, head)
+        for head in ("vgg", "pooled")
+    }
     assert keys["vgg"] != keys["pooled"]
     assert keys["vgg"] == cache_key("vgg11", "imagenet", preprocessing("vgg11", 32), True, subsets)  # earlier caches

@@ -7,9 +7,9 @@ import logging
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import linear_probe_from_a_weights_file, make_class_folders
 from torch import nn
 
-from conftest import linear_probe_from_a_weights_file, make_class_folders
 from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.model.arch import GROUPS, layer_groups
@@ -30,14 +30,22 @@ def data(tmp_path_factory):
 
 
 def _datamodule(root, arch="vgg11"):
-    return ClassFolderDataModule(root, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0,
-                                 arch=arch)
+    return ClassFolderDataModule(
+        root, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0, arch=arch
+    )
 
 
 def _module(dm, arch="vgg11", optim=SGD, head="vgg", **finetune):
     torch.manual_seed(0)
-    return VGGClassifier(arch, dm.class_names, weights="none", preprocessing=dm.preprocessing.to_dict(), optim=optim,
-                         finetune=finetune, head=head)
+    return VGGClassifier(
+        arch,
+        dm.class_names,
+        weights="none",
+        preprocessing=dm.preprocessing.to_dict(),
+        optim=optim,
+        finetune=finetune,
+        head=head,
+    )
 
 
 class Snapshots(pl.Callback):
@@ -50,10 +58,12 @@ class Snapshots(pl.Callback):
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.bn_training.append({name: m.training for name, m in pl_module.model.named_modules()
-                                 if isinstance(m, nn.BatchNorm2d)})
-        self.dropout_training.append({name: m.training for name, m in pl_module.model.named_modules()
-                                      if isinstance(m, nn.Dropout)})
+        self.bn_training.append(
+            {name: m.training for name, m in pl_module.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        )
+        self.dropout_training.append(
+            {name: m.training for name, m in pl_module.model.named_modules() if isinstance(m, nn.Dropout)}
+        )
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
@@ -63,9 +73,19 @@ def _fit(module, dm, epochs, *extra, ckpt_dir=None, ckpt_path=None):
     callbacks = [FreezeSchedule(), EpochSeed(0), *extra]
     if ckpt_dir:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=bool(ckpt_dir), num_sanity_val_steps=0,
-                         callbacks=callbacks, plugins=[AtomicCheckpointIO()], deterministic=True)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(ckpt_dir),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        deterministic=True,
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
@@ -127,8 +147,12 @@ def test_frozen_batchnorm_runs_in_eval_mode_in_every_epoch(data, schedule):
     assert frozen_bn
     for before, after in zip(snaps.states, snaps.states[1:]):  # epoch by epoch, not just the first
         assert not any(_changed(before, after, frozen_bn))
-        bn_affine = [k for g in ("block1", "block5") for k in _group_keys(module)[g]
-                     if k.endswith(("weight", "bias")) and after[k].ndim == 1]
+        bn_affine = [
+            k
+            for g in ("block1", "block5")
+            for k in _group_keys(module)[g]
+            if k.endswith(("weight", "bias")) and after[k].ndim == 1
+        ]
         assert not any(_changed(before, after, bn_affine))
     assert len(snaps.bn_training) >= 4 and not any(any(modes.values()) for modes in snaps.bn_training)
 
@@ -155,7 +179,7 @@ def test_discriminative_learning_rates_keep_their_ratios_through_the_schedule(da
     assert len({round(r["head"], 12) for r in lrs}) > 1, "the scheduler should move the LR"
     for record in lrs:  # every group follows the same schedule, at its own depth's factor
         for depth, name in enumerate(GROUPS):
-            assert record[name] == pytest.approx(record["head"] * 0.5 ** depth)
+            assert record[name] == pytest.approx(record["head"] * 0.5**depth)
 
 
 def test_backbone_lr_ratio_overrides_the_decay():
@@ -182,20 +206,24 @@ def test_resume_after_the_unfreeze_gives_the_same_state_as_an_uninterrupted_run(
     resumed, t_resumed = run(3, ckpt_path=tmp_path / "last.ckpt")
     assert t_resumed.current_epoch == t_whole.current_epoch == 3
     assert [p.requires_grad for p in resumed.parameters()] == [p.requires_grad for p in whole.parameters()]
-    assert ([pg["lr"] for pg in t_resumed.optimizers[0].param_groups]
-            == pytest.approx([pg["lr"] for pg in t_whole.optimizers[0].param_groups]))
+    assert [pg["lr"] for pg in t_resumed.optimizers[0].param_groups] == pytest.approx(
+        [pg["lr"] for pg in t_whole.optimizers[0].param_groups]
+    )
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "thaw"}, "unknown finetune schedule"),
-    ({"unfreeze_at_epoch": -1}, "unfreeze_at_epoch"),
-    ({"every_n_epochs": 0}, "every_n_epochs"),
-    ({"lr_decay": 1.5}, "lr_decay"),
-    ({"lr_decay": 0}, "lr_decay"),
-    ({"bn": "sometimes"}, "finetune.bn"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "thaw"}, "unknown finetune schedule"),
+        ({"unfreeze_at_epoch": -1}, "unfreeze_at_epoch"),
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"lr_decay": 1.5}, "lr_decay"),
+        ({"lr_decay": 0}, "lr_decay"),
+        ({"bn": "sometimes"}, "finetune.bn"),
+    ],
+)
 def test_bad_schedules_are_refused(kwargs, message):
     with pytest.raises(UserError, match=message):
         Schedule(**kwargs)
@@ -207,15 +235,18 @@ def test_unfreezing_after_the_last_epoch_is_warned_about(caplog):
     assert "trainer.max_epochs=3" in caplog.text and "stay frozen" in caplog.text
 
 
-@pytest.mark.parametrize("name, epoch, expected", [
-    ("linear_probe", 9, ("head",)),
-    ("freeze_unfreeze", 0, ("head", "fc")),
-    ("freeze_unfreeze", 1, GROUPS),
-    ("gradual", 0, ("head",)),
-    ("gradual", 3, ("head", "fc")),
-    ("gradual", 4, ("head", "fc", "block5")),
-    ("full", 0, GROUPS),
-])
+@pytest.mark.parametrize(
+    "name, epoch, expected",
+    [
+        ("linear_probe", 9, ("head",)),
+        ("freeze_unfreeze", 0, ("head", "fc")),
+        ("freeze_unfreeze", 1, GROUPS),
+        ("gradual", 0, ("head",)),
+        ("gradual", 3, ("head", "fc")),
+        ("gradual", 4, ("head", "fc", "block5")),
+        ("full", 0, GROUPS),
+    ],
+)
 def test_which_groups_train_when(name, epoch, expected):
     s = Schedule(name=name, unfreeze_at_epoch=1, every_n_epochs=2, train_fc=name == "freeze_unfreeze")
     assert s.trainable_groups(epoch) == expected
@@ -228,8 +259,16 @@ def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_
 
     args = [a for a in TINY if not a.startswith(("finetune=", "callbacks.", "trainer.log_every"))]
     run = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={tiny_data}", *args, "test_after_fit=false", "callbacks.last_checkpoint=null",
-                        "logger=null", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *args,
+        "test_after_fit=false",
+        "callbacks.last_checkpoint=null",
+        "logger=null",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (run / "tensorboard").exists()  # logger=null, as the README's config table says
     assert "model.weights=none: nothing is pretrained, so every layer trains" in (run / "train.log").read_text()

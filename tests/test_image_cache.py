@@ -14,11 +14,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import make_class_folders
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
-from conftest import make_class_folders
 from vggtune.core.errors import UserError
 from vggtune.data import image_cache
 from vggtune.data.datamodule import ClassFolderDataModule
@@ -35,8 +35,17 @@ def data(tmp_path_factory):
 
 
 def _dm(data, cache_dir, **kw):
-    return ClassFolderDataModule(data, val_split=0.4, test_split=0.0, image_size=32, batch_size=4, num_workers=0,
-                                 arch="vgg11", cache_dir=str(cache_dir), **kw)
+    return ClassFolderDataModule(
+        data,
+        val_split=0.4,
+        test_split=0.0,
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        arch="vgg11",
+        cache_dir=str(cache_dir),
+        **kw,
+    )
 
 
 def test_evaluation_batches_are_the_pil_paths_pixels(data, tmp_path):
@@ -187,7 +196,7 @@ def _build_and_hang_at(paths, prep, cache, k, reached):
         return real(p)
 
     image_cache.load_rgb = load  # in this process and in the workers it forks
-    build_cache(paths, prep, cache, workers=2, chunk_bytes=2 * prep.resize_size ** 2 * 3)
+    build_cache(paths, prep, cache, workers=2, chunk_bytes=2 * prep.resize_size**2 * 3)
 
 
 def test_a_build_killed_part_way_leaves_no_cache_and_the_next_build_makes_the_whole_one(data, tmp_path):
@@ -254,7 +263,7 @@ def _pss_of_this_process_tree() -> int | None:
 def test_building_a_cache_larger_than_a_chunk_keeps_memory_to_a_few_chunks(data, tmp_path):
     paths = sorted(data.rglob("img_*")) * 250  # 2,500 entries (the same files: decoding is what is measured)
     prep = preprocessing("vgg11", 154)  # 176 px squares: a 232 MB array; jobs of 4 MB
-    array_bytes = len(paths) * prep.resize_size ** 2 * 3
+    array_bytes = len(paths) * prep.resize_size**2 * 3
     assert array_bytes > 200e6
     base, peak, done = _pss_of_this_process_tree(), [0], threading.Event()
 
@@ -272,7 +281,9 @@ def test_building_a_cache_larger_than_a_chunk_keeps_memory_to_a_few_chunks(data,
     assert path.stat().st_size == array_bytes
     growth = peak[0] - base
     print(f"memory growth {growth / 1e6:.0f} MB, array {array_bytes / 1e6:.0f} MB")
-    assert growth < array_bytes / 4, f"the build grew memory by {growth / 1e6:.0f} MB for a {array_bytes / 1e6:.0f} MB array"
+    assert growth < array_bytes / 4, (
+        f"the build grew memory by {growth / 1e6:.0f} MB for a {array_bytes / 1e6:.0f} MB array"
+    )
     first, last = _read(path, len(paths), prep.resize_size)[[0, -1]]
     assert np.array_equal(np.stack([first, last]), _squares([paths[0], paths[-1]], prep.resize_size))
 
@@ -297,7 +308,7 @@ def test_a_long_build_logs_its_progress_every_5_percent_at_most_every_10_seconds
     now = [0.0]
     progress = image_cache._Progress(1000, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="vggtune.data.image_cache"):
-        for step in range(100):  # 10 images a 1 s step
+        for _ in range(100):  # 10 images a 1 s step
             now[0] += 1
             progress.add(10)
     lines = [r.getMessage() for r in caplog.records]

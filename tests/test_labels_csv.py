@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
 
-from conftest import assert_one_line_error, make_class_folders, run_cli_here, TINY
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import discover, labelled_images
 
@@ -42,8 +42,9 @@ def _write(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 def test_columns_are_found_and_paths_resolve_from_root_the_csv_folder_or_absolute(images, tmp_path):
     flat, labels = images
     names = sorted(labels)
-    rows = [[f"images/{n}" if i % 3 == 0 else (str(flat / n) if i % 3 == 1 else n), labels[n]]
-            for i, n in enumerate(names)]
+    rows = [
+        [f"images/{n}" if i % 3 == 0 else (str(flat / n) if i % 3 == 1 else n), labels[n]] for i, n in enumerate(names)
+    ]
     # data.root is the images folder; "images/x" is relative to the CSV's folder, x to the root
     csv_path = _write(tmp_path / "data" / "labels.csv", ["Filename", "Class"], rows)
     split = discover(flat, 0.2, 0.1, seed=1, labels=csv_path)
@@ -82,13 +83,13 @@ def test_bad_rows_are_left_out_with_their_line_and_reason(images, tmp_path):
     shutil.copy(flat / names[0], flat / "extra.png")
     rows = [[n, labels[n], "train" if i % 4 else "val"] for i, n in enumerate(names)]
     bad = [
-        ["missing.png", "checks", "train"],       # no such file
-        [names[1], "", "train"],                   # empty label (names[1] is listed again below)
-        ["broken.jpg", "checks", "train"],        # unreadable
-        [names[2], "vstripes", "train"],          # names[2] again, another label: both rows go
+        ["missing.png", "checks", "train"],  # no such file
+        [names[1], "", "train"],  # empty label (names[1] is listed again below)
+        ["broken.jpg", "checks", "train"],  # unreadable
+        [names[2], "vstripes", "train"],  # names[2] again, another label: both rows go
         [names[3], labels[names[3]], "holdout"],  # not a subset
-        ["extra.png", "circles", "val"],          # a class train never has
-        [names[5], labels[names[5]], rows[5][2]], # the same row twice: counted once, not an error
+        ["extra.png", "circles", "val"],  # a class train never has
+        [names[5], labels[names[5]], rows[5][2]],  # the same row twice: counted once, not an error
     ]
     csv_path = _write(tmp_path / "l.csv", ["path", "label", "split"], rows + bad)
     first_bad = len(rows) + 2  # line 1 is the header
@@ -99,8 +100,10 @@ def test_bad_rows_are_left_out_with_their_line_and_reason(images, tmp_path):
     assert f"l.csv line {first_bad + 1}: empty label" in reasons
     assert any(r.startswith(f"l.csv line {first_bad + 2}: ") for r in reasons)  # the unreadable image
     assert labels[names[2]] != "vstripes"  # so that its second row conflicts
-    assert {"l.csv line 4: listed again with another label (vstripes)",
-            f"l.csv line {first_bad + 3}: listed again with another label ({labels[names[2]]})"} <= reasons
+    assert {
+        "l.csv line 4: listed again with another label (vstripes)",
+        f"l.csv line {first_bad + 3}: listed again with another label ({labels[names[2]]})",
+    } <= reasons
     assert f"l.csv line {first_bad + 4}: split='holdout' is not train, val or test" in reasons
     assert f"l.csv line {first_bad + 5}: class 'circles' is in val but not in train" in reasons
     kept = [p.name for items in split.subsets.values() for p, _ in items]
@@ -110,11 +113,14 @@ def test_bad_rows_are_left_out_with_their_line_and_reason(images, tmp_path):
         discover(flat, 0.2, 0.1, labels=csv_path, on_bad_image="fail")
 
 
-@pytest.mark.parametrize("header, columns, needle", [
-    (["path", "kind"], {}, "has no label column (looked for label, labels"),
-    (["path", "label"], {"label_column": "species"}, "data.label_column=species is not a column"),
-    (["pic", "label"], {}, "has no path column"),
-])
+@pytest.mark.parametrize(
+    "header, columns, needle",
+    [
+        (["path", "kind"], {}, "has no label column (looked for label, labels"),
+        (["path", "label"], {"label_column": "species"}, "data.label_column=species is not a column"),
+        (["pic", "label"], {}, "has no path column"),
+    ],
+)
 def test_a_csv_without_the_columns_says_which_it_has(images, tmp_path, header, columns, needle):
     flat, labels = images
     csv_path = _write(tmp_path / "l.csv", header, [[n, labels[n]] for n in sorted(labels)])
@@ -134,8 +140,11 @@ def test_train_and_eval_from_a_csv_without_data_root(images, tmp_path):
     """The command a user types: ``vggtune train data.labels=labels.csv`` (paths relative to the CSV's folder)."""
     flat, labels = images
     names = sorted(labels)
-    csv_path = _write(flat.parent / "labels.csv", ["filename", "label"],
-                      [[f"images/{n}", labels[n]] for n in names] + [["images/gone.png", "checks"]])
+    csv_path = _write(
+        flat.parent / "labels.csv",
+        ["filename", "label"],
+        [[f"images/{n}", labels[n]] for n in names] + [["images/gone.png", "checks"]],
+    )
     run_dir = tmp_path / "run"
     proc = run_cli_here("train", "data.labels=labels.csv", *TINY, f"hydra.run.dir={run_dir}", cwd=flat.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -148,8 +157,14 @@ def test_train_and_eval_from_a_csv_without_data_root(images, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["data"]["root"] == str(flat.parent.resolve())
     # eval on the CSV's rows with the trained checkpoint
     out = tmp_path / "eval"
-    proc = run_cli_here("eval", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.labels={csv_path}",
-                        "data.num_workers=0", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli_here(
+        "eval",
+        f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"data.labels={csv_path}",
+        "data.num_workers=0",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["data"]["images"] == 30
     shutil.rmtree(run_dir / "checkpoints")

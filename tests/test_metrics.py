@@ -29,9 +29,14 @@ class ScriptedClassifier(VGGClassifier):
     """
 
     def __init__(self, table: torch.Tensor, n: int):
-        super().__init__("vgg11", [f"c{i}" for i in range(n)], weights="none", dropout=0.0,
-                         optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0},
-                         finetune={"name": "full"})
+        super().__init__(
+            "vgg11",
+            [f"c{i}" for i in range(n)],
+            weights="none",
+            dropout=0.0,
+            optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0},
+            finetune={"name": "full"},
+        )
         self.table = table
 
     def forward(self, x):
@@ -60,9 +65,12 @@ def _loader(targets: torch.Tensor) -> DataLoader:
 def _sklearn(logits: torch.Tensor, targets: torch.Tensor, n: int) -> dict[str, float]:
     y, scores = targets.numpy(), logits.double().softmax(1).numpy()
     pred = scores.argmax(1)
-    expected = {"acc": accuracy_score(y, pred), "f1": f1_score(y, pred, average="macro"),
-                "bal_acc": balanced_accuracy_score(y, pred),
-                "loss": log_loss(y, scores, labels=list(range(n)))}
+    expected = {
+        "acc": accuracy_score(y, pred),
+        "f1": f1_score(y, pred, average="macro"),
+        "bal_acc": balanced_accuracy_score(y, pred),
+        "loss": log_loss(y, scores, labels=list(range(n))),
+    }
     if n >= 5:
         expected["acc_top5"] = top_k_accuracy_score(y, scores, k=5, labels=list(range(n)))
     return expected
@@ -73,9 +81,16 @@ def test_logged_metrics_equal_scikit_learn_on_the_same_predictions(tmp_path, n):
     logits, targets = _scripted(n, seed=n)
     module = ScriptedClassifier(logits, n)
     loader = _loader(targets)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=2,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     expected = _sklearn(logits, targets, n)

@@ -15,10 +15,10 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, assert_one_line_error, run_cli_here
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY, assert_one_line_error, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.data.demo import make_multilabel_dataset
 from vggtune.data.discovery import discover
@@ -41,11 +41,16 @@ def write_csv(path: Path, rows: list[list[str]], header=("path", "labels")) -> P
 
 # --- reading the labels --------------------------------------------------------------------------
 
+
 def test_label_cells_split_on_the_delimiter_and_bad_rows_are_named(tmp_path):
     make_multilabel_dataset(tmp_path / "grids", images=24, size=32, seed=1)
     root = tmp_path / "grids"
-    rows = [[f"images/{i:04d}.jpg", label] for i, label in enumerate(
-        ["checks dots", "dots  checks", "", "hstripes", "vstripes;dots"] + ["checks hstripes"] * 10 + ["dots"] * 9)]
+    rows = [
+        [f"images/{i:04d}.jpg", label]
+        for i, label in enumerate(
+            ["checks dots", "dots  checks", "", "hstripes", "vstripes;dots"] + ["checks hstripes"] * 10 + ["dots"] * 9
+        )
+    ]
     rows.append(["images/0003.jpg", "dots"])  # listed again with other labels
     labels = write_csv(root / "mine.csv", rows)
     split = discover(root, val_split=0.25, test_split=0, labels=labels, label_delim=" ")
@@ -76,13 +81,21 @@ def test_a_delimiter_without_a_labels_csv_is_refused(tmp_path, tiny_data):
 
 # --- training: metrics and thresholds against scikit-learn ----------------------------------------
 
+
 class ScriptedMultilabel(VGGClassifier):
     """A multi-label VGGClassifier whose logits for the image carrying index ``i`` are ``table[i]``."""
 
     def __init__(self, table: torch.Tensor, **kwargs):
-        super().__init__("vgg11", [f"l{i}" for i in range(table.shape[1])], weights="none", dropout=0.0,
-                         optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0},
-                         finetune={"name": "full"}, label_delim=" ", **kwargs)
+        super().__init__(
+            "vgg11",
+            [f"l{i}" for i in range(table.shape[1])],
+            weights="none",
+            dropout=0.0,
+            optim={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0},
+            finetune={"name": "full"},
+            label_delim=" ",
+            **kwargs,
+        )
         self.table = table
 
     def forward(self, x):
@@ -105,8 +118,11 @@ def loader(targets: torch.Tensor) -> DataLoader:
 
 def sklearn_scores(probs: np.ndarray, y: np.ndarray, cut) -> dict[str, float]:
     pred = (probs >= cut).astype(int)
-    return {"acc": accuracy_score(y, pred), "map": average_precision_score(y, probs, average="macro"),
-            "f1": f1_score(y, pred, average="macro", zero_division=0)}
+    return {
+        "acc": accuracy_score(y, pred),
+        "map": average_precision_score(y, probs, average="macro"),
+        "f1": f1_score(y, pred, average="macro", zero_division=0),
+    }
 
 
 def brute_force_best_f1(p: np.ndarray, y: np.ndarray) -> float:
@@ -116,9 +132,16 @@ def brute_force_best_f1(p: np.ndarray, y: np.ndarray) -> float:
 def test_logged_multilabel_metrics_and_thresholds_equal_scikit_learn(tmp_path):
     logits, targets = scripted()
     module = ScriptedMultilabel(logits)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=2,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=loader(targets), val_dataloaders=loader(targets))
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     probs, y = logits.sigmoid().double().numpy(), targets.long().numpy()
@@ -150,8 +173,15 @@ def test_logged_multilabel_metrics_and_thresholds_equal_scikit_learn(tmp_path):
 def test_a_fixed_threshold_is_used_for_every_label_and_the_metrics():
     logits, targets = scripted(seed=2)
     module = ScriptedMultilabel(logits, threshold=0.7)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=loader(targets), val_dataloaders=loader(targets))
     assert module.thresholds == [0.7] * N_LABELS
     expected = sklearn_scores(logits.sigmoid().double().numpy(), targets.long().numpy(), 0.7)
@@ -179,6 +209,7 @@ def test_eval_metrics_per_label_equal_scikit_learn():
 
 # --- the whole pipeline on a small generated data set ----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def grids(tmp_path_factory) -> Path:
     return make_multilabel_dataset(tmp_path_factory.mktemp("ml") / "grids", images=48, size=40, seed=0)
@@ -188,8 +219,17 @@ def grids(tmp_path_factory) -> Path:
 def ml_run(grids, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mlwork")
     run_dir = work / "run"
-    proc = run_cli_here("train", f"data.root={grids}", "data.labels=labels.csv", "data.label_delim=' '",
-                        "data.test_split=0.25", "data.val_split=0.25", *TINY, f"hydra.run.dir={run_dir}", cwd=work)
+    proc = run_cli_here(
+        "train",
+        f"data.root={grids}",
+        "data.labels=labels.csv",
+        "data.label_delim=' '",
+        "data.test_split=0.25",
+        "data.val_split=0.25",
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run_dir
 
@@ -210,8 +250,14 @@ def test_training_monitors_map_and_keeps_thresholds_and_labels_in_the_run(ml_run
 
 
 def test_eval_of_the_runs_test_split_agrees_with_scikit_learn_at_the_checkpoints_thresholds(ml_run, grids, tmp_path):
-    proc = run_cli_here("eval", f"ckpt={ml_run / 'checkpoints' / 'best.ckpt'}", "data.num_workers=0", "device=cpu",
-                        f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "eval",
+        f"ckpt={ml_run / 'checkpoints' / 'best.ckpt'}",
+        "data.num_workers=0",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     model = load_model(ml_run / "checkpoints" / "best.ckpt", "cpu")
@@ -229,8 +275,11 @@ def test_eval_of_the_runs_test_split_agrees_with_scikit_learn_at_the_checkpoints
         assert trained[f"test/{name}"] == pytest.approx(summary["metrics"][name], abs=1e-5), name
     assert [r["label"] for r in csv.DictReader(open(tmp_path / "ev" / "per_label.csv"))] == model.class_names
     assert (tmp_path / "ev" / "per_label.png").stat().st_size > 5000
-    wrong = {str(grids / p) for i, p in enumerate(test)
-             if ((probs[i] >= np.array(model.module.thresholds)).astype(int) != y[i]).any()}
+    wrong = {
+        str(grids / p)
+        for i, p in enumerate(test)
+        if ((probs[i] >= np.array(model.module.thresholds)).astype(int) != y[i]).any()
+    }
     assert {r["path"] for r in csv.DictReader(open(tmp_path / "ev" / "misclassified.csv"))} == wrong
 
 
@@ -241,8 +290,16 @@ def test_predict_lists_the_labels_over_their_thresholds_and_every_probability(ml
     folder.mkdir()
     for p in images:
         (folder / p.name).write_bytes(p.read_bytes())
-    proc = run_cli_here("predict", f"ckpt={ckpt}", f"input={folder}", "num_workers=0", "device=cpu", "output=p.csv",
-                        f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "predict",
+        f"ckpt={ckpt}",
+        f"input={folder}",
+        "num_workers=0",
+        "device=cpu",
+        "output=p.csv",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model(ckpt, "cpu")
     probs = sigmoid_by_hand(model, sorted(folder.iterdir()))
@@ -260,8 +317,17 @@ def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_r
 
     ckpt = ml_run / "checkpoints" / "best.ckpt"
     out = tmp_path / "m.onnx"
-    info = export_checkpoint(OmegaConf.create({"ckpt": str(ckpt), "format": "onnx", "output": str(out),
-                                               "logits": False, "paths": {"run_dir": str(tmp_path / "run")}}))
+    info = export_checkpoint(
+        OmegaConf.create(
+            {
+                "ckpt": str(ckpt),
+                "format": "onnx",
+                "output": str(out),
+                "logits": False,
+                "paths": {"run_dir": str(tmp_path / "run")},
+            }
+        )
+    )
     model = load_model(ckpt, "cpu")
     assert info["multilabel"] is True
     assert info["thresholds"] == pytest.approx(dict(zip(model.class_names, model.module.thresholds)))
@@ -272,7 +338,8 @@ def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_r
     mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.preprocessing.std).view(1, 3, 1, 1)
     got = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
-        None, {info["input_name"]: (normalised * std + mean).numpy()})[0]
+        None, {info["input_name"]: (normalised * std + mean).numpy()}
+    )[0]
     torch.testing.assert_close(torch.from_numpy(got), sigmoid_by_hand(model, paths), atol=1e-4, rtol=1e-4)
 
 
@@ -281,8 +348,16 @@ def test_an_int8_export_keeps_the_thresholds_and_is_judged_by_label_sets(ml_run,
 
     ckpt = ml_run / "checkpoints" / "best.ckpt"
     out = tmp_path / "m.int8.onnx"
-    proc = run_cli_here("export", f"ckpt={ckpt}", "quantize=int8", "force=true", "calibration_images=8",
-                        f"output={out}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={ckpt}",
+        "quantize=int8",
+        "force=true",
+        "calibration_images=8",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(Path(f"{out}.json").read_text())
     model = load_model(ckpt, "cpu")
@@ -297,15 +372,15 @@ def test_an_int8_export_keeps_the_thresholds_and_is_judged_by_label_sets(ml_run,
     decided = (probs >= cuts).long().numpy()
     check = info["quantized"]["check"]
     assert check["quantized"]["acc"] == pytest.approx(accuracy_score(truth, decided), abs=1e-4)  # exact match
-    assert check["quantized"]["f1"] == pytest.approx(f1_score(truth, decided, average="macro", zero_division=0),
-                                                     abs=1e-4)
+    assert check["quantized"]["f1"] == pytest.approx(
+        f1_score(truth, decided, average="macro", zero_division=0), abs=1e-4
+    )
     assert "map" in check["quantized"] and 0 <= check["agreement"] <= 1
 
 
 def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_run):
-    from test_tensorboard import load_events
-
     from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from test_tensorboard import load_events
 
     events = load_events(ml_run)
     assert sorted(events.Tags()["images"]) == ["val/per_label", "val/predictions"]
@@ -316,21 +391,43 @@ def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_r
 
 
 def test_embed_colours_by_the_first_label_and_lists_all_of_them(ml_run, grids, tmp_path):
-    proc = run_cli_here("embed", f"ckpt={ml_run / 'checkpoints' / 'best.ckpt'}", f"data.root={grids}",
-                        "data.labels=labels.csv", "data.label_delim=' '", "data.num_workers=0", "device=cpu",
-                        "tsne.perplexity=5", f"hydra.run.dir={tmp_path / 'em'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "embed",
+        f"ckpt={ml_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={grids}",
+        "data.labels=labels.csv",
+        "data.label_delim=' '",
+        "data.num_workers=0",
+        "device=cpu",
+        "tsne.perplexity=5",
+        f"hydra.run.dir={tmp_path / 'em'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = {r["path"]: r["labels"] for r in csv.DictReader(open(grids / "labels.csv", encoding="utf-8"))}
     rows = list(csv.DictReader(open(tmp_path / "em" / "embeddings.csv", encoding="utf-8")))
     assert len(rows) == len(labels) and all(r["class"] == labels[r["path"]] for r in rows)
 
 
-@pytest.mark.parametrize("override, needle", [("data.balance=sampler", "data.balance=sampler balances single-label"),
-                                              ("monitor=val/acc_top5", "is not logged with several labels"),
-                                              ("threshold=1.5", "threshold must be auto")])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.balance=sampler", "data.balance=sampler balances single-label"),
+        ("monitor=val/acc_top5", "is not logged with several labels"),
+        ("threshold=1.5", "threshold must be auto"),
+    ],
+)
 def test_settings_that_do_not_fit_several_labels_are_refused_in_one_line(grids, tmp_path, override, needle):
-    proc = run_cli_here("train", f"data.root={grids}", "data.labels=labels.csv", "data.label_delim=' '", *TINY,
-                        override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={grids}",
+        "data.labels=labels.csv",
+        "data.label_delim=' '",
+        *TINY,
+        override,
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, needle)
 
 
@@ -343,8 +440,15 @@ def test_best_thresholds_cut_between_scores_and_leave_labels_without_positives_a
 def test_explain_draws_the_most_probable_labels_with_their_sigmoids(ml_run, grids, tmp_path):
     ckpt = ml_run / "checkpoints" / "best.ckpt"
     image = sorted((grids / "images").iterdir())[0]
-    proc = run_cli_here("explain", f"ckpt={ckpt}", f"input={image}", "top_k=2", "device=cpu",
-                        f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "explain",
+        f"ckpt={ckpt}",
+        f"input={image}",
+        "top_k=2",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'x'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model(ckpt, "cpu")
     top = sigmoid_by_hand(model, [image])[0].topk(2)
@@ -352,13 +456,15 @@ def test_explain_draws_the_most_probable_labels_with_their_sigmoids(ml_run, grid
     assert [r["class"] for r in rows] == [model.class_names[i] for i in top.indices.tolist()]
     assert [float(r["probability"]) for r in rows] == pytest.approx(top.values.tolist(), abs=1e-5)
     cut = dict(zip(model.class_names, model.module.thresholds))
-    assert [r["predicted"] for r in rows] == ["yes" if float(r["probability"]) >= cut[r["class"]] else "no"
-                                              for r in rows]
+    assert [r["predicted"] for r in rows] == [
+        "yes" if float(r["probability"]) >= cut[r["class"]] else "no" for r in rows
+    ]
 
 
 def test_a_multilabel_csv_trained_without_a_delimiter_gets_a_hint(grids, tmp_path):
     # Read as one label per cell, "checks dots" is a class of its own with too few images to split:
     # the hint comes first, before that error.
-    proc = run_cli_here("train", f"data.root={grids}", "data.labels=labels.csv", *TINY,
-                        f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train", f"data.root={grids}", "data.labels=labels.csv", *TINY, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
     assert "hold spaces or separators" in proc.stderr and "data.label_delim=' '" in proc.stderr

@@ -36,8 +36,12 @@ def test_the_wheel_builds_quietly_and_its_command_composes_a_config_outside_the_
             shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif (ROOT / part).is_file():
             shutil.copy2(ROOT / part, source / part)
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                            str(wheels), str(source)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     assert "SetuptoolsDeprecationWarning" not in build.stdout + build.stderr
     assert "is absent from the `packages` configuration" not in build.stdout + build.stderr
@@ -45,18 +49,27 @@ def test_the_wheel_builds_quietly_and_its_command_composes_a_config_outside_the_
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("vggtune/conf/")}
     for config in ROOT.joinpath("conf").rglob("*.yaml"):
         assert f"vggtune/conf/{config.relative_to(ROOT / 'conf').as_posix()}" in shipped, config
-    shipped_code = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("vggtune/conf/")}
+    shipped_code = {
+        n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("vggtune/conf/")
+    }
     ours = {p.relative_to(ROOT / "src").as_posix() for p in ROOT.joinpath("src", "vggtune").rglob("*.py")}
     assert shipped_code == ours, sorted(shipped_code ^ ours)  # every module, and no module that is gone
 
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target",
-                              str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
-    code = ("import sys, vggtune; from vggtune import cli; print('FROM', vggtune.__file__); "
-            "cli.main(['train', '--cfg', 'job', 'model=vgg19', 'experiment=demo'])")
+    code = (
+        "import sys, vggtune; from vggtune import cli; print('FROM', vggtune.__file__); "
+        "cli.main(['train', '--cfg', 'job', 'model=vgg19', 'experiment=demo'])"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"FROM {target}" in proc.stdout  # the installed wheel, not the checkout
     assert "arch: vgg19" in proc.stdout and "max_epochs: 5" in proc.stdout  # a group and an experiment

@@ -14,14 +14,18 @@ import termios
 import time
 
 import pytest
-
 from conftest import TINY, run_cli_here, vggtune_command
+
 from vggtune.training import progress
 from vggtune.training.progress import PlainProgress, TimedBar, progress_bar
 
 # The tiny run, with the progress callback on (TINY turns it off for the rest of the suite).
 SHOWN = [a for a in TINY if not a.startswith(("trainer.enable_progress_bar", "trainer.max_epochs"))] + [
-    "trainer.enable_progress_bar=true", "trainer.max_epochs=2", "data.batch_size=4", "logger=null"]
+    "trainer.enable_progress_bar=true",
+    "trainer.max_epochs=2",
+    "data.batch_size=4",
+    "logger=null",
+]
 
 
 def _run_on_a_terminal(args: list[str], cwd, timeout: float = 300) -> str:
@@ -30,8 +34,9 @@ def _run_on_a_terminal(args: list[str], cwd, timeout: float = 300) -> str:
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen([*vggtune_command(), *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=follower, stderr=follower)
+    proc = subprocess.Popen(
+        [*vggtune_command(), *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower
+    )
     os.close(follower)
     out, deadline = b"", time.monotonic() + timeout
     try:
@@ -57,9 +62,17 @@ def _run_on_a_terminal(args: list[str], cwd, timeout: float = 300) -> str:
 
 
 def test_on_a_terminal_the_bar_moves_within_an_epoch_and_log_lines_stay_out_of_it(tmp_path, tiny_data):
-    out = _run_on_a_terminal(["train", f"data.root={tiny_data}", *SHOWN, "trainer.max_epochs=1",
-                              "callbacks.progress_bar.refresh_seconds=0",
-                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    out = _run_on_a_terminal(
+        [
+            "train",
+            f"data.root={tiny_data}",
+            *SHOWN,
+            "trainer.max_epochs=1",
+            "callbacks.progress_bar.refresh_seconds=0",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     frames = [f for f in re.split(r"[\r\n]", out) if f.startswith("Epoch 0:") and "it/s" in f]
     counts = {int(m.group(1)) for f in frames if (m := re.search(r"\| (\d+)/(\d+) \[", f))}
     total = max(counts)
@@ -68,24 +81,35 @@ def test_on_a_terminal_the_bar_moves_within_an_epoch_and_log_lines_stay_out_of_i
     # it is never glued to a frame ("...it/s]Epoch 0: training").
     message = "Epoch 0: training"
     at = out.index(message)
-    assert out[at - 1] in "\r\n", repr(out[at - 200:at + 40])
+    assert out[at - 1] in "\r\n", repr(out[at - 200 : at + 40])
     assert not re.search(r"(it/s|\])" + re.escape(message), out)
     assert not re.search(r"^epoch \d+/\d+ (step|done)", out, re.MULTILINE), "plain lines belong off a terminal"
 
 
 def test_off_a_terminal_plain_lines_report_steps_and_epochs_without_carriage_returns(tmp_path, tiny_data):
     # In the test process, stdout captured in a buffer: not a terminal, as a pipe or a file is not.
-    proc = run_cli_here("train", f"data.root={tiny_data}", *SHOWN, "callbacks.progress_bar.every_n_steps=2",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *SHOWN,
+        "callbacks.progress_bar.every_n_steps=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stdout and "it/s]" not in proc.stdout
-    steps = re.findall(r"^epoch (\d)/2 step (\d+)/(\d+) loss ([\d.e+-]+) ([\d.]+) img/s eta (\d+:\d\d:\d\d)$",
-                       proc.stdout, re.MULTILINE)
+    steps = re.findall(
+        r"^epoch (\d)/2 step (\d+)/(\d+) loss ([\d.e+-]+) ([\d.]+) img/s eta (\d+:\d\d:\d\d)$",
+        proc.stdout,
+        re.MULTILINE,
+    )
     total = int(steps[0][2])
     expected = [(str(e), str(n)) for e in (1, 2) for n in range(2, total, 2)]
     assert [(e, n) for e, n, *_ in steps] == expected, proc.stdout
     assert all(float(rate) > 0 for *_, rate, _ in steps)
-    epochs = re.findall(r"^epoch (\d)/2 done in [\d.]+ s \(training [\d.]+ img/s\) .*val/acc ([\d.]+)", proc.stdout, re.MULTILINE)
+    epochs = re.findall(
+        r"^epoch (\d)/2 done in [\d.]+ s \(training [\d.]+ img/s\) .*val/acc ([\d.]+)", proc.stdout, re.MULTILINE
+    )
     assert [e for e, _ in epochs] == ["1", "2"], proc.stdout
     assert re.search(r"^epoch 1/2 done .* eta \d+:\d\d:\d\d$", proc.stdout, re.MULTILINE)  # time left to the run's end
 

@@ -10,8 +10,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from conftest import TINY, ProcessState, run_cli_here
 
-from conftest import ProcessState, TINY, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.core.proxies import proxies_as_now
 from vggtune.training.tracker_checks import check_tracking_uri
@@ -111,8 +111,15 @@ def test_a_command_run_in_the_test_process_leaves_its_state_as_it_was(tmp_path, 
     before = ProcessState().snapshot()
     dead = f"http://127.0.0.1:{_closed_port()}"
     env = {"TORCH_HOME": str(tmp_path / "torch"), "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "NO_PROXY": ""}
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "model.weights=imagenet",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "model.weights=imagenet",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 2 and "could not get the ImageNet weights" in proc.stderr
     after = ProcessState().snapshot()
     after["loggers"] = {name: state for name, state in after["loggers"].items() if name in before["loggers"]}

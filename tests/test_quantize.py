@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli_here
+
 from vggtune.use import export, heldout, quantize
 from vggtune.use.inference import load_model
 
@@ -30,11 +30,23 @@ def _val_images(run: Path):
 def test_int8_export_is_calibrated_on_train_images_and_judged_on_val_beside_fp32(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
     fp32 = tmp_path / "fp32.onnx"
-    assert run_cli_here("export", f"ckpt={ckpt}", f"output={fp32}", f"hydra.run.dir={tmp_path / 'a'}",
-                        cwd=tmp_path).returncode == 0
+    assert (
+        run_cli_here(
+            "export", f"ckpt={ckpt}", f"output={fp32}", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     out = tmp_path / "model.int8.onnx"
-    proc = run_cli_here("export", f"ckpt={ckpt}", "quantize=int8", "calibration_images=12", "force=true",
-                        f"output={out}", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={ckpt}",
+        "quantize=int8",
+        "calibration_images=12",
+        "force=true",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'b'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(Path(f"{out}.json").read_text())
     q = info["quantized"]
@@ -58,7 +70,8 @@ def test_int8_export_is_calibrated_on_train_images_and_judged_on_val_beside_fp32
     acc = float((after.argmax(1) == targets).float().mean())
     assert q["check"]["quantized"]["acc"] == pytest.approx(acc)
     assert q["check"]["accuracy_drop_points"] == pytest.approx(
-        100 * (float((before.argmax(1) == targets).float().mean()) - acc), abs=1e-3)
+        100 * (float((before.argmax(1) == targets).float().mean()) - acc), abs=1e-3
+    )
     torch.testing.assert_close(after.sum(dim=1), torch.ones(len(after)), atol=1e-5, rtol=0)
     assert q["reduce_range"] == (not quantize.has_vnni()) and q["weights"] == "int8, per channel"
     assert "answers as fp32 on" in proc.stderr + proc.stdout
@@ -76,16 +89,32 @@ def test_a_quantized_file_that_loses_too_much_is_refused_in_one_line_and_kept(ti
 
     monkeypatch.setattr(heldout, "compare", lossy)
     out = tmp_path / "m.int8.onnx"
-    proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "quantize=int8",
-                        "calibration_images=4", "max_accuracy_drop=0.5", f"output={out}",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert_one_line_error(proc, "loses 100.00 accuracy points", "max_accuracy_drop=0.5", "force=true",
-                          "kept for inspection")
+    proc = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "quantize=int8",
+        "calibration_images=4",
+        "max_accuracy_drop=0.5",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(
+        proc, "loses 100.00 accuracy points", "max_accuracy_drop=0.5", "force=true", "kept for inspection"
+    )
     info = json.loads(Path(f"{out}.json").read_text())
     assert out.is_file() and info["quantized"]["within_tolerance"] is False
-    forced = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "quantize=int8",
-                          "calibration_images=4", "max_accuracy_drop=0.5", "force=true", f"output={out}",
-                          f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    forced = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "quantize=int8",
+        "calibration_images=4",
+        "max_accuracy_drop=0.5",
+        "force=true",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
     assert forced.returncode == 0, forced.stderr[-2000:]
     q = json.loads(Path(f"{out}.json").read_text())["quantized"]
     assert q["within_tolerance"] is True and q["forced"] is True
@@ -96,9 +125,16 @@ def test_a_quantized_file_that_loses_too_much_is_refused_in_one_line_and_kept(ti
 @pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 def test_bf16_torchscript_holds_bf16_weights_and_is_judged_beside_fp32(tiny_run, tmp_path):
     out = tmp_path / "m.bf16.pt"
-    proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "format=torchscript",
-                        "quantize=bf16", "force=true", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "format=torchscript",
+        "quantize=bf16",
+        "force=true",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     q = json.loads(Path(f"{out}.json").read_text())["quantized"]
     module = torch.jit.load(str(out))
@@ -106,8 +142,9 @@ def test_bf16_torchscript_holds_bf16_weights_and_is_judged_beside_fp32(tiny_run,
     model, held = _val_images(tiny_run)
     with torch.inference_mode():
         after = module(held.images)
-        before = export.ExportedClassifier(model.module.model, model.preprocessing,
-                                           temperature=model.temperature).eval()(held.images)
+        before = export.ExportedClassifier(
+            model.module.model, model.preprocessing, temperature=model.temperature
+        ).eval()(held.images)
     assert after.dtype == torch.float32
     assert q["check"]["agreement"] == pytest.approx(float((before.argmax(1) == after.argmax(1)).float().mean()))
     assert q["check"]["max_abs_diff"] == pytest.approx(float((before - after).abs().max()), abs=1e-4)
@@ -115,22 +152,36 @@ def test_bf16_torchscript_holds_bf16_weights_and_is_judged_beside_fp32(tiny_run,
 
 def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path, tiny_run):
     monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
-    proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "format=torchscript",
-                        "quantize=bf16", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "format=torchscript",
+        "quantize=bf16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "quantize=bf16 needs a CPU with bf16", "format=onnx quantize=int8")
 
 
-@pytest.mark.parametrize(("overrides", "needles"), [
-    (["quantize=int4"], ["quantize must be one of none, int8, bf16"]),
-    (["quantize=int8", "format=torchscript"], ["quantize=int8 writes an ONNX file", "format=onnx"]),
-    (["quantize=bf16"], ["quantize=bf16 is for format=torchscript", "quantize=int8"]),
-    (["quantize=int8", "calibration_method=kl"], ["calibration_method must be one of minmax, entropy"]),
-    (["quantize=int8", "max_accuracy_drop=-1"], ["max_accuracy_drop", "0 or more"]),
-    (["quantize=int8", "calibration_root=/no/such/folder"], ["calibration_root=/no/such/folder is not a folder"]),
-    (["quantize=int8", "calibration_images=0"], ["calibration_images"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["quantize=int4"], ["quantize must be one of none, int8, bf16"]),
+        (["quantize=int8", "format=torchscript"], ["quantize=int8 writes an ONNX file", "format=onnx"]),
+        (["quantize=bf16"], ["quantize=bf16 is for format=torchscript", "quantize=int8"]),
+        (["quantize=int8", "calibration_method=kl"], ["calibration_method must be one of minmax, entropy"]),
+        (["quantize=int8", "max_accuracy_drop=-1"], ["max_accuracy_drop", "0 or more"]),
+        (["quantize=int8", "calibration_root=/no/such/folder"], ["calibration_root=/no/such/folder is not a folder"]),
+        (["quantize=int8", "calibration_images=0"], ["calibration_images"]),
+    ],
+)
 def test_bad_quantize_settings_are_one_line(tiny_run, tmp_path, overrides, needles):
-    proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", *overrides,
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, *needles)
     assert not list(tmp_path.glob("**/*.onnx"))

@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import TINY, make_class_folders, run_cli_here
 from omegaconf import OmegaConf
 
-from conftest import TINY, make_class_folders, run_cli_here
 from vggtune.use.quantize import has_bf16
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -35,8 +35,9 @@ def readme_commands() -> list[str]:
     # Every fence is paired with the next one, whatever its language, and only shell blocks are kept.
     text = "\n".join(page.read_text(encoding="utf-8") for page in [README, *DOCS])
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
-    lines = [line.strip() for lang, block in blocks if lang in ("", "bash", "sh", "console")
-             for line in block.splitlines()]
+    lines = [
+        line.strip() for lang, block in blocks if lang in ("", "bash", "sh", "console") for line in block.splitlines()
+    ]
     return [re.sub(r"\s+#.*$", "", line) for line in lines if line.startswith("vggtune ")]
 
 
@@ -63,8 +64,15 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(home) -> Path:
-    proc = run_cli_here("train", f"data.root={home / 'pictures' / 'flowers'}", *TINY, "data.batch_size=4",
-                        "hydra.run.dir=run", cwd=home, env={"HOME": str(home)})
+    proc = run_cli_here(
+        "train",
+        f"data.root={home / 'pictures' / 'flowers'}",
+        *TINY,
+        "data.batch_size=4",
+        "hydra.run.dir=run",
+        cwd=home,
+        env={"HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return home / "run" / "checkpoints" / "best.ckpt"
 
@@ -81,8 +89,12 @@ def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
     args = shlex.split(command)[1:]
     if "bf16" in command and args[0] in ("export", "benchmark") and not has_bf16():
         pytest.skip("bf16 needs a CPU with avx512_bf16 or amx_bf16 (the refusal is tests/test_quantize.py's)")
-    args = [a.replace("outputs/train/<run>/checkpoints/best.ckpt", str(checkpoint)).replace("ckpt=...", f"ckpt={checkpoint}")
-            .replace("=DIR", f"={home / 'pictures' / 'flowers'}") for a in args]
+    args = [
+        a.replace("outputs/train/<run>/checkpoints/best.ckpt", str(checkpoint))
+        .replace("ckpt=...", f"ckpt={checkpoint}")
+        .replace("=DIR", f"={home / 'pictures' / 'flowers'}")
+        for a in args
+    ]
     task = args[0]
     if "-m" in args:  # a sweep: its first job's config (the sweeps themselves run in tests/test_sweep.py)
         args = [a.split(",")[0] if "=" in a else a for a in args if a != "-m"]

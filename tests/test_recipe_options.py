@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli_here
+
 from vggtune.data.datamodule import ClassFolderDataModule
 
 
@@ -22,9 +22,16 @@ def _batch(dm: ClassFolderDataModule, training: bool):
 
 
 def _module(tmp_path, **kwargs):
-    dm = ClassFolderDataModule(root=str(make_class_folders(tmp_path / "d", classes=3, per_class=8, size=32)),
-                               image_size=32, batch_size=12, num_workers=0, arch="vgg11", val_split=0.5,
-                               test_split=0, **kwargs)
+    dm = ClassFolderDataModule(
+        root=str(make_class_folders(tmp_path / "d", classes=3, per_class=8, size=32)),
+        image_size=32,
+        batch_size=12,
+        num_workers=0,
+        arch="vgg11",
+        val_split=0.5,
+        test_split=0,
+        **kwargs,
+    )
     dm.setup("fit")
     return dm
 
@@ -95,11 +102,22 @@ def test_one_cycle_rises_to_each_groups_own_lr_then_anneals_and_cycles_beta1():
 def test_ema_and_early_stopping_through_the_command_line(tmp_path, tiny_data):
     run = tmp_path / "run"
     proc = run_cli_here(
-        "train", f"data.root={tiny_data}", *[a for a in TINY if not a.startswith("trainer.max_epochs")],
-        "trainer.max_epochs=4", "callbacks=[default,ema,early_stopping]", "callbacks.ema.decay=0.5",
-        "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=2",  # no epoch gains 2
-        "data.mixup=0.2", "data.cutmix=1.0", "model.label_smoothing=0.1", "scheduler=one_cycle",
-        "test_after_fit=false", f"hydra.run.dir={run}", cwd=tmp_path)
+        "train",
+        f"data.root={tiny_data}",
+        *[a for a in TINY if not a.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=4",
+        "callbacks=[default,ema,early_stopping]",
+        "callbacks.ema.decay=0.5",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=2",  # no epoch gains 2
+        "data.mixup=0.2",
+        "data.cutmix=1.0",
+        "model.label_smoothing=0.1",
+        "scheduler=one_cycle",
+        "test_after_fit=false",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["epochs"] == 2  # epoch 0 sets the best val/acc, epoch 1 cannot beat it by 2: stopped before 4
@@ -109,17 +127,28 @@ def test_ema_and_early_stopping_through_the_command_line(tmp_path, tiny_data):
     assert not torch.equal(last["state_dict"][key], last["current_model_state"][key])  # the average is its own
     # best.ckpt holds the weights that were validated: evaluated on the same images, they give the NLL that
     # its epoch's validation measured (the file's calibration record)
-    ev = run_cli_here("eval", f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "data.subset=val", "data.num_workers=0",
-                      f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    ev = run_cli_here(
+        "eval",
+        f"ckpt={run / 'checkpoints' / 'best.ckpt'}",
+        "data.subset=val",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["calibration"]["nll"]
     assert evaluated == pytest.approx(best["vggtune"]["calibration"]["nll"], rel=1e-4)
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("data.mixup=-1", "data.mixup"), ("data.cutmix=lots", "data.cutmix"),
-    ("model.label_smoothing=1", "model.label_smoothing"), ("scheduler=one_cycle scheduler.pct_start=0", "pct_start"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.mixup=-1", "data.mixup"),
+        ("data.cutmix=lots", "data.cutmix"),
+        ("model.label_smoothing=1", "model.label_smoothing"),
+        ("scheduler=one_cycle scheduler.pct_start=0", "pct_start"),
+    ],
+)
 def test_bad_values_fail_with_one_line_naming_the_key(tmp_path, tiny_data, override, needle):
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, *override.split(), cwd=tmp_path)
     assert_one_line_error(proc, needle)
@@ -132,6 +161,14 @@ def test_mixing_is_refused_for_several_labels_per_image_and_for_cached_features(
     csv.write_text("path,labels\n" + "".join(f"{p},{p.parent.name} x\n" for p in files))
     proc = run_cli_here("train", f"data.labels={csv}", "data.label_delim=' '", *TINY, "data.mixup=0.2", cwd=tmp_path)
     assert_one_line_error(proc, "data.mixup=0.2", "several labels")
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "finetune=linear_probe", "data.cache_features=true",
-                        "data.cutmix=1", f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "finetune=linear_probe",
+        "data.cache_features=true",
+        "data.cutmix=1",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "data.cache_features=true", "data.cutmix=0")

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import assert_one_line_error, run_cli_here, vggtune_command
+from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]  # one worker starts the servers once
 START_TIMEOUT = 240  # two servers each import torch twice (main process, model worker): slow on a busy machine
@@ -54,9 +53,20 @@ class Server:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("HYDRA_FULL_ERROR", None)
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([*vggtune_command(), "serve", *self.args, f"port={self.port}", "device=cpu",
-                                          f"hydra.run.dir={self.cwd / f'run-{self.port}'}"], cwd=self.cwd, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [
+                    *vggtune_command(),
+                    "serve",
+                    *self.args,
+                    f"port={self.port}",
+                    "device=cpu",
+                    f"hydra.run.dir={self.cwd / f'run-{self.port}'}",
+                ],
+                cwd=self.cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def ready(self, timeout: float = START_TIMEOUT) -> bool:
         deadline = time.monotonic() + timeout
@@ -72,8 +82,9 @@ class Server:
     def wait_ready(self) -> None:
         # In full suites on the busy 2-core machine a server's model worker twice never became ready (never
         # alone): the failure carries what each of its processes was doing, for the next time.
-        assert self.ready(), (f"server not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}\n"
-                              f"{_diagnose(self.proc.pid)}")
+        assert self.ready(), (
+            f"server not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}\n{_diagnose(self.proc.pid)}"
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -99,12 +110,13 @@ def _diagnose(pid: int) -> str:
     for p in _descendants(pid):
         try:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-            status = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
-                                                   Path(f"/proc/{p}/status").read_text().splitlines())}
+            status = {
+                k: v.strip()
+                for k, _, v in (ln.partition(":") for ln in Path(f"/proc/{p}/status").read_text().splitlines())
+            }
         except OSError:
             continue
-        lines.append(f"pid {p} {status.get('State')} SigBlk={status.get('SigBlk')} SigIgn={status.get('SigIgn')} "
-                     f"{cmd}")
+        lines.append(f"pid {p} {status.get('State')} SigBlk={status.get('SigBlk')} SigIgn={status.get('SigIgn')} {cmd}")
         if shutil.which("py-spy"):
             dump = subprocess.run(["py-spy", "dump", "--pid", str(p)], capture_output=True, text=True, timeout=30)
             lines.append(dump.stdout[-2500:] + dump.stderr[-500:])
@@ -127,10 +139,15 @@ def post(url: str, body: bytes, content_type: str | None, timeout: float = 60) -
 
 def multipart(data: bytes, filename: str = "image.png", **fields: str) -> tuple[bytes, str]:
     boundary = "vggtuneboundary"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -150,11 +167,22 @@ def servers(tiny_run, tmp_path_factory):
     """(checkpoint server, ONNX server, the exported file): started together, stopped after the session."""
     work = tmp_path_factory.mktemp("serve")
     onnx = work / "model.onnx"
-    proc = run_cli_here("export", f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "format=onnx", f"output={onnx}",
-                        f"hydra.run.dir={work / 'export'}", cwd=work)
+    proc = run_cli_here(
+        "export",
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "format=onnx",
+        f"output={onnx}",
+        f"hydra.run.dir={work / 'export'}",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt_server = Server(work, f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}", "max_batch_size=8",
-                         "batch_timeout=0.25", "max_request_mb=1")
+    ckpt_server = Server(
+        work,
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "max_batch_size=8",
+        "batch_timeout=0.25",
+        "max_request_mb=1",
+    )
     onnx_server = Server(work, f"model={onnx}", "max_batch_size=4", "batch_timeout=2")
     try:
         ckpt_server.wait_ready()
@@ -190,9 +218,15 @@ def test_serve_gives_predicts_probabilities_for_the_same_files(servers, tiny_run
 
 def test_an_upload_a_raw_body_and_a_data_url_give_the_same_answer(servers, images):
     url, data = servers[0].url + "/predict", images[0].read_bytes()
-    answers = [post(url, *multipart(data, top_k="2")), post(url + "?top_k=2", data, "image/png"),
-               post(url, json.dumps({"image": "data:image/png;base64," + base64.b64encode(data).decode(),
-                                     "top_k": 2}).encode(), "application/json")]
+    answers = [
+        post(url, *multipart(data, top_k="2")),
+        post(url + "?top_k=2", data, "image/png"),
+        post(
+            url,
+            json.dumps({"image": "data:image/png;base64," + base64.b64encode(data).decode(), "top_k": 2}).encode(),
+            "application/json",
+        ),
+    ]
     assert [s for s, _ in answers] == [200, 200, 200], answers
     tops = [a["predictions"][0]["top"] for _, a in answers]
     assert len(tops[0]) == 2 and tops[0] == tops[1] == tops[2]
@@ -267,9 +301,14 @@ def _declared_body(server: Server, length: int, kind: str) -> tuple[int, dict]:
 def test_a_bad_request_batched_with_good_ones_fails_alone(servers, images):
     """batch_timeout=0.25: requests sent together are decoded and predicted as one batch."""
     url, results = servers[0].url + "/predict", {}
-    sends = {"good1": (images[0].read_bytes(), "image/png"), "bad": (b"not an image", "image/png"),
-             "good2": (images[1].read_bytes(), "image/png")}
-    threads = [threading.Thread(target=lambda k=k, v=v: results.__setitem__(k, post(url, *v))) for k, v in sends.items()]
+    sends = {
+        "good1": (images[0].read_bytes(), "image/png"),
+        "bad": (b"not an image", "image/png"),
+        "good2": (images[1].read_bytes(), "image/png"),
+    }
+    threads = [
+        threading.Thread(target=lambda k=k, v=v: results.__setitem__(k, post(url, *v))) for k, v in sends.items()
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -301,8 +340,9 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(ser
     server is started again afterwards: in a shuffled order (pytest-randomly) other tests come after this one."""
     server = servers[1]
     result = {}
-    sender = threading.Thread(target=lambda: result.update(r=post(server.url + "/predict", images[0].read_bytes(),
-                                                                    "image/png")))
+    sender = threading.Thread(
+        target=lambda: result.update(r=post(server.url + "/predict", images[0].read_bytes(), "image/png"))
+    )
     sender.start()
     deadline = time.monotonic() + 30
     while _stats(server).get("requests_in_flight", 0) < 1:
@@ -327,17 +367,21 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(ser
 
 def test_bad_settings_fail_with_one_line_before_anything_starts(tmp_path, tiny_run):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
-    cases = [((), "exactly one of ckpt="), ((f"ckpt={ckpt}", "port=80"), "port"),
-             ((f"ckpt={ckpt}", "host=example.com"), "host"), ((f"model={ckpt}",), "best.ckpt is neither"),
-             ((f"ckpt={ckpt}", "max_batch_size=0"), "max_batch_size"), ((f"ckpt={ckpt}", "tta=spin"), "tta"),
-             ((f"ckpt={ckpt}", "batch_timeout=5", "timeout=1"), "batch_timeout")]
+    cases = [
+        ((), "exactly one of ckpt="),
+        ((f"ckpt={ckpt}", "port=80"), "port"),
+        ((f"ckpt={ckpt}", "host=example.com"), "host"),
+        ((f"model={ckpt}",), "best.ckpt is neither"),
+        ((f"ckpt={ckpt}", "max_batch_size=0"), "max_batch_size"),
+        ((f"ckpt={ckpt}", "tta=spin"), "tta"),
+        ((f"ckpt={ckpt}", "batch_timeout=5", "timeout=1"), "batch_timeout"),
+    ]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         cases.append(((f"ckpt={ckpt}", f"port={busy.getsockname()[1]}"), "another server uses it"))
         for args, word in cases:
-            assert_one_line_error(run_cli_here("serve", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path),
-                                  word)
+            assert_one_line_error(run_cli_here("serve", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path), word)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

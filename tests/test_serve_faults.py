@@ -42,8 +42,9 @@ class KeyedServer(Server):
         return False
 
 
-def call(server: Server, method: str, path: str, body: bytes | None = None, key: str | None = KEY,
-         timeout: float = 60) -> tuple[int | None, dict, dict | bytes, float]:
+def call(
+    server: Server, method: str, path: str, body: bytes | None = None, key: str | None = KEY, timeout: float = 60
+) -> tuple[int | None, dict, dict | bytes, float]:
     """(status, headers, JSON answer or raw body, seconds); status None if the connection failed."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if key is not None:
@@ -67,9 +68,15 @@ def call(server: Server, method: str, path: str, body: bytes | None = None, key:
 
 @pytest.fixture(scope="session")
 def faults_server(tiny_run, tmp_path_factory):
-    server = KeyedServer(tmp_path_factory.mktemp("serve-faults"), f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
-                         "max_batch_size=4", "batch_timeout=0.05", "max_queue=2", f"timeout={TIMEOUT}",
-                         f"api_key={KEY}")
+    server = KeyedServer(
+        tmp_path_factory.mktemp("serve-faults"),
+        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        "max_batch_size=4",
+        "batch_timeout=0.05",
+        "max_queue=2",
+        f"timeout={TIMEOUT}",
+        f"api_key={KEY}",
+    )
     try:
         server.wait_ready()
         yield server
@@ -92,8 +99,9 @@ def descendants(pid: int) -> list[int]:
 
 def model_worker(server: Server) -> int:
     """The pid of the server's one model worker (LitServe spawns it; the HTTP processes are forked)."""
-    workers = [p for p in descendants(server.proc.pid)
-               if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    workers = [
+        p for p in descendants(server.proc.pid) if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
     assert len(workers) == 1, workers
     return workers[0]
 
@@ -121,13 +129,15 @@ def wait_for(condition, seconds: float, what: str) -> float:
 def uploaded_slowly(server: Server, body: bytes) -> bytes:
     """The raw answer to a POST whose body comes in two parts half a second apart, as over a slow network.
     A server that answers and closes with the body unread makes the kernel reset the connection: then b""."""
-    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         try:
             s.sendall(head + body[: len(body) // 2])
             time.sleep(0.5)
-            s.sendall(body[len(body) // 2:])
+            s.sendall(body[len(body) // 2 :])
             return b"".join(iter(lambda: s.recv(65536), b""))
         except (ConnectionResetError, BrokenPipeError):
             return b""
@@ -138,8 +148,7 @@ def stats(server: Server) -> dict:
     return answer if status == 200 else {}
 
 
-def test_past_max_queue_503_at_once_and_a_request_no_worker_takes_in_time_504_and_is_dropped(faults_server,
-                                                                                               one_image):
+def test_past_max_queue_503_at_once_and_a_request_no_worker_takes_in_time_504_and_is_dropped(faults_server, one_image):
     server = faults_server
     assert server.ready(60)
     dropped_before = server.log.read_text().count(DROPPED)
@@ -166,15 +175,19 @@ def test_past_max_queue_503_at_once_and_a_request_no_worker_takes_in_time_504_an
     finally:
         os.kill(worker, signal.SIGCONT)
     # Resumed, the worker finds both requests past their timeout and skips them: neither is computed.
-    wait_for(lambda: server.log.read_text().count(DROPPED) >= dropped_before + 2, 20,
-             f"LitServe did not drop the timed-out requests: {server.log.read_text()[-2000:]}")
+    wait_for(
+        lambda: server.log.read_text().count(DROPPED) >= dropped_before + 2,
+        20,
+        f"LitServe did not drop the timed-out requests: {server.log.read_text()[-2000:]}",
+    )
     status, _, answer, _ = call(server, "POST", "/predict", one_image)
     assert status == 200 and answer["predictions"][0]["top"], answer
     assert stats(server)["requests_refused"] >= 1
 
 
 def test_a_model_worker_killed_mid_request_is_noticed_its_request_answered_and_it_is_started_again(
-        faults_server, tiny_data):
+    faults_server, tiny_data
+):
     server = faults_server
     assert server.ready(60)
     worker, restarts = model_worker(server), stats(server)["worker_restarts"]
@@ -186,8 +199,11 @@ def test_a_model_worker_killed_mid_request_is_noticed_its_request_answered_and_i
     assert thread.is_alive(), f"the request was answered before the kill: {result}"
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
-    noticed = wait_for(lambda: call(server, "GET", "/health", timeout=2)[0] != 200, 10,
-                       "/health still says ok after the worker was killed")
+    noticed = wait_for(
+        lambda: call(server, "GET", "/health", timeout=2)[0] != 200,
+        10,
+        "/health still says ok after the worker was killed",
+    )
     thread.join(30)
     assert not thread.is_alive(), "the request the dead worker held was never answered"
     status, headers, answer, _ = result["r"]
@@ -219,17 +235,33 @@ def test_every_interface_without_an_api_key_warns_and_bad_values_are_one_line(tm
     # The checkpoint is not one: the warning comes, then the error, and the server never listens.
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    proc = run_cli_here("serve", f"ckpt={bad}", "host=0.0.0.0", f"port={port}", f"hydra.run.dir={tmp_path / 'run'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "serve", f"ckpt={bad}", "host=0.0.0.0", f"port={port}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "bad.ckpt")
     warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "without an api_key" in line]
     assert len(warned) == 1 and warned[0].startswith("host=0.0.0.0 serves on every network interface"), warned
-    quiet = run_cli_here("serve", f"ckpt={bad}", "host=0.0.0.0", f"port={port}", f"api_key={KEY}",
-                         f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    quiet = run_cli_here(
+        "serve",
+        f"ckpt={bad}",
+        "host=0.0.0.0",
+        f"port={port}",
+        f"api_key={KEY}",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(quiet, "bad.ckpt")
     assert "without an api_key" not in quiet.stdout + quiet.stderr
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
-    for args, word in [(("max_queue=-1",), "max_queue"), (("max_queue=many",), "max_queue"),
-                       (("api_key=''",), "api_key"), (("api_key=12345",), "api_key")]:
-        assert_one_line_error(run_cli_here("serve", f"ckpt={ckpt}", f"port={port}", *args,
-                                           f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path), word)
+    for args, word in [
+        (("max_queue=-1",), "max_queue"),
+        (("max_queue=many",), "max_queue"),
+        (("api_key=''",), "api_key"),
+        (("api_key=12345",), "api_key"),
+    ]:
+        assert_one_line_error(
+            run_cli_here(
+                "serve", f"ckpt={ckpt}", f"port={port}", *args, f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path
+            ),
+            word,
+        )

@@ -10,10 +10,10 @@ import signal
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
+from PIL import Image
 from test_faults import _assert_same_run, _start, _wait_for
+
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.image_cache import CachedImageDataset, _square, build_cache
 from vggtune.data.images import load_rgb
@@ -25,8 +25,15 @@ from vggtune.data.stream import Stream, StreamLoader  # noqa: E402
 SMALL = ["model=vgg11", "data.image_size=32", "seed=7"]
 # Two epochs of three steps (10 training images, batches of 4), seeded crops and flips, deterministic.
 RUN = [a for a in TINY if not a.startswith(("trainer.max_epochs", "data.batch_size"))] + [
-    *SMALL[1:], "trainer.max_epochs=2", "data.batch_size=4", "trainer.deterministic=true", "data.augment=light",
-    "callbacks.best_checkpoint=null", "logger.images_every_n_epochs=0", "test_after_fit=false"]
+    *SMALL[1:],
+    "trainer.max_epochs=2",
+    "data.batch_size=4",
+    "trainer.deterministic=true",
+    "data.augment=light",
+    "callbacks.best_checkpoint=null",
+    "logger.images_every_n_epochs=0",
+    "test_after_fit=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,9 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory, data):
     work = tmp_path_factory.mktemp("prepare")
-    proc = run_cli_here("prepare", f"data.root={data}", f"output={work / 'shards'}", *SMALL,
-                        f"hydra.run.dir={work / 'run'}", cwd=work)
+    proc = run_cli_here(
+        "prepare", f"data.root={data}", f"output={work / 'shards'}", *SMALL, f"hydra.run.dir={work / 'run'}", cwd=work
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "images/s" in proc.stdout + proc.stderr and "MB on disk" in proc.stdout + proc.stderr
     return work
@@ -73,9 +81,18 @@ def test_jpeg_shards_hold_the_squares_as_jpegs_and_an_undecodable_file_is_listed
     data = make_class_folders(tmp_path / "d", classes=2, per_class=5, size=44)
     good = (data / "checks" / "img_001.jpg").read_bytes()
     (data / "checks" / "cut.jpg").write_bytes(good[:-200])  # passes data.verify=files, fails to decode
-    proc = run_cli_here("prepare", f"data.root={data}", f"output={tmp_path / 's'}", "format=jpeg", "quality=95",
-                        "data.verify=files", "data.test_split=0", *SMALL, f"hydra.run.dir={tmp_path / 'run'}",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "prepare",
+        f"data.root={data}",
+        f"output={tmp_path / 's'}",
+        "format=jpeg",
+        "quality=95",
+        "data.verify=files",
+        "data.test_split=0",
+        *SMALL,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "s" / "vggtune_stream.json").read_text())
     assert info["image_format"] == "jpeg" and [p.rsplit("/", 1)[-1] for p, _ in info["skipped"]] == ["cut.jpg"]
@@ -96,10 +113,20 @@ def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
     prep = preprocessing("vgg11", 32)
     shards = Stream(str(stream / "shards")).dataset("train", shuffle=True, augment=True, seed=7, crop_scale=0.35)
     items = ClassFolderDataModule(str(data), seed=7, image_size=32, arch="vgg11", batch_size=1).split.subsets["train"]
-    cached = CachedImageDataset(build_cache([p for p, _ in items], prep, tmp_path), [c for _, c in items], 37,
-                                train=True, seed=7, crop_scale=0.35)
-    files = {path: i for i, (_, path, _) in enumerate(json.loads(
-        (stream / "shards" / "vggtune_stream.json").read_text())["subsets"]["train"]["files"])}
+    cached = CachedImageDataset(
+        build_cache([p for p, _ in items], prep, tmp_path),
+        [c for _, c in items],
+        37,
+        train=True,
+        seed=7,
+        crop_scale=0.35,
+    )
+    files = {
+        path: i
+        for i, (_, path, _) in enumerate(
+            json.loads((stream / "shards" / "vggtune_stream.json").read_text())["subsets"]["train"]["files"]
+        )
+    }
     assert len(files) == len(items)
     seen = []
     for image, label, box, flip in shards:  # one pass: litdata's epoch 1, the cache's epoch 0
@@ -137,10 +164,19 @@ def s3_server():
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "vggtune", "AWS_SECRET_ACCESS_KEY": "not-a-secret", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    env = {
+        "AWS_ACCESS_KEY_ID": "vggtune",
+        "AWS_SECRET_ACCESS_KEY": "not-a-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="shards")
     try:
         yield env, client
@@ -154,11 +190,19 @@ def whole(tmp_path_factory, data, s3_server):
     stream's kill -9 and resume must equal (so S3 and the local folder give the same training too)."""
     env, _ = s3_server
     work, url = tmp_path_factory.mktemp("whole"), "s3://shards/flowers/v1"
-    proc = run_cli_here("prepare", f"data.root={data}", f"output={url}", *SMALL, f"hydra.run.dir={work / 'p'}",
-                        cwd=work, env=env)
+    proc = run_cli_here(
+        "prepare", f"data.root={data}", f"output={url}", *SMALL, f"hydra.run.dir={work / 'p'}", cwd=work, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli_here("train", f"data.stream={url}", *RUN, f"data.cache_dir={work / 'cache'}",
-                        f"hydra.run.dir={work / 'run'}", cwd=work, env=env)
+    proc = run_cli_here(
+        "train",
+        f"data.stream={url}",
+        *RUN,
+        f"data.cache_dir={work / 'cache'}",
+        f"hydra.run.dir={work / 'run'}",
+        cwd=work,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "run"
 
@@ -189,8 +233,13 @@ def test_s3_and_a_kill_9_resumed_local_run_train_as_one_uninterrupted_run(tmp_pa
 def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, stream, data):
     proc = run_cli_here("train", f"data.stream={data}", *TINY, cwd=tmp_path)
     assert_one_line_error(proc, f"data.stream {data} is not a prepared stream", "vggtune prepare")
-    proc = run_cli_here("train", f"data.stream={stream / 'shards'}", *[a for a in TINY if "image_size" not in a],
-                        "data.image_size=64", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.stream={stream / 'shards'}",
+        *[a for a in TINY if "image_size" not in a],
+        "data.image_size=64",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "holds 37 px squares", "data.image_size=32")
     proc = run_cli_here("prepare", f"data.root={data}", f"output={stream / 'shards'}", *SMALL, cwd=tmp_path)
     assert_one_line_error(proc, "already holds files")
@@ -200,15 +249,30 @@ def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, st
 
 def test_eval_over_a_streams_test_subset_equals_eval_over_its_files(tmp_path, tiny_data, tiny_run):
     # The stream of the tiny run's own data, split as it was (the same keys): its test subset is the run's.
-    proc = run_cli_here("prepare", f"data.root={tiny_data}", f"output={tmp_path / 'shards'}", "model=vgg11",
-                        "data.image_size=32", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "prepare",
+        f"data.root={tiny_data}",
+        f"output={tmp_path / 'shards'}",
+        "model=vgg11",
+        "data.image_size=32",
+        f"hydra.run.dir={tmp_path / 'p'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}"
     a, b = tmp_path / "files", tmp_path / "stream"
     proc = run_cli_here("eval", ckpt, "data.subset=test", "data.num_workers=0", f"hydra.run.dir={a}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli_here("eval", ckpt, f"data.stream={tmp_path / 'shards'}", "data.subset=test", "data.num_workers=2",
-                        "data.batch_size=1", f"hydra.run.dir={b}", cwd=tmp_path)
+    proc = run_cli_here(
+        "eval",
+        ckpt,
+        f"data.stream={tmp_path / 'shards'}",
+        "data.subset=test",
+        "data.num_workers=2",
+        "data.batch_size=1",
+        f"hydra.run.dir={b}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files, streamed = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert streamed["data"]["images"] == files["data"]["images"] == 3
@@ -226,8 +290,15 @@ def test_a_last_batch_of_one_image_sits_out_as_it_does_from_files(tmp_path, stre
     # head's BatchNorm cannot train on ("Expected more than 1 value per channel"), so it sits out the epoch.
     run = tmp_path / "run"
     args = [a for a in RUN if not a.startswith(("trainer.max_epochs", "data.batch_size"))]
-    proc = run_cli_here("train", f"data.stream={stream / 'shards'}", *args, "trainer.max_epochs=1", "data.batch_size=3",
-                        f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.stream={stream / 'shards'}",
+        *args,
+        "trainer.max_epochs=1",
+        "data.batch_size=3",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _steps(run) == 3
 
@@ -236,8 +307,15 @@ def test_ddp_ranks_split_the_stream_and_keep_identical_replicas(tmp_path, stream
     # Two ranks (gloo on the CPU): each streams its half of the 10 training images, 5 in batches of 2, and
     # litdata drops the partial last batch (the ranks must take as many steps): 2 steps, not the 5 of one process.
     args = [a for a in RUN if not a.startswith(("trainer=", "trainer.max_epochs", "data.batch_size"))]
-    proc = run_cli("train", f"data.stream={stream / 'shards'}", *args, "trainer=ddp_cpu", "trainer.max_epochs=1",
-                   "data.batch_size=2", cwd=tmp_path)
+    proc = run_cli(
+        "train",
+        f"data.stream={stream / 'shards'}",
+        *args,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "data.batch_size=2",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = (tmp_path / "outputs" / "train").iterdir()
     assert _steps(run) == 2

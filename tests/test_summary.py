@@ -8,10 +8,10 @@ from importlib import resources
 import pytest
 import torch
 import torchvision
+from conftest import assert_one_line_error, run_cli_here
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import assert_one_line_error, run_cli_here
 from vggtune.model.arch import layer_groups
 from vggtune.model.weights import build_vgg
 from vggtune.tasks.summary import summarize
@@ -23,8 +23,15 @@ def _numel(module: nn.Module) -> int:
 
 def test_cli_prints_and_writes_the_counts_of_the_model(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli_here("summary", "model=vgg11", "data.image_size=32", "model.num_classes=5", "finetune=linear_probe",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "summary",
+        "model=vgg11",
+        "data.image_size=32",
+        "model.num_classes=5",
+        "finetune=linear_probe",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     numbers = json.loads((run_dir / "summary.json").read_text())
     model = build_vgg("vgg11", num_classes=5, weights="none", head="pooled")  # the default head
@@ -52,12 +59,15 @@ def vgg11():
     return build_vgg("vgg11", num_classes=4, weights="none").eval()
 
 
-@pytest.mark.parametrize("schedule, trainable", [
-    ("linear_probe", ("head",)),
-    ("freeze_unfreeze", ("head", "fc")),
-    ("gradual", ("head",)),
-    ("full", ("head", "fc", "block5", "block4", "block3", "block2", "block1")),
-])
+@pytest.mark.parametrize(
+    "schedule, trainable",
+    [
+        ("linear_probe", ("head",)),
+        ("freeze_unfreeze", ("head", "fc")),
+        ("gradual", ("head",)),
+        ("full", ("head", "fc", "block5", "block4", "block3", "block2", "block1")),
+    ],
+)
 def test_trainable_count_follows_the_schedule_at_epoch_0(vgg11, schedule, trainable):
     finetune = OmegaConf.to_container(OmegaConf.load(resources.files("vggtune.conf") / "finetune" / f"{schedule}.yaml"))
     _, numbers = summarize("vgg11", 4, 32, finetune)
@@ -71,8 +81,11 @@ def test_activation_memory_is_the_distinct_tensors_of_a_forward_pass(vgg11):
     _, numbers = summarize("vgg11", 4, 32)
     x = torch.randn(1, 3, 32, 32)
     outputs = [x]  # held, so that no storage is freed and reused during the pass
-    hooks = [m.register_forward_hook(lambda module, inputs, output: outputs.append(output))
-             for m in vgg11.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+        for m in vgg11.modules()
+        if not list(m.children())
+    ]
     with torch.no_grad():
         vgg11(x)
     for h in hooks:
@@ -82,6 +95,8 @@ def test_activation_memory_is_the_distinct_tensors_of_a_forward_pass(vgg11):
 
 
 def test_bad_values_give_one_line(tmp_path):
-    assert_one_line_error(run_cli_here("summary", "model.num_classes=0", cwd=tmp_path), "model.num_classes", "at least 1")
+    assert_one_line_error(
+        run_cli_here("summary", "model.num_classes=0", cwd=tmp_path), "model.num_classes", "at least 1"
+    )
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
     assert_one_line_error(run_cli_here("summary", "model=vgg17", cwd=tmp_path), "unknown model 'vgg17'", "vgg16_bn")

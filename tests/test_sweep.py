@@ -8,10 +8,10 @@ import importlib.util
 import json
 
 import pytest
+from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import TINY, assert_one_line_error, run_cli, run_cli_here
 from vggtune.training.sweep import launcher_overrides
 
 # Only the head trains: each job is a few seconds.
@@ -52,8 +52,16 @@ def test_sweep_with_ddp_relaunching_is_refused_before_anything_starts(tmp_path, 
 
 def test_ddp_spawn_inside_a_sweep_job_trains_on_two_ranks(tmp_path, tiny_data):
     args = [a for a in SWEEP if not a.startswith("trainer=")]
-    proc = run_cli("train", "-m", f"data.root={tiny_data}", *args, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn",
-                   "data.test_split=0.0", cwd=tmp_path)
+    proc = run_cli(
+        "train",
+        "-m",
+        f"data.root={tiny_data}",
+        *args,
+        "trainer=ddp_cpu",
+        "trainer.strategy=ddp_spawn",
+        "data.test_split=0.0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     summary = json.loads((sweep / "0" / "metrics.json").read_text())
@@ -61,11 +69,20 @@ def test_ddp_spawn_inside_a_sweep_job_trains_on_two_ranks(tmp_path, tiny_data):
     assert len(_summary(sweep)) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                    reason="hydra-optuna-sweeper not installed: pip install 'vggtune[sweep]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="hydra-optuna-sweeper not installed: pip install 'vggtune[sweep]'",
+)
 def test_two_trial_optuna_search(tmp_path, tiny_data):
-    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "hparams_search=optuna",
-                   "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        "-m",
+        f"data.root={tiny_data}",
+        *SWEEP,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = _sweep_dir(tmp_path)
     rows = _summary(sweep)
@@ -74,8 +91,10 @@ def test_two_trial_optuna_search(tmp_path, tiny_data):
     assert best.best_value == pytest.approx(max(float(r["val/acc"]) for r in rows))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher not installed: pip install 'vggtune[slurm]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="hydra-submitit-launcher not installed: pip install 'vggtune[slurm]'",
+)
 def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path, tiny_data):
     proc = run_cli("train", f"data.root={tiny_data}", *SWEEP, "hydra/launcher=submitit_local", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,24 +103,25 @@ def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path, tiny_
     assert _summary(sweep)[0]["status"] == "done"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher not installed: pip install 'vggtune[slurm]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="hydra-submitit-launcher not installed: pip install 'vggtune[slurm]'",
+)
 def test_slurm_launcher_resources_follow_the_trainer_unless_set():
     base = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
     with initialize_config_module("vggtune.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*base, *launcher_overrides("submitit_slurm", base)],
-                      return_hydra_config=True)
+        cfg = compose("train", overrides=[*base, *launcher_overrides("submitit_slurm", base)], return_hydra_config=True)
         launcher = cfg.hydra.launcher
         assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
         mine = [*base, "hydra.launcher.gpus_per_node=4"]
-        cfg = compose("train", overrides=[*mine, *launcher_overrides("submitit_slurm", mine)],
-                      return_hydra_config=True)
+        cfg = compose("train", overrides=[*mine, *launcher_overrides("submitit_slurm", mine)], return_hydra_config=True)
         assert cfg.hydra.launcher.gpus_per_node == 4
 
 
 def test_failed_jobs_are_in_the_summary_with_their_reason_and_the_sweep_exits_non_zero(tmp_path, tiny_data):
-    proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=-1,0.001", "data.batch_size=0",
-                        cwd=tmp_path)
+    proc = run_cli_here(
+        "train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=-1,0.001", "data.batch_size=0", cwd=tmp_path
+    )
     sweep = _sweep_dir(tmp_path)
     rows = {r["job"]: r for r in _summary(sweep)}
     assert set(rows) == {"0", "1"} and {r["status"] for r in rows.values()} == {"failed"}
@@ -119,6 +139,7 @@ def test_an_unexpected_error_in_one_job_is_recorded_and_the_sweep_goes_on(tmp_pa
 
     def broken(cfg):
         raise RuntimeError(f"boom in {cfg.optim.lr}")
+
     monkeypatch.setattr(vggtune.tasks.train, "run", broken)
     proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=0.1,0.01", cwd=tmp_path)
     sweep = _sweep_dir(tmp_path)

@@ -11,28 +11,38 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY, assert_one_line_error, run_cli_here
 from hydra import compose, initialize_config_module
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from conftest import assert_one_line_error, run_cli_here, TINY
 from vggtune.model.finetune import GROUPS
-from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
 from vggtune.training.figures import row_normalised
+from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
 from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid
 
 # Every scalar the README promises (the tiny run trains every group: finetune=full).
-SCALARS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/bal_acc", "val/f1", "val/acc_best", "trainable_params",
-           "speed/epoch_seconds", "speed/train_images_per_second", *(f"lr/{g}" for g in GROUPS))
+SCALARS = (
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/bal_acc",
+    "val/f1",
+    "val/acc_best",
+    "trainable_params",
+    "speed/epoch_seconds",
+    "speed/train_images_per_second",
+    *(f"lr/{g}" for g in GROUPS),
+)
 IMAGES = ("val/confusion_matrix", "val/predictions")
 
 
 def load_events(run_dir) -> EventAccumulator:
     """Every event of the run's TensorBoard folder, nothing sampled away."""
-    acc = EventAccumulator(str(run_dir / "tensorboard"),
-                           size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -91,14 +101,20 @@ def test_text_has_the_classes_and_images_per_class_and_subset(events, summary):
 
 
 def test_hparams_session_has_the_config_and_the_metrics(events, tiny_run):
-    content = {tag: events.SummaryMetadata(tag).plugin_data for tag in
-               (hparams_metadata.EXPERIMENT_TAG, hparams_metadata.SESSION_START_INFO_TAG,
-                hparams_metadata.SESSION_END_INFO_TAG)}
+    content = {
+        tag: events.SummaryMetadata(tag).plugin_data
+        for tag in (
+            hparams_metadata.EXPERIMENT_TAG,
+            hparams_metadata.SESSION_START_INFO_TAG,
+            hparams_metadata.SESSION_END_INFO_TAG,
+        )
+    }
     assert all(p.plugin_name == hparams_metadata.PLUGIN_NAME for p in content.values())
     experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG].content)
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
     start = hparams_metadata.parse_session_start_info_plugin_data(
-        content[hparams_metadata.SESSION_START_INFO_TAG].content)
+        content[hparams_metadata.SESSION_START_INFO_TAG].content
+    )
     config = yaml.safe_load((tiny_run / ".hydra" / "config.yaml").read_text())
     assert start.hparams["model.arch"].string_value == config["model"]["arch"]
     assert start.hparams["optim.lr"].number_value == pytest.approx(config["optim"]["lr"])
@@ -111,8 +127,14 @@ def test_hparams_session_has_the_config_and_the_metrics(events, tiny_run):
 
 def test_images_every_n_epochs_0_writes_no_images_but_the_rest(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=0",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "logger.images_every_n_epochs=0",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = load_events(run_dir)
     assert events.Tags()["images"] == []
@@ -126,8 +148,7 @@ def test_a_negative_image_frequency_is_refused_in_one_line(tmp_path, tiny_data):
 
 def test_images_are_due_every_n_epochs_and_after_the_last():
     callback = ConfusionMatrixImage(every_n_epochs=2)
-    due = [e for e in range(5) if callback.due(SimpleNamespace(sanity_checking=False, current_epoch=e,
-                                                                max_epochs=5))]
+    due = [e for e in range(5) if callback.due(SimpleNamespace(sanity_checking=False, current_epoch=e, max_epochs=5))]
     assert due == [1, 3, 4]
     assert not callback.due(SimpleNamespace(sanity_checking=True, current_epoch=1, max_epochs=5))
 
@@ -141,12 +162,16 @@ def test_prediction_grid_shows_mistakes_first_and_undoes_the_normalisation():
     raw = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 4, 4) / 10
     images = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     target = torch.tensor([0, 1, 2, 0, 1, 2])
-    probs = torch.tensor([[0.9, 0.05, 0.05],   # 0 right, sure
-                          [0.6, 0.3, 0.1],     # 1 wrong (0), 0.6
-                          [0.2, 0.2, 0.6],     # 2 right, 0.6
-                          [0.1, 0.8, 0.1],     # 3 wrong (1), 0.8
-                          [0.3, 0.4, 0.3],     # 4 right, unsure
-                          [0.1, 0.1, 0.8]])    # 5 right, 0.8
+    probs = torch.tensor(
+        [
+            [0.9, 0.05, 0.05],  # 0 right, sure
+            [0.6, 0.3, 0.1],  # 1 wrong (0), 0.6
+            [0.2, 0.2, 0.6],  # 2 right, 0.6
+            [0.1, 0.8, 0.1],  # 3 wrong (1), 0.8
+            [0.3, 0.4, 0.3],  # 4 right, unsure
+            [0.1, 0.1, 0.8],
+        ]
+    )  # 5 right, 0.8
     for batch in (slice(0, 4), slice(4, 6)):  # over two batches, as validation feeds it
         grid.update(probs[batch], target[batch], images[batch])
     data = grid.collect(SimpleNamespace(world_size=1), module)
@@ -211,8 +236,13 @@ def test_confusion_matrix_rows_are_fractions_of_the_true_class():
 
 def test_images_per_class_table_has_totals():
     table = images_per_class_table({"train": {"a": 3, "b": 1}, "val": {"a": 1, "b": 2}})
-    assert table.splitlines() == ["| class | train | val | all |", "|---|---|---|---|", "| a | 3 | 1 | 4 |",
-                                  "| b | 1 | 2 | 3 |", "| **all** | 4 | 3 | 7 |"]
+    assert table.splitlines() == [
+        "| class | train | val | all |",
+        "|---|---|---|---|",
+        "| a | 3 | 1 | 4 |",
+        "| b | 1 | 2 | 3 |",
+        "| **all** | 4 | 3 | 7 |",
+    ]
 
 
 def test_hparams_are_the_flattened_run_config():

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_tensorboard import IMAGES, SCALARS
+
 from vggtune.training.tensorboard import HPARAM_METRICS
 
 RUN = "tensorboard"  # the run's name: its event folder, relative to --logdir
@@ -50,8 +50,12 @@ class TensorBoard:
     def post(self, path: str, body: dict):
         """The JSON answer to POST ``path`` with a JSON ``body``."""
         # The hparams plugin reads a JSON body; without this header the body arrives as form data (400).
-        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base}{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with _OPENER.open(request, timeout=30) as response:
             return json.load(response)
 
@@ -63,8 +67,11 @@ def tensorboard(tiny_run, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("tensorboard") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(exe), "--logdir", str(tiny_run), "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(exe), "--logdir", str(tiny_run), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         client = TensorBoard(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 120
@@ -128,9 +135,15 @@ def test_hparams_table_has_the_config_and_the_final_metrics(tensorboard, tiny_ru
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(HPARAM_METRICS)
     names = {h["name"] for h in experiment["hparamInfos"]}
     assert {"model.arch", "optim.lr", "data.batch_size", "data.image_size", "finetune.name"} <= names
-    groups = tensorboard.post("/data/plugin/hparams/session_groups", {
-        "experimentName": "", "startIndex": 0, "sliceSize": 100,
-        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]})
+    groups = tensorboard.post(
+        "/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "startIndex": 0,
+            "sliceSize": 100,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        },
+    )
     (group,) = groups["sessionGroups"]
     config = yaml.safe_load((tiny_run / ".hydra" / "config.yaml").read_text())
     assert group["hparams"]["model.arch"] == config["model"]["arch"]

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import TINY, assert_one_line_error, run_cli_here
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # Each test trains one epoch, then resumes the run for a second (TINY trains one): the resume is half the point.
 
@@ -47,8 +46,13 @@ def _column(rows: list[dict], key: str) -> list[float]:
 def _wandb_records(run_folder: Path) -> list[dict]:
     """The records of one offline W&B run, as wandb's own reader prints them."""
     wandb = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(wandb), "leet", "inspect", "--json", str(run_folder)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -64,8 +68,16 @@ def wandb_env(tmp_path) -> dict:
 
 def test_tensorboard_csv_and_wandb_in_one_run_and_after_a_resume(tmp_path, tiny_data, wandb_env):
     run = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger=[tensorboard,csv,wandb]",
-                        "logger.images_every_n_epochs=0", f"hydra.run.dir={run}", cwd=tmp_path, env=wandb_env)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "logger=[tensorboard,csv,wandb]",
+        "logger.images_every_n_epochs=0",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        env=wandb_env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _metrics_json(run)
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
@@ -122,11 +134,26 @@ class MlflowServer:
         port = _free_port()
         mlflow = Path(sys.executable).parent / "mlflow"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
-        self.proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri",
-                                      f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",
-                                      str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                                      "--workers", "1"], env=env, start_new_session=True,
-                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                str(mlflow),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=open(self.log, "a"),
+            stderr=subprocess.STDOUT,
+        )
         self.uri = f"http://127.0.0.1:{port}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 120
@@ -163,8 +190,15 @@ def test_mlflow_run_on_a_real_server_and_its_resume(tmp_path, tiny_data, mlflow_
     from mlflow.tracking import MlflowClient
 
     run = tmp_path / "run"
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger=mlflow",
-                        f"logger.mlflow.tracking_uri={mlflow_server.uri}", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={mlflow_server.uri}",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stderr[-3000:], mlflow_server.log.read_text()[-2000:])
     summary = _metrics_json(run)
     assert not (run / "tensorboard").exists()  # logger=mlflow alone: no TensorBoard files, no figures
@@ -183,7 +217,9 @@ def test_mlflow_run_on_a_real_server_and_its_resume(tmp_path, tiny_data, mlflow_
     assert params["run_dir"] == str(run) and float(params["optim.lr"]) == config["optim"]["lr"]
     assert params["trainer.max_epochs"] == "1" and params["model.arch"] == "vgg11"
     (artifact,) = client.list_artifacts(found.info.run_id, "best")
-    assert artifact.path == "best/best.ckpt" and artifact.file_size == (run / "checkpoints" / "best.ckpt").stat().st_size
+    assert (
+        artifact.path == "best/best.ckpt" and artifact.file_size == (run / "checkpoints" / "best.ckpt").stat().st_size
+    )
     assert found.info.status == "FINISHED"
 
     proc = run_cli_here("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
@@ -199,8 +235,15 @@ def test_mlflow_run_on_a_real_server_and_its_resume(tmp_path, tiny_data, mlflow_
 def test_a_tracking_server_that_refuses_is_one_line_at_once(tmp_path, tiny_data):
     started = time.monotonic()
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
-                        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        *TINY,
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, f"logger.mlflow.tracking_uri={uri}", "no MLflow server answers", "mlflow server")
     assert time.monotonic() - started < 30  # MLflow alone retries for minutes
     assert not (tmp_path / "run").exists()
@@ -213,14 +256,20 @@ def test_a_tracker_that_is_not_installed_names_the_pip_command(tmp_path, tiny_da
     assert_one_line_error(proc, f"logger={tracker}", f'pip install "vggtune[{tracker}]"')
 
 
-@pytest.mark.parametrize(("overrides", "needles"), [
-    (["logger=foo"], ["unknown logger 'foo'", "csv, mlflow, tensorboard, wandb"]),
-    (["logger=[tensorboard,foo]"], ["unknown logger 'foo'", "csv, mlflow, tensorboard, wandb"]),
-    (["logger=mlflow", "logger.images_every_n_epochs=0"], ["comes with logger=tensorboard", "logger=[tensorboard,mlflow]"]),
-    (["logger=wandb", "logger.wandb.mode=foo"], ["logger.wandb.mode=foo", "offline"]),
-    (["logger=wandb", "logger.wandb.mode=online"], ["WANDB_API_KEY", "wandb login"]),
-    (["logger=mlflow", "logger.log_best_checkpoint=1"], ["logger.log_best_checkpoint", "true or false"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["logger=foo"], ["unknown logger 'foo'", "csv, mlflow, tensorboard, wandb"]),
+        (["logger=[tensorboard,foo]"], ["unknown logger 'foo'", "csv, mlflow, tensorboard, wandb"]),
+        (
+            ["logger=mlflow", "logger.images_every_n_epochs=0"],
+            ["comes with logger=tensorboard", "logger=[tensorboard,mlflow]"],
+        ),
+        (["logger=wandb", "logger.wandb.mode=foo"], ["logger.wandb.mode=foo", "offline"]),
+        (["logger=wandb", "logger.wandb.mode=online"], ["WANDB_API_KEY", "wandb login"]),
+        (["logger=mlflow", "logger.log_best_checkpoint=1"], ["logger.log_best_checkpoint", "true or false"]),
+    ],
+)
 def test_bad_logger_choices_are_one_line(tmp_path, tiny_data, overrides, needles, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no `wandb login` key either
@@ -231,7 +280,9 @@ def test_bad_logger_choices_are_one_line(tmp_path, tiny_data, overrides, needles
 def test_logger_null_means_no_tracker_and_lists_compose(tmp_path, tiny_data):
     none = run_cli_here("train", f"data.root={tiny_data}", "logger=null", "--cfg", "job", cwd=tmp_path)
     assert none.returncode == 0 and "logger" not in yaml.safe_load(none.stdout)
-    several = run_cli_here("train", f"data.root={tiny_data}", "logger=[tensorboard,csv,mlflow]", "--cfg", "job", cwd=tmp_path)
+    several = run_cli_here(
+        "train", f"data.root={tiny_data}", "logger=[tensorboard,csv,mlflow]", "--cfg", "job", cwd=tmp_path
+    )
     logger = yaml.safe_load(several.stdout)["logger"]
     assert {"tensorboard", "csv", "mlflow", "images_every_n_epochs"} <= set(logger)
     assert logger["mlflow"]["tracking_uri"] == "sqlite:///${paths.output_dir}/mlflow/mlflow.db"
@@ -243,9 +294,25 @@ def test_the_offline_weights_test_then_the_mlflow_test_pass_in_one_process(tmp_p
     cached opener used to carry into the second's tracking check (connection refused)."""
     tests = Path(__file__).parent
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-p", "no:randomly", "-q",
-         "--basetemp", str(tmp_path / "basetemp"),
-         "tests/test_bad_input.py::test_imagenet_weights_unavailable_offline_stops_with_the_ways_out",
-         "tests/test_trackers.py::test_mlflow_run_on_a_real_server_and_its_resume"],
-        cwd=tests.parent, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-q",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
+            "tests/test_bad_input.py::test_imagenet_weights_unavailable_offline_stops_with_the_ways_out",
+            "tests/test_trackers.py::test_mlflow_run_on_a_real_server_and_its_resume",
+        ],
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-4000:]

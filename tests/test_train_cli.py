@@ -6,14 +6,19 @@ import csv
 import json
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def test_run_folder_has_every_promised_file(tiny_run):
-    for name in ("metrics.json", "split.csv", "train.log", ".hydra/config.yaml", "checkpoints/best.ckpt",
-                 "checkpoints/last.ckpt"):
+    for name in (
+        "metrics.json",
+        "split.csv",
+        "train.log",
+        ".hydra/config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (tiny_run / name).is_file(), name
 
 
@@ -58,8 +63,14 @@ def test_tensorboard_event_file_has_the_loss(tiny_run):
 
 def test_runs_never_overwrite_an_existing_run(tiny_run, tmp_path, tiny_data):
     before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
-    proc = run_cli_here("train", f"data.root={tiny_data}", "model=vgg11", "model.weights=none",
-                   f"hydra.run.dir={tiny_run}", cwd=tmp_path)
+    proc = run_cli_here(
+        "train",
+        f"data.root={tiny_data}",
+        "model=vgg11",
+        "model.weights=none",
+        f"hydra.run.dir={tiny_run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "already holds files" in proc.stderr
     after = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and p.suffix != ".log"}
     assert all(before[p] == t for p, t in after.items())
@@ -76,8 +87,16 @@ def test_a_tilde_in_path_valued_keys_means_the_home_folder(tmp_path):
     # The shell does not expand ~ after key=, and Hydra's override grammar refuses it.
     home = tmp_path / "home"
     (home / "pictures").mkdir(parents=True)
-    proc = run_cli_here("train", "--cfg", "job", "data.root=~/pictures/flowers", "model.weights=~/w/vgg16.pth",
-                        "+data.labels=~/labels.csv", cwd=tmp_path, env={"HOME": str(home)})
+    proc = run_cli_here(
+        "train",
+        "--cfg",
+        "job",
+        "data.root=~/pictures/flowers",
+        "model.weights=~/w/vgg16.pth",
+        "+data.labels=~/labels.csv",
+        cwd=tmp_path,
+        env={"HOME": str(home)},
+    )
     assert proc.returncode == 0, proc.stderr
     for line in (f"root: {home}/pictures/flowers", f"weights: {home}/w/vgg16.pth", f"labels: {home}/labels.csv"):
         assert line in proc.stdout

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_class_folders, run_cli_here
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 from torchvision.transforms import v2
 
-from conftest import make_class_folders, run_cli_here
 from vggtune.core.errors import UserError
 from vggtune.data.images import load_rgb
 from vggtune.use import export
@@ -67,6 +67,7 @@ def corrupt_copy(src: Path, dst: Path) -> Path:
 
 # --- eval ---------------------------------------------------------------------------------------
 
+
 def test_eval_on_the_runs_test_split_writes_every_file_and_agrees_with_the_model(tiny_run, ckpt, model, tmp_path):
     run_dir = tmp_path / "ev"
     proc = run_cli_here("eval", f"ckpt={ckpt}", "data.num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -97,8 +98,7 @@ def test_eval_on_the_runs_test_split_writes_every_file_and_agrees_with_the_model
     assert "accuracy" in proc.stdout + proc.stderr and "precision" in proc.stdout + proc.stderr
 
 
-def test_eval_on_a_folder_leaves_out_and_reports_unknown_classes_and_unreadable_files(tiny_data, ckpt, model,
-                                                                                        tmp_path):
+def test_eval_on_a_folder_leaves_out_and_reports_unknown_classes_and_unreadable_files(tiny_data, ckpt, model, tmp_path):
     known, missing = model.class_names[0], model.class_names[1]
     root = tmp_path / "new_batch"
     for name in (known, model.class_names[2]):
@@ -107,8 +107,16 @@ def test_eval_on_a_folder_leaves_out_and_reports_unknown_classes_and_unreadable_
     broken = corrupt_copy(next((tiny_data / known).glob("*.jpg")), root / known / "broken.jpg")
 
     run_dir = tmp_path / "ev"
-    proc = run_cli_here("eval", f"ckpt={ckpt}", f"data.root={root}", "data.num_workers=0", "data.batch_size=7", *FAST,
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "eval",
+        f"ckpt={ckpt}",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "data.batch_size=7",
+        *FAST,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "class folders the model does not know: zebras (2 images)" in out
@@ -164,6 +172,7 @@ def test_metrics_match_scikit_learn_and_top5_appears_with_five_or_more_classes()
 
 # --- predict ------------------------------------------------------------------------------------
 
+
 def test_predict_folder_lists_every_file_with_top_k_or_the_reason(tiny_data, ckpt, model, tmp_path):
     folder = tmp_path / "unsorted"
     images = copy_into(folder / "deep", [sorted((tiny_data / c).iterdir())[0] for c in model.class_names])
@@ -172,8 +181,18 @@ def test_predict_folder_lists_every_file_with_top_k_or_the_reason(tiny_data, ckp
     (folder / "gone.jpg").symlink_to(folder / "moved_away.jpg")  # a broken link still gets its row
 
     run_dir = tmp_path / "pred"
-    proc = run_cli_here("predict", f"ckpt={ckpt}", f"input={folder}", "output=preds.csv", "top_k=2", "batch_size=2",
-                   "num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli_here(
+        "predict",
+        f"ckpt={ckpt}",
+        f"input={folder}",
+        "output=preds.csv",
+        "top_k=2",
+        "batch_size=2",
+        "num_workers=0",
+        *FAST,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["path"]: r for r in read_csv(tmp_path / "preds.csv")}  # relative output: the current folder
     assert (run_dir / "predictions.csv").read_bytes() == (tmp_path / "preds.csv").read_bytes()
@@ -206,10 +225,17 @@ def test_a_checkpoint_of_a_torch_compiled_model_still_loads(tiny_data, ckpt, mod
 
 # --- export -------------------------------------------------------------------------------------
 
+
 def _raw_batch(info: dict, paths) -> torch.Tensor:
     """Images prepared as the exported file's JSON says: resize, centre crop, [0, 1], no normalisation."""
-    prepare = v2.Compose([v2.Resize(info["resize_size"], antialias=True), v2.CenterCrop(info["image_size"]),
-                          v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    prepare = v2.Compose(
+        [
+            v2.Resize(info["resize_size"], antialias=True),
+            v2.CenterCrop(info["image_size"]),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     return torch.stack([prepare(load_rgb(p)) for p in paths])
 
 
@@ -225,11 +251,13 @@ def _check_sidecar(info: dict, model, logits: bool) -> None:
     assert info["check"]["max_abs_diff"] <= info["check"]["tolerance"]
 
 
-def test_onnx_export_gives_the_models_probabilities_for_images_prepared_as_its_json_says(tiny_data, ckpt, model,
-                                                                                        tmp_path):
+def test_onnx_export_gives_the_models_probabilities_for_images_prepared_as_its_json_says(
+    tiny_data, ckpt, model, tmp_path
+):
     out = tmp_path / "exported" / "classifier.onnx"
-    proc = run_cli_here("export", f"ckpt={ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}",
-                   cwd=tmp_path)
+    proc = run_cli_here(
+        "export", f"ckpt={ckpt}", "format=onnx", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(Path(f"{out}.json").read_text())
     _check_sidecar(info, model, logits=False)
@@ -249,8 +277,15 @@ def test_torchscript_export_with_logits_gives_the_models_logits(tiny_data, ckpt,
     from vggtune.tasks.export import export_checkpoint
 
     out = tmp_path / "classifier.pt"
-    cfg = OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "output": str(out), "logits": True,
-                            "paths": {"run_dir": str(tmp_path / "run")}})
+    cfg = OmegaConf.create(
+        {
+            "ckpt": str(ckpt),
+            "format": "torchscript",
+            "output": str(out),
+            "logits": True,
+            "paths": {"run_dir": str(tmp_path / "run")},
+        }
+    )
     info = export_checkpoint(cfg)
     assert json.loads(Path(f"{out}.json").read_text()) == info
     _check_sidecar(info, model, logits=True)

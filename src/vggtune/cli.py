@@ -30,10 +30,19 @@ TASKS = {
     "export": ("vggtune.tasks.export", "write a checkpoint as an ONNX or TorchScript file for use without vggtune"),
     "benchmark": ("vggtune.tasks.benchmark", "every deployable format side by side: size, accuracy, latency, speed"),
     "summary": ("vggtune.tasks.summary", "layers, parameter counts and activation memory of a VGG"),
-    "embed": ("vggtune.tasks.embed", "the vector the last layer reads, for every image; 2-D maps, TensorBoard projector"),
+    "embed": (
+        "vggtune.tasks.embed",
+        "the vector the last layer reads, for every image; 2-D maps, TensorBoard projector",
+    ),
     "explain": ("vggtune.tasks.explain", "Grad-CAM heatmaps and feature maps for an image or a folder"),
-    "audit": ("vggtune.tasks.audit", "likely label errors, duplicates and leaks across subsets, outliers; an HTML report"),
-    "serve": ("vggtune.tasks.serve", "an HTTP API (LitServe, dynamic batching) and a web page for a checkpoint or ONNX file"),
+    "audit": (
+        "vggtune.tasks.audit",
+        "likely label errors, duplicates and leaks across subsets, outliers; an HTML report",
+    ),
+    "serve": (
+        "vggtune.tasks.serve",
+        "an HTTP API (LitServe, dynamic batching) and a web page for a checkpoint or ONNX file",
+    ),
 }
 
 USAGE = """usage: vggtune <task> [key=value ...] [hydra options]

@@ -28,8 +28,6 @@ def compose_task(task: str, overrides: list[str], hydra_node: bool = False) -> D
 
 
 @functools.cache
-
-
 def config_groups() -> frozenset[str]:
     return frozenset(p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and p.name != "__pycache__")
 
@@ -52,8 +50,11 @@ def missing_option(e: MissingConfigException) -> str:
 def _group_options(group: str) -> list[str]:
     if group not in config_groups():
         return []
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files(CONFIG_MODULE).joinpath(group).iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files(CONFIG_MODULE).joinpath(group).iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def composition_error(task: str, e: BaseException, overrides: list[str]) -> str:
@@ -67,11 +68,15 @@ def composition_error(task: str, e: BaseException, overrides: list[str]) -> str:
             default = compose_task(task, [], hydra_node=True).hydra.runtime.choices.get(group)
             given = [o.split("=", 1)[1].strip("[]") for o in overrides if o.split("=", 1)[0] == group]
             both = ",".join(dict.fromkeys([default, *(given[-1].split(",") if given else [])]))
-            return (f"config key '{key}' comes with {group}={default}, which this run does not use: leave the key "
-                    f"out, or choose that option too: {group}=[{both}]")
+            return (
+                f"config key '{key}' comes with {group}={default}, which this run does not use: leave the key "
+                f"out, or choose that option too: {group}=[{both}]"
+            )
         did_you_mean = f"did you mean {hint[0]}? " if hint else ""
-        return (f"unknown config key '{key}': {did_you_mean}`vggtune {task} --cfg job` lists every key "
-                f"(+{key}=... adds a new one)")
+        return (
+            f"unknown config key '{key}': {did_you_mean}`vggtune {task} --cfg job` lists every key "
+            f"(+{key}=... adds a new one)"
+        )
     return first_line(e)
 
 

@@ -20,8 +20,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vggtune.config_errors import (compose_task, composition_error, config_groups, first_line, flat_items,
-                                   missing_option)
+from vggtune.config_errors import compose_task, composition_error, config_groups, first_line, flat_items, missing_option
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import MISSING_ROOT
 from vggtune.tasks.checks import check_lr_find, check_train
@@ -69,7 +68,9 @@ def prepare(task: str, args: list[str]) -> list[str]:
     _check_missing(cfg, task)
     ckpt = cfg.get("ckpt")
     if ckpt and task != "train" and not Path(str(ckpt)).expanduser().is_file():  # before the task imports Lightning
-        raise UserError(f"ckpt {Path(str(ckpt)).expanduser()} does not exist: pass ckpt=<run folder>/checkpoints/best.ckpt")
+        raise UserError(
+            f"ckpt {Path(str(ckpt)).expanduser()} does not exist: pass ckpt=<run folder>/checkpoints/best.ckpt"
+        )
     if task in ("train", "lr_find"):
         check_train(cfg)
     if task == "lr_find":
@@ -108,8 +109,12 @@ def _check_sweep(task: str, overrides: list[str]) -> list[str]:
     """Compose each launch-relevant variant of a sweep; refuse DDP re-launching; tie SLURM resources."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    relevant = [o for o in parsed if o.is_sweep_override()
-                and o.key_or_group.startswith(("trainer", "experiment", "hydra/launcher", "hparams_search"))]
+    relevant = [
+        o
+        for o in parsed
+        if o.is_sweep_override()
+        and o.key_or_group.startswith(("trainer", "experiment", "hydra/launcher", "hparams_search"))
+    ]
     variants = [fixed] + [[*fixed, f"{o.get_key_element()}={v}"] for o in relevant for v in o.sweep_string_iterator()]
     launcher = "basic"
     for variant in variants:
@@ -139,8 +144,10 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
     taken = run_dir.is_dir() and any(run_dir.iterdir())
     resuming = ckpt_path is not None and Path(str(ckpt_path)).resolve().is_relative_to(run_dir.resolve())
     if taken and not resuming:
-        raise UserError(f"run folder {run_dir} already holds files; nothing was changed. Choose another "
-                        f"hydra.run.dir, or continue that run with resume={run_dir}")
+        raise UserError(
+            f"run folder {run_dir} already holds files; nothing was changed. Choose another "
+            f"hydra.run.dir, or continue that run with resume={run_dir}"
+        )
 
 
 def check_overrides(task: str, overrides: list[str]) -> DictConfig:
@@ -166,8 +173,10 @@ def _root_from_labels(cfg: DictConfig) -> str | None:
         return None
     csv_path = Path(str(data.labels)).expanduser()
     if not csv_path.is_file():
-        raise UserError(f"data.labels {csv_path}: no such file: pass the path of a CSV file with a column for the "
-                        "image path and one for the label (and data.root=<folder> if its paths are relative to it)")
+        raise UserError(
+            f"data.labels {csv_path}: no such file: pass the path of a CSV file with a column for the "
+            "image path and one for the label (and data.root=<folder> if its paths are relative to it)"
+        )
     return f"data.root='{csv_path.resolve().parent}'"
 
 
@@ -222,8 +231,10 @@ def expand_resume(task: str, args: list[str]) -> list[str]:
     run_dir = Path(resume[-1].split("=", 1)[1].strip("'\"")).expanduser()
     found = [p for p in (run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
     if not found:
-        raise UserError(f"cannot resume {run_dir}: it has no checkpoints/last.ckpt or interrupted.ckpt "
-                        "(resume=<run folder> of a run that saved at least one epoch or was interrupted)")
+        raise UserError(
+            f"cannot resume {run_dir}: it has no checkpoints/last.ckpt or interrupted.ckpt "
+            "(resume=<run folder> of a run that saved at least one epoch or was interrupted)"
+        )
     last = max(found, key=lambda p: p.stat().st_mtime)  # the latest state
     saved_file = run_dir / RESUME_BACKUP / "overrides.yaml"  # left by a resume that failed before training
     saved_file = saved_file if saved_file.is_file() else run_dir / ".hydra" / "overrides.yaml"

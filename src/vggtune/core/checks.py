@@ -31,11 +31,15 @@ def check_bool(name: str, value) -> bool:
 def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int) -> None:
     """One line naming the key, for a value that the progress callback cannot use."""
     if mode not in PROGRESS_MODES:
-        raise UserError(f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
-                        "plain lines otherwise), bar or plain")
+        raise UserError(
+            f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
+            "plain lines otherwise), bar or plain"
+        )
     if not is_number(refresh_seconds) or not refresh_seconds >= 0:
-        raise UserError(f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, "
-                        f"got {refresh_seconds!r}")
+        raise UserError(
+            f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, got {refresh_seconds!r}"
+        )
     if not is_number(every_n_steps, whole=True) or every_n_steps < 1:
-        raise UserError(f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, "
-                        f"got {every_n_steps!r}")
+        raise UserError(
+            f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, got {every_n_steps!r}"
+        )

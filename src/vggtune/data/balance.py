@@ -16,12 +16,15 @@ def loss_weights(names: list[str], counts: dict[str, int], given: list | Mapping
         return [total / (len(names) * counts[name]) for name in names]
     if isinstance(given, Mapping):
         if set(given) != set(names):
-            raise UserError(f"data.class_weights names {', '.join(map(str, given))}, but the classes are "
-                            f"{', '.join(names)}: give one weight per class")
+            raise UserError(
+                f"data.class_weights names {', '.join(map(str, given))}, but the classes are "
+                f"{', '.join(names)}: give one weight per class"
+            )
         weights = [given[name] for name in names]
     else:
         weights = list(given)
     if len(weights) != len(names) or not all(is_number(w) and w > 0 for w in weights):
-        raise UserError(f"data.class_weights must be {len(names)} positive numbers (one per class: "
-                        f"{', '.join(names)}), got {given}")
+        raise UserError(
+            f"data.class_weights must be {len(names)} positive numbers (one per class: {', '.join(names)}), got {given}"
+        )
     return [float(w) for w in weights]

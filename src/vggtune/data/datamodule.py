@@ -17,8 +17,7 @@ from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDatase
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.exclude import apply_exclude
 from vggtune.data.feature_cache import cache_key, cached_datasets
-from vggtune.data.image_cache import (CachedImageDataset, cache_path, device_transform, ensure_cache,
-                                       usable_cores)
+from vggtune.data.image_cache import CachedImageDataset, cache_path, device_transform, ensure_cache, usable_cores
 from vggtune.data.mixing import BatchMixer, check_alphas
 from vggtune.data.optional import import_stream
 from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
@@ -49,24 +48,48 @@ class ClassFolderDataModule(pl.LightningDataModule):
     train task calls :meth:`use_cached_features` and batches hold backbone outputs, not images.
     """
 
-    def __init__(self, root: str | None = None, val_split: float = 0.2, test_split: float = 0.1,
-                 image_size: int | None = None, batch_size: int = 32, num_workers: int | str = "auto",
-                 pin_memory: bool | str = "auto", augment: str = "light", verify: str = "header",
-                 on_bad_image: str = "skip", seed: int = 42, arch: str = "vgg16", cache_features: bool = False,
-                 cache_images: bool | str = False, cache_dir: str = "~/.cache/vggtune",
-                 cache_workers: int | str = "auto",
-                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, labels: str | None = None,
-                 path_column: str | None = None, label_column: str | None = None, split_column: str | None = None,
-                 balance: str = "none", class_weights: list[float] | dict[str, float] | None = None,
-                 label_delim: str | None = None, stream: str | None = None, storage_options: dict | None = None,
-                 mixup: float = 0.0, cutmix: float = 0.0, exclude: str | list[str] | None = None):
+    def __init__(
+        self,
+        root: str | None = None,
+        val_split: float = 0.2,
+        test_split: float = 0.1,
+        image_size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
+        augment: str = "light",
+        verify: str = "header",
+        on_bad_image: str = "skip",
+        seed: int = 42,
+        arch: str = "vgg16",
+        cache_features: bool = False,
+        cache_images: bool | str = False,
+        cache_dir: str = "~/.cache/vggtune",
+        cache_workers: int | str = "auto",
+        crop_scale: float = DEFAULT_CROP_SCALE,
+        flip: bool = True,
+        labels: str | None = None,
+        path_column: str | None = None,
+        label_column: str | None = None,
+        split_column: str | None = None,
+        balance: str = "none",
+        class_weights: list[float] | dict[str, float] | None = None,
+        label_delim: str | None = None,
+        stream: str | None = None,
+        storage_options: dict | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        exclude: str | list[str] | None = None,
+    ):
         super().__init__()
         check_positive_int("data.batch_size", batch_size)
         self.root, self.val_split, self.test_split, self.seed = root, val_split, test_split, seed
         self.labels, self.label_delim, self.exclude = labels, label_delim, exclude
         if balance not in BALANCE_MODES:
-            raise UserError(f"data.balance={balance} is not a mode: choose none, sampler (every class equally "
-                            "likely in each epoch's draw) or loss (class weights in the training loss)")
+            raise UserError(
+                f"data.balance={balance} is not a mode: choose none, sampler (every class equally "
+                "likely in each epoch's draw) or loss (class weights in the training loss)"
+            )
         self.balance, self._class_weights = balance, class_weights
         self.columns = {"path_column": path_column, "label_column": label_column, "split_column": split_column}
         self.batch_size, self.augment = batch_size, augment
@@ -80,8 +103,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
-        self.cache_workers = usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers",
-                                                                                         cache_workers)
+        self.cache_workers = (
+            usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers", cache_workers)
+        )
         self._image_caches: dict[str, list] = {}  # subset -> its image files, once use_image_cache has run
         self._caches_ready: set[str] = set()  # the subsets whose cache file this process has seen complete
         self._on_device_transform = False
@@ -97,20 +121,38 @@ class ClassFolderDataModule(pl.LightningDataModule):
         """The discovered classes and subsets (scanned once, on first use)."""
         if self.stream:
             if self.exclude:
-                raise UserError("data.exclude leaves image files out, and data.stream holds no files: prepare the "
-                                "stream again with the same data.exclude (vggtune prepare ... data.exclude=...)")
+                raise UserError(
+                    "data.exclude leaves image files out, and data.stream holds no files: prepare the "
+                    "stream again with the same data.exclude (vggtune prepare ... data.exclude=...)"
+                )
             split = self.stream_source.split()
         else:
             self.prepare_data()
-            split = apply_exclude(discover(self.root, self.val_split, self.test_split, self.seed, self.verify,
-                                           self.on_bad_image, self.labels, self.columns, self.label_delim), self.exclude)
+            split = apply_exclude(
+                discover(
+                    self.root,
+                    self.val_split,
+                    self.test_split,
+                    self.seed,
+                    self.verify,
+                    self.on_bad_image,
+                    self.labels,
+                    self.columns,
+                    self.label_delim,
+                ),
+                self.exclude,
+            )
         if split.multilabel and self.balance != "none":
-            raise UserError(f"data.balance={self.balance} balances single-label classes; with several labels per "
-                            "image (data.label_delim) use data.balance=none")
+            raise UserError(
+                f"data.balance={self.balance} balances single-label classes; with several labels per "
+                "image (data.label_delim) use data.balance=none"
+            )
         n_train = len(split.subsets["train"])
         if self.batch_size > n_train:
-            raise UserError(f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
-                            f"use data.batch_size={max(1, n_train // 2)} or add images")
+            raise UserError(
+                f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
+                f"use data.batch_size={max(1, n_train // 2)} or add images"
+            )
         return split
 
     @cached_property
@@ -120,8 +162,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         source = stream.Stream(str(self.stream), self.storage_options)
         source.check_fits(self.preprocessing, self.arch)
         if self.augment == "strong":
-            raise UserError("data.stream supports data.augment=light or none (its crops and flips run on the "
-                            "device, as with data.cache_images); train from data.root for data.augment=strong")
+            raise UserError(
+                "data.stream supports data.augment=light or none (its crops and flips run on the "
+                "device, as with data.cache_images); train from data.root for data.augment=strong"
+            )
         return source
 
     @property
@@ -140,14 +184,19 @@ class ClassFolderDataModule(pl.LightningDataModule):
             return None
         return loss_weights(self.class_names, self.split.counts()["train"], self._class_weights)
 
-    def use_cached_features(self, model: torch.nn.Module, train_fc: bool, weights_id: str,
-                            device: torch.device, head: str = "vgg") -> None:
+    def use_cached_features(
+        self, model: torch.nn.Module, train_fc: bool, weights_id: str, device: torch.device, head: str = "vgg"
+    ) -> None:
         """Train from the frozen backbone's outputs, computed once per image (eval transforms: no augmentation)."""
         if self.stream:
-            raise UserError("data.cache_features=true computes features from the image files: use data.root "
-                            "(not data.stream) with it")
-        images = {s: ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
-                  for s, items in self.split.subsets.items()}
+            raise UserError(
+                "data.cache_features=true computes features from the image files: use data.root "
+                "(not data.stream) with it"
+            )
+        images = {
+            s: ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
+            for s, items in self.split.subsets.items()
+        }
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
         trunk, _ = frozen_trunk(model, train_fc)
         self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
@@ -161,8 +210,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
         if self.stream:
             return  # the stream already holds the squares, and its batches take the same on-device step
         if self.augment == "strong":
-            raise UserError("data.cache_images=true supports data.augment=light or none (its crops and flips run "
-                            "on the device); use data.cache_images=false for data.augment=strong")
+            raise UserError(
+                "data.cache_images=true supports data.augment=light or none (its crops and flips run "
+                "on the device); use data.cache_images=false for data.augment=strong"
+            )
         size = self.preprocessing.resize_size
         for subset, items in self.split.subsets.items():
             paths = [p for p, _ in items]
@@ -170,9 +221,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
             self._image_caches[subset] = paths
             train = subset == "train" and self.augment == "light"
             labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
-            self.datasets[subset] = CachedImageDataset(path, labels, size, train,
-                                                       seed=self.seed if train else None,
-                                                       crop_scale=self.crop_scale, flip=self.flip)
+            self.datasets[subset] = CachedImageDataset(
+                path, labels, size, train, seed=self.seed if train else None, crop_scale=self.crop_scale, flip=self.flip
+            )
         self._on_device_transform = True
 
     def prepare_data(self) -> None:
@@ -184,8 +235,12 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # beside it, so that ranks reaching here without prepare_data (no Trainer) still decode once.
         # Each once per process: Lightning calls prepare_data and setup again for each stage.
         for subset in [s for s in self._image_caches if s not in self._caches_ready]:
-            ensure_cache(self.datasets[subset].path, self._image_caches[subset], self.preprocessing.resize_size,
-                         self.cache_workers)
+            ensure_cache(
+                self.datasets[subset].path,
+                self._image_caches[subset],
+                self.preprocessing.resize_size,
+                self.cache_workers,
+            )
             self._caches_ready.add(subset)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -210,8 +265,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
             return
         for subset, items in self.split.subsets.items():
             if subset == "train":
-                self.datasets[subset] = ImageListDataset(items, self.train_transform, seed=self.seed,
-                                                         num_labels=self.num_labels)
+                self.datasets[subset] = ImageListDataset(
+                    items, self.train_transform, seed=self.seed, num_labels=self.num_labels
+                )
             else:
                 self.datasets[subset] = ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
 
@@ -220,9 +276,16 @@ class ClassFolderDataModule(pl.LightningDataModule):
         for subset in self.split.subsets:
             train = subset == "train"
             self.datasets[subset] = self.stream_source.dataset(
-                subset, shuffle=train, augment=train and self.augment == "light", seed=self.seed,
-                crop_scale=self.crop_scale, flip=self.flip, num_labels=self.num_labels, cache_root=self.cache_dir,
-                run=run)
+                subset,
+                shuffle=train,
+                augment=train and self.augment == "light",
+                seed=self.seed,
+                crop_scale=self.crop_scale,
+                flip=self.flip,
+                num_labels=self.num_labels,
+                cache_root=self.cache_dir,
+                run=run,
+            )
         self._on_device_transform = True
 
     def _open_stream_loader(self, subset: str) -> StreamLoader:
@@ -230,9 +293,14 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
         # None leaves litdata's own choice: under DDP it drops every partial last batch.
         drop_last = True if subset == "train" and lone_last_image(len(self.datasets[subset]), self.batch_size) else None
-        loader = import_stream().StreamLoader(self.datasets[subset], batch_size=self.batch_size,
-                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                              worker_init_fn=leave_signals_to_main, drop_last=drop_last)
+        loader = import_stream().StreamLoader(
+            self.datasets[subset],
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=leave_signals_to_main,
+            drop_last=drop_last,
+        )
         if subset == "train":
             loader.start_epoch(self._first_epoch)
             if self._stream_state:  # interrupted part-way through that epoch: litdata skips what was trained
@@ -261,18 +329,28 @@ class ClassFolderDataModule(pl.LightningDataModule):
         sampler.start_at(self._first_epoch, self._resume_batches * self.batch_size)
         drop_last = lone_last_image(len(sampler), self.batch_size)  # the shuffle picks another one each epoch
         # A private generator: creating the iterator must not draw from the global RNG (dropout's).
-        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                               drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed),
-                               worker_init_fn=leave_signals_to_main, position=self.state_dict)
+        return ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=leave_signals_to_main,
+            position=self.state_dict,
+        )
 
     def state_dict(self) -> dict:
         """Where Lightning's fit loop will resume: the epoch, and the batches of it already trained."""
         trainer = self.trainer
         if trainer is None:
             return {}
-        state = {"epoch": trainer.fit_loop.epoch_progress.current.processed,
-                 "batches_done": batches_done_in_epoch(trainer)}
+        state = {
+            "epoch": trainer.fit_loop.epoch_progress.current.processed,
+            "batches_done": batches_done_in_epoch(trainer),
+        }
         if self._stream_loader is not None and state["batches_done"]:
             state["stream"] = self._stream_loader.position(state["batches_done"])
         return state
@@ -294,6 +372,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def _loader(self, subset: str) -> DataLoader:
         if self.stream:
             return self._open_stream_loader(subset)
-        return DataLoader(self.datasets[subset], batch_size=self.batch_size,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, worker_init_fn=leave_signals_to_main)
+        return DataLoader(
+            self.datasets[subset],
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=leave_signals_to_main,
+        )

@@ -60,8 +60,9 @@ class ImageListDataset(SeededDataset):
     """(image tensor, class index) for a list of (path, class index) pairs; with ``num_labels``
     (multi-label), (image tensor, multi-hot float target) for (path, tuple of class indices) pairs."""
 
-    def __init__(self, items: list[tuple[Path, int]], transform, seed: int | None = None,
-                 num_labels: int | None = None):
+    def __init__(
+        self, items: list[tuple[Path, int]], transform, seed: int | None = None, num_labels: int | None = None
+    ):
         super().__init__(seed)
         self.items = items
         self.transform = transform
@@ -75,8 +76,10 @@ class ImageListDataset(SeededDataset):
         try:
             image = load_rgb(path)
         except Exception as e:  # noqa: BLE001 - name the file, whatever PIL raised
-            raise UserError(f"could not decode {path} during training ({type(e).__name__}: {e}); "
-                            "run with data.verify=full to find such files before training starts") from None
+            raise UserError(
+                f"could not decode {path} during training ({type(e).__name__}: {e}); "
+                "run with data.verify=full to find such files before training starts"
+            ) from None
         if self.num_labels is not None:
             label = multi_hot(label, self.num_labels)
         with self.seeded(index):
@@ -107,7 +110,7 @@ class EpochSampler(DistributedSampler):
 
     def _resumed(self, order: list[int]):
         if self._start is not None and self._start[0] == self.epoch:
-            order = order[self._start[1]:]
+            order = order[self._start[1] :]
             self._start = None  # once: the epochs after it run whole
         return iter(order)
 
@@ -130,7 +133,7 @@ class BalancedSampler(EpochSampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
-        return self._resumed(drawn[self.rank:self.total_size:self.num_replicas])
+        return self._resumed(drawn[self.rank : self.total_size : self.num_replicas])
 
 
 class ResumableLoader(DataLoader):

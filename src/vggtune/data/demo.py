@@ -70,15 +70,27 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
         d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=col, width=max(2, int(r / 3)))
     elif shape in ("square", "triangle"):
         a, k = rng.uniform(0, 2 * math.pi), 4 if shape == "square" else 3
-        d.polygon([(cx + r * math.cos(a + i * 2 * math.pi / k), cy + r * math.sin(a + i * 2 * math.pi / k))
-                   for i in range(k)], fill=col)
+        d.polygon(
+            [
+                (cx + r * math.cos(a + i * 2 * math.pi / k), cy + r * math.sin(a + i * 2 * math.pi / k))
+                for i in range(k)
+            ],
+            fill=col,
+        )
     elif shape == "cross":
         a, w = rng.uniform(0, 2 * math.pi), r / 3
         for b in (a, a + math.pi / 2):
             dx, dy = math.cos(b), math.sin(b)
             px, py = -dy * w, dx * w
-            d.polygon([(cx - r * dx + px, cy - r * dy + py), (cx + r * dx + px, cy + r * dy + py),
-                       (cx + r * dx - px, cy + r * dy - py), (cx - r * dx - px, cy - r * dy - py)], fill=col)
+            d.polygon(
+                [
+                    (cx - r * dx + px, cy - r * dy + py),
+                    (cx + r * dx + px, cy + r * dy + py),
+                    (cx + r * dx - px, cy + r * dy - py),
+                    (cx - r * dx - px, cy - r * dy - py),
+                ],
+                fill=col,
+            )
     else:
         raise ValueError(f"unknown shape {shape!r}: one of {SHAPES}")
     pixels = np.asarray(img, np.float32) + rng.normal(0, 18, (size, size, 3))
@@ -96,16 +108,22 @@ def draw_letter(letter: str, size: int, rng: np.random.Generator) -> Image.Image
     img = Image.new("L", (big, big), bg)
     font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
     x, y = big / 2 + rng.uniform(-0.12, 0.12) * big, big / 2 + rng.uniform(-0.12, 0.12) * big
-    ImageDraw.Draw(img).text((x, y), letter, fill=fg, font=font, anchor="mm", stroke_width=int(rng.integers(0, 6)),
-                             stroke_fill=fg)
+    ImageDraw.Draw(img).text(
+        (x, y), letter, fill=fg, font=font, anchor="mm", stroke_width=int(rng.integers(0, 6)), stroke_fill=fg
+    )
     img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=bg)
     img = img.resize((size, size), Image.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     pixels = np.asarray(img, np.float32) + rng.normal(0, 12, (size, size))
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB")
 
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
-           "magenta": (200, 50, 200)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 210, 40),
+    "magenta": (200, 50, 200),
+}
 
 
 def draw_colour(colour: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -116,13 +134,18 @@ def draw_colour(colour: str, size: int, rng: np.random.Generator) -> Image.Image
 
 
 # name: (class names, draw(class name, size, rng))
-FAMILIES = {"textures": (PATTERNS, draw_pattern), "shapes": (SHAPES, draw_shape),
-            "letters-a": (tuple("KLMNO"), draw_letter), "letters-b": (tuple("ABCDE"), draw_letter),
-            "colours": (tuple(COLOURS), draw_colour)}
+FAMILIES = {
+    "textures": (PATTERNS, draw_pattern),
+    "shapes": (SHAPES, draw_shape),
+    "letters-a": (tuple("KLMNO"), draw_letter),
+    "letters-b": (tuple("ABCDE"), draw_letter),
+    "colours": (tuple(COLOURS), draw_colour),
+}
 
 
-def make_demo_dataset(root: str | Path, per_class: int = 80, size: int = 64, classes: int = 3,
-                      seed: int = 0, family: str = "textures") -> Path:
+def make_demo_dataset(
+    root: str | Path, per_class: int = 80, size: int = 64, classes: int = 3, seed: int = 0, family: str = "textures"
+) -> Path:
     """Write ``classes`` class folders of ``per_class`` JPEGs of ``family`` (one of :data:`FAMILIES`) to
     ``root`` (atomically), and return it."""
     if family not in FAMILIES:
@@ -159,14 +182,17 @@ def draw_grid(names: list[str], size: int, rng: np.random.Generator, family: str
             tile = draw(names[k], max(cell, 64), rng) if family == "textures" else draw(names[k], cell, rng)
             tile = tile.crop((0, 0, cell, cell))
         else:
-            grey = np.full((cell, cell, 3), float(rng.integers(60, 200)), np.float32) + rng.normal(0, 14, (cell, cell, 3))
+            grey = np.full((cell, cell, 3), float(rng.integers(60, 200)), np.float32) + rng.normal(
+                0, 14, (cell, cell, 3)
+            )
             tile = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
         img.paste(tile, (int(cells[k] % 2) * cell, int(cells[k] // 2) * cell))
     return img
 
 
-def make_multilabel_dataset(root: str | Path, images: int = 300, size: int = 64, seed: int = 0,
-                            family: str = "textures", max_labels: int = 3) -> Path:
+def make_multilabel_dataset(
+    root: str | Path, images: int = 300, size: int = 64, seed: int = 0, family: str = "textures", max_labels: int = 3
+) -> Path:
     """Write ``images`` JPEGs of :func:`draw_grid` (1 to ``max_labels`` different classes of ``family`` each) to
     ``root/images/`` and ``root/labels.csv`` (``path,labels``; the labels separated by spaces), atomically."""
     if family not in FAMILIES:
@@ -196,8 +222,15 @@ def make_multilabel_dataset(root: str | Path, images: int = 300, size: int = 64,
 class DemoDataModule(ClassFolderDataModule):
     """A ClassFolderDataModule that first generates the demo data set into ``root`` if it is missing."""
 
-    def __init__(self, root: str = "data/demo/letters", per_class: int = 90, source_size: int = 48,
-                 classes: int = 5, family: str = "letters-b", **kwargs):
+    def __init__(
+        self,
+        root: str = "data/demo/letters",
+        per_class: int = 90,
+        source_size: int = 48,
+        classes: int = 5,
+        family: str = "letters-b",
+        **kwargs,
+    ):
         super().__init__(root=root, **kwargs)
         if family not in FAMILIES:
             raise UserError(f"data.family={family} is not a demo family: choose one of {', '.join(FAMILIES)}")
@@ -206,9 +239,14 @@ class DemoDataModule(ClassFolderDataModule):
     def prepare_data(self) -> None:
         """Generate the data set if it is missing (safe to call from several processes)."""
         if not Path(self.root).expanduser().exists():
-            names = FAMILIES[self.demo["family"]][0][:self.demo["classes"]]
-            log.info("Generating the demo data set (%s: %s x %s images) into %s", self.demo["family"],
-                     ", ".join(names), self.demo["per_class"], self.root)
+            names = FAMILIES[self.demo["family"]][0][: self.demo["classes"]]
+            log.info(
+                "Generating the demo data set (%s: %s x %s images) into %s",
+                self.demo["family"],
+                ", ".join(names),
+                self.demo["per_class"],
+                self.root,
+            )
             make_demo_dataset(Path(self.root).expanduser(), **self.demo)
         super().prepare_data()  # the image cache, when one is used
 
@@ -216,8 +254,14 @@ class DemoDataModule(ClassFolderDataModule):
 class MultilabelDemoDataModule(ClassFolderDataModule):
     """The multi-label demo: :func:`make_multilabel_dataset` into ``root`` if it is missing, read from its CSV."""
 
-    def __init__(self, root: str = "data/demo/texture_grids", images: int = 300, source_size: int = 64,
-                 family: str = "textures", **kwargs):
+    def __init__(
+        self,
+        root: str = "data/demo/texture_grids",
+        images: int = 300,
+        source_size: int = 64,
+        family: str = "textures",
+        **kwargs,
+    ):
         kwargs.setdefault("labels", "labels.csv")
         kwargs.setdefault("label_delim", " ")
         super().__init__(root=root, **kwargs)
@@ -228,7 +272,11 @@ class MultilabelDemoDataModule(ClassFolderDataModule):
     def prepare_data(self) -> None:
         """Generate the data set if it is missing (safe to call from several processes)."""
         if not Path(self.root).expanduser().exists():
-            log.info("Generating the multi-label demo data set (%d grids of 1 to 3 %s) into %s",
-                     self.demo["images"], self.demo["family"], self.root)
+            log.info(
+                "Generating the multi-label demo data set (%d grids of 1 to 3 %s) into %s",
+                self.demo["images"],
+                self.demo["family"],
+                self.root,
+            )
             make_multilabel_dataset(Path(self.root).expanduser(), **self.demo)
         super().prepare_data()  # the image cache, when one is used

@@ -23,8 +23,10 @@ from vggtune.data.scan import BadImage, scan_images
 log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "val", "test")
-MISSING_ROOT = ("no data folder given: pass data.root=/path/to/images (a folder of class folders), or "
-                "data.labels=/path/to/labels.csv (a row per image: path,label), or try the demo with experiment=demo")
+MISSING_ROOT = (
+    "no data folder given: pass data.root=/path/to/images (a folder of class folders), or "
+    "data.labels=/path/to/labels.csv (a row per image: path,label), or try the demo with experiment=demo"
+)
 
 
 @dataclass
@@ -76,9 +78,17 @@ def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]
         return [(root / r["path"], r["class"]) for r in csv.DictReader(f) if r["subset"] == subset]
 
 
-def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
-             verify: str = "header", on_bad_image: str = "skip", labels: str | Path | None = None,
-             columns: dict | None = None, label_delim: str | None = None) -> DataSplit:
+def discover(
+    root: str | Path,
+    val_split: float = 0.2,
+    test_split: float = 0.1,
+    seed: int = 42,
+    verify: str = "header",
+    on_bad_image: str = "skip",
+    labels: str | Path | None = None,
+    columns: dict | None = None,
+    label_delim: str | None = None,
+) -> DataSplit:
     """Find classes and images under ``root`` and split them (see the module docstring).
 
     With ``labels`` (a CSV file) the images and classes come from its rows instead; ``columns``
@@ -88,11 +98,14 @@ def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, 
     root = _check_root(root)
     check_fractions(val_split, test_split)
     if check_delim(label_delim) is not None and not labels:
-        raise UserError(f"data.label_delim={label_delim!r} needs data.labels=<a CSV file> with several labels per "
-                        "row; class folders give one label per image")
+        raise UserError(
+            f"data.label_delim={label_delim!r} needs data.labels=<a CSV file> with several labels per "
+            "row; class folders give one label per image"
+        )
     if labels:
-        return _discover_csv(root, labels, val_split, test_split, seed, verify, on_bad_image, columns or {},
-                             label_delim)
+        return _discover_csv(
+            root, labels, val_split, test_split, seed, verify, on_bad_image, columns or {}, label_delim
+        )
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image)
@@ -106,9 +119,14 @@ def discover(root: str | Path, val_split: float = 0.2, test_split: float = 0.1, 
     return DataSplit(root, classes, subsets, "class_folders", skipped)
 
 
-def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str = "skip",
-                    labels: str | Path | None = None, columns: dict | None = None,
-                    label_delim: str | None = None) -> DataSplit:
+def labelled_images(
+    root: str | Path,
+    verify: str = "header",
+    on_bad_image: str = "skip",
+    labels: str | Path | None = None,
+    columns: dict | None = None,
+    label_delim: str | None = None,
+) -> DataSplit:
     """Every usable image under ``root`` with its class, unsplit: for looking at a data set, not training.
 
     A folder of class folders gives one subset, ``all`` (a single class is allowed); a folder
@@ -116,13 +134,13 @@ def labelled_images(root: str | Path, verify: str = "header", on_bad_image: str 
     """
     root = _check_root(root)
     if labels:
-        rows, rejected = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image,
-                                         label_delim=label_delim, **(columns or {}))
+        rows, rejected = read_labels_csv(
+            labels, root, verify=verify, on_bad_image=on_bad_image, label_delim=label_delim, **(columns or {})
+        )
         classes = sorted({label for r in rows for label in r.labels(label_delim)})
         if not classes:
             raise UserError(f"{resolve_csv_path(labels, root)} has no usable rows: see the reasons above")
-        return DataSplit(root, classes, {"all": _items(rows, classes, label_delim)}, "csv", rejected.rows,
-                         label_delim)
+        return DataSplit(root, classes, {"all": _items(rows, classes, label_delim)}, "csv", rejected.rows, label_delim)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image, min_classes=1)
@@ -138,8 +156,10 @@ def check_fractions(val_split: float, test_split: float) -> None:
     if val_split <= 0:
         raise UserError("data.val_split must be above 0: the best checkpoint is chosen on the validation images")
     if val_split + test_split >= 1:
-        raise UserError(f"data.val_split + data.test_split = {val_split + test_split:g} leaves no training "
-                        "images: keep their sum below 1 (e.g. data.val_split=0.2 data.test_split=0.1)")
+        raise UserError(
+            f"data.val_split + data.test_split = {val_split + test_split:g} leaves no training "
+            "images: keep their sum below 1 (e.g. data.val_split=0.2 data.test_split=0.1)"
+        )
 
 
 def _check_root(root: str | Path | None) -> Path:
@@ -156,47 +176,69 @@ def _check_root(root: str | Path | None) -> Path:
 def _class_files(root: Path, verify: str, on_bad_image: str, min_classes: int = 2):
     classes = class_folders(root)
     if not classes:
-        raise UserError(f"data.root {root} has no class folders: put each class's images in a folder "
-                        "named after the class (e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)".replace("{root}", str(root)))
+        raise UserError(
+            f"data.root {root} has no class folders: put each class's images in a folder "
+            "named after the class (e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)".replace("{root}", str(root))
+        )
     if len(classes) < min_classes:
-        raise UserError(f"data.root {root} has a single class folder ({classes[0]}): a classifier needs at "
-                        "least two classes, one folder each")
+        raise UserError(
+            f"data.root {root} has a single class folder ({classes[0]}): a classifier needs at "
+            "least two classes, one folder each"
+        )
     files, skipped = {}, []
     for name in classes:
         good, bad = scan_images(list_images(root / name), verify, on_bad_image)
         skipped += bad
         if not good:
-            raise UserError(f"class folder {root / name} has no usable images ({', '.join(IMAGE_EXTENSIONS)}): "
-                            "add images or remove the folder")
+            raise UserError(
+                f"class folder {root / name} has no usable images ({', '.join(IMAGE_EXTENSIONS)}): "
+                "add images or remove the folder"
+            )
         files[name] = good
     return classes, files, skipped
 
 
-def _discover_csv(root: Path, labels, val_split: float, test_split: float, seed: int, verify: str,
-                  on_bad_image: str, columns: dict, delim: str | None = None) -> DataSplit:
-    rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, label_delim=delim,
-                                   **columns)
+def _discover_csv(
+    root: Path,
+    labels,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    verify: str,
+    on_bad_image: str,
+    columns: dict,
+    delim: str | None = None,
+) -> DataSplit:
+    rows, reject = read_labels_csv(labels, root, verify=verify, on_bad_image=on_bad_image, label_delim=delim, **columns)
     csv_path = reject.csv_path
     joined = next((r.label for r in rows if any(d in r.label for d in (" ", ";", ",", "|"))), None)
     if delim is None and joined is not None:
-        log.warning("Labels such as %r hold spaces or separators: if a cell lists several labels, pass "
-                    "\"data.label_delim=' '\" (or the separator used) to train with several labels per image",
-                    joined)
+        log.warning(
+            "Labels such as %r hold spaces or separators: if a cell lists several labels, pass "
+            "\"data.label_delim=' '\" (or the separator used) to train with several labels per image",
+            joined,
+        )
     given_split = bool(rows) and rows[0].subset is not None
     try:
         subsets = _split_rows(rows, val_split, test_split, seed, stratify=delim is None)
     except UserError as e:
         if delim is None and joined is not None:  # read as one label a cell, each combination is a class
-            raise UserError(f"{e}. Labels such as {joined!r} hold spaces or separators: if a cell lists several "
-                            "labels, pass \"data.label_delim=' '\" (or the separator used)") from None
+            raise UserError(
+                f"{e}. Labels such as {joined!r} hold spaces or separators: if a cell lists several "
+                "labels, pass \"data.label_delim=' '\" (or the separator used)"
+            ) from None
         raise
     classes, subsets = check_classes(subsets, reject, delim)
     if len(classes) < 2:
-        raise UserError(f"{csv_path} gives {len(classes)} class(es) to train on "
-                        f"({', '.join(classes) or 'no usable rows'}): a classifier needs at least two")
+        raise UserError(
+            f"{csv_path} gives {len(classes)} class(es) to train on "
+            f"({', '.join(classes) or 'no usable rows'}): a classifier needs at least two"
+        )
     if not subsets["val"]:
-        raise UserError(f"{csv_path} has no usable val rows in its split column: mark some rows val (the best "
-                        "checkpoint is chosen on them), or drop the column to split by data.val_split")
+        raise UserError(
+            f"{csv_path} has no usable val rows in its split column: mark some rows val (the best "
+            "checkpoint is chosen on them), or drop the column to split by data.val_split"
+        )
     out = {s: _items(items, classes, delim) for s, items in subsets.items() if items or s != "test"}
     layout = "csv with its own split" if given_split else "csv"
     return DataSplit(root, classes, out, layout, reject.rows, delim)
@@ -210,8 +252,9 @@ def _items(rows: list[LabelledRow], classes: list[str], delim: str | None) -> li
     return [(r.path, tuple(index[label] for label in r.labels(delim))) for r in rows]
 
 
-def _split_rows(rows: list[LabelledRow], val_split: float, test_split: float, seed: int,
-                stratify: bool = True) -> dict[str, list[LabelledRow]]:
+def _split_rows(
+    rows: list[LabelledRow], val_split: float, test_split: float, seed: int, stratify: bool = True
+) -> dict[str, list[LabelledRow]]:
     """The subsets: the CSV's own when it has a split column, else a seeded split stratified per class
     (multi-label: a seeded split of all rows, since an image belongs to several classes)."""
     if rows and rows[0].subset is not None:
@@ -240,9 +283,11 @@ def _split_one_class(name: str, paths: list[Path], val_frac: float, test_frac: f
     n_val = max(1, round(n * val_frac))
     n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
     if n - n_val - n_test < 1:
-        raise UserError(f"class '{name}' has only {n} image(s), too few to split into train, val"
-                        f"{' and test' if n_test else ''}: add images, or lower data.val_split/data.test_split")
-    return paths[n_val + n_test:], paths[:n_val], paths[n_val:n_val + n_test]
+        raise UserError(
+            f"class '{name}' has only {n} image(s), too few to split into train, val"
+            f"{' and test' if n_test else ''}: add images, or lower data.val_split/data.test_split"
+        )
+    return paths[n_val + n_test :], paths[:n_val], paths[n_val : n_val + n_test]
 
 
 def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
@@ -255,8 +300,10 @@ def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
         names = class_folders(root / subset)
         if names != classes:
             missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
-            raise UserError(f"{root / subset} does not hold the same class folders as {root / 'train'} "
-                            f"(missing: {missing or 'none'}, extra: {extra or 'none'}): make them match")
+            raise UserError(
+                f"{root / subset} does not hold the same class folders as {root / 'train'} "
+                f"(missing: {missing or 'none'}, extra: {extra or 'none'}): make them match"
+            )
         items = []
         for label, name in enumerate(classes):
             good, bad = scan_images(list_images(root / subset / name), verify, on_bad_image)

@@ -30,17 +30,24 @@ def read_exclude(value, root: Path) -> tuple[list[Path], str]:
         return [], ""
     if isinstance(value, str):
         given = Path(value).expanduser()
-        found = given if given.is_absolute() else next((p for p in (Path.cwd() / given, root / given) if p.is_file()),
-                                                       given)
+        found = (
+            given
+            if given.is_absolute()
+            else next((p for p in (Path.cwd() / given, root / given) if p.is_file()), given)
+        )
         if found.suffix.lower() in (".csv", ".txt", ".tsv"):
             if not found.is_file():
-                raise UserError(f"data.exclude {value}: no such file (looked in {Path.cwd()} and {root}): pass a CSV "
-                                "with a path column, a text file of paths, or a list of paths")
+                raise UserError(
+                    f"data.exclude {value}: no such file (looked in {Path.cwd()} and {root}): pass a CSV "
+                    "with a path column, a text file of paths, or a list of paths"
+                )
             return _read_list_file(found, root), found.name
         value = [value]  # one image path
     if not isinstance(value, Sequence):
-        raise UserError(f"data.exclude={value!r}: pass a CSV file with a path column, a text file of paths, "
-                        "or a list of paths, e.g. data.exclude=[cats/a.jpg,dogs/b.jpg]")
+        raise UserError(
+            f"data.exclude={value!r}: pass a CSV file with a path column, a text file of paths, "
+            "or a list of paths, e.g. data.exclude=[cats/a.jpg,dogs/b.jpg]"
+        )
     return [_absolute(str(v), root, root) for v in value], "the command line"
 
 
@@ -53,8 +60,10 @@ def _read_list_file(path: Path, root: Path) -> list[Path]:
         lower = {name.strip().lower(): name for name in reader.fieldnames or []}
         column = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
         if column is None:
-            raise UserError(f"data.exclude {path} has no path column (looked for {', '.join(PATH_COLUMNS)}; its "
-                            f"columns: {', '.join(reader.fieldnames or []) or 'none'}): name one 'path'")
+            raise UserError(
+                f"data.exclude {path} has no path column (looked for {', '.join(PATH_COLUMNS)}; its "
+                f"columns: {', '.join(reader.fieldnames or []) or 'none'}): name one 'path'"
+            )
         return [_absolute(r[column].strip(), root, path.parent) for r in reader if (r.get(column) or "").strip()]
 
 
@@ -76,8 +85,10 @@ def apply_exclude(split: DataSplit, value) -> DataSplit:
     already = {Path(os.path.normpath(b.path)) for b in split.skipped}  # bad files: out already, not an error
     unknown = [p for p in listed if p not in known and p not in already]
     if unknown:
-        raise UserError(f"data.exclude ({source}) lists {len(unknown)} path(s) that are not images of the data set "
-                        f"{split.root}, first {unknown[0]}: fix or remove them (paths are relative to data.root)")
+        raise UserError(
+            f"data.exclude ({source}) lists {len(unknown)} path(s) that are not images of the data set "
+            f"{split.root}, first {unknown[0]}: fix or remove them (paths are relative to data.root)"
+        )
     out = set(listed) & known
     subsets, counts = {}, {}
     for subset, items in split.subsets.items():
@@ -85,8 +96,12 @@ def apply_exclude(split: DataSplit, value) -> DataSplit:
         counts[subset] = len(items) - len(subsets[subset])
     _check_classes_left(split, subsets)
     skipped = [*split.skipped, *(BadImage(p, f"left out by data.exclude ({source})") for p in sorted(out))]
-    log.info("data.exclude: left out %d image(s) listed in %s (%s); they are in skipped_images.txt", len(out), source,
-             ", ".join(f"{s} {n}" for s, n in counts.items()))
+    log.info(
+        "data.exclude: left out %d image(s) listed in %s (%s); they are in skipped_images.txt",
+        len(out),
+        source,
+        ", ".join(f"{s} {n}" for s, n in counts.items()),
+    )
     return DataSplit(split.root, split.classes, subsets, split.layout, skipped, split.label_delim)
 
 
@@ -97,5 +112,7 @@ def _check_classes_left(split: DataSplit, subsets: dict) -> None:
     left = {label for _, label in subsets["train"]}
     gone = [name for i, name in enumerate(split.classes) if i not in left]
     if gone:
-        raise UserError(f"data.exclude leaves class '{gone[0]}' with no training image: exclude fewer of its "
-                        "images, or remove the class")
+        raise UserError(
+            f"data.exclude leaves class '{gone[0]}' with no training image: exclude fewer of its "
+            "images, or remove the class"
+        )

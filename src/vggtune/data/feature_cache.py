@@ -39,14 +39,28 @@ def weights_identity(weights: str, seed: int) -> str:
     return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cache_key(arch: str, weights: str, prep: Preprocessing, train_fc: bool,
-              subsets: dict[str, list[tuple[Path, int]]], head: str = "vgg") -> str:
+def cache_key(
+    arch: str,
+    weights: str,
+    prep: Preprocessing,
+    train_fc: bool,
+    subsets: dict[str, list[tuple[Path, int]]],
+    head: str = "vgg",
+) -> str:
     """A hash of everything the cached outputs depend on."""
-    files = {s: [(str(p), list(label) if isinstance(label, tuple) else int(label), *_file_stamp(p))
-                 for p, label in items] for s, items in subsets.items()}
-    identity = {"format": CACHE_FORMAT, "arch": arch, "weights": weights, "prep": prep.to_dict(),
-                "trunk_ends_after": "conv" if train_fc else "fc7", "files": files,
-                "torch": torch.__version__.split("+")[0]}
+    files = {
+        s: [(str(p), list(label) if isinstance(label, tuple) else int(label), *_file_stamp(p)) for p, label in items]
+        for s, items in subsets.items()
+    }
+    identity = {
+        "format": CACHE_FORMAT,
+        "arch": arch,
+        "weights": weights,
+        "prep": prep.to_dict(),
+        "trunk_ends_after": "conv" if train_fc else "fc7",
+        "files": files,
+        "torch": torch.__version__.split("+")[0],
+    }
     if head != "vgg":  # the trunk's pooling differs (keys of earlier caches stay as they were)
         identity["head"] = head
     if weights == "imagenet":
@@ -60,8 +74,9 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def compute_outputs(trunk: nn.Module, dataset: Dataset, batch_size: int, num_workers: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_outputs(
+    trunk: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The trunk's output (float32, on the CPU) and the label of every item of ``dataset``, in order."""
     was_training = trunk.training
     trunk.eval().to(device)
@@ -73,8 +88,15 @@ def compute_outputs(trunk: nn.Module, dataset: Dataset, batch_size: int, num_wor
     return torch.cat(outputs), torch.cat(labels)
 
 
-def cached_datasets(cache_dir: str | Path, key: str, trunk: nn.Module, datasets: dict[str, Dataset],
-                    batch_size: int, num_workers: int, device: torch.device) -> dict[str, TensorDataset]:
+def cached_datasets(
+    cache_dir: str | Path,
+    key: str,
+    trunk: nn.Module,
+    datasets: dict[str, Dataset],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> dict[str, TensorDataset]:
     """Per subset, a dataset of (backbone output, label): read from ``cache_dir`` or computed and stored."""
     path = Path(cache_dir).expanduser() / f"features-{key}.pt"
     if path.is_file():
@@ -87,7 +109,8 @@ def cached_datasets(cache_dir: str | Path, key: str, trunk: nn.Module, datasets:
             with atomic_open(path, "wb") as f:
                 torch.save(stored, f)
         except OSError as e:
-            raise UserError(f"could not write the feature cache {path} ({e.strerror or e}): "
-                            "set data.cache_dir to a writable folder") from None
+            raise UserError(
+                f"could not write the feature cache {path} ({e.strerror or e}): set data.cache_dir to a writable folder"
+            ) from None
         log.info("Features: stored in %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return {name: TensorDataset(*stored[name]) for name in datasets}

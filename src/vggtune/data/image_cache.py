@@ -27,8 +27,14 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import (FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor,
-                                as_completed, wait)
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    BrokenExecutor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,8 +70,14 @@ def cache_path(paths: list[Path], prep: Preprocessing, cache_dir: str | Path) ->
     return Path(cache_dir).expanduser() / f"images-{key}-{len(paths)}x{prep.resize_size}.u8"
 
 
-def build_cache(paths: list[Path], prep: Preprocessing, cache_dir: str | Path, workers: int | None = None,
-                pool: str = "process", chunk_bytes: int = CHUNK_BYTES) -> Path:
+def build_cache(
+    paths: list[Path],
+    prep: Preprocessing,
+    cache_dir: str | Path,
+    workers: int | None = None,
+    pool: str = "process",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Path:
     """The uint8 array (N, S, S, 3) of every image's centre square, written once; its path.
 
     See :func:`ensure_cache` for ``workers``, ``pool`` and ``chunk_bytes``.
@@ -73,8 +85,14 @@ def build_cache(paths: list[Path], prep: Preprocessing, cache_dir: str | Path, w
     return ensure_cache(cache_path(paths, prep, cache_dir), paths, prep.resize_size, workers, pool, chunk_bytes)
 
 
-def ensure_cache(path: Path, paths: list[Path], size: int, workers: int | None = None, pool: str = "process",
-                 chunk_bytes: int = CHUNK_BYTES) -> Path:
+def ensure_cache(
+    path: Path,
+    paths: list[Path],
+    size: int,
+    workers: int | None = None,
+    pool: str = "process",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Path:
     """``path``, holding the ``size`` squares of ``paths``: read as it is when complete, else built now.
 
     One process builds it while the others that want it (DDP ranks of the node, other runs) wait on a
@@ -98,11 +116,14 @@ def ensure_cache(path: Path, paths: list[Path], size: int, workers: int | None =
                 log.info("Images: removed %s, left by a build that was stopped part-way", stale.name)
             _write(path, paths, size, workers or usable_cores(), pool, chunk_bytes)
     except OSError as e:
-        raise UserError(f"cannot write the image cache {path}: {e}; free space there or set data.cache_dir "
-                        "to a writable folder") from e
+        raise UserError(
+            f"cannot write the image cache {path}: {e}; free space there or set data.cache_dir to a writable folder"
+        ) from e
     except BrokenExecutor as e:
-        raise UserError(f"a process decoding images for the cache {path} ended before its work was done ({e}): "
-                        "killed, or out of memory? data.cache_workers=N decodes with fewer processes") from e
+        raise UserError(
+            f"a process decoding images for the cache {path} ended before its work was done ({e}): "
+            "killed, or out of memory? data.cache_workers=N decodes with fewer processes"
+        ) from e
     return path
 
 
@@ -115,23 +136,35 @@ def _write(path: Path, paths: list[Path], size: int, workers: int, pool: str, ch
     row = size * size * 3
     per_job = max(1, chunk_bytes // row)
     mode = "in this process" if workers <= 1 else f"{workers} {'threads' if pool == 'thread' else 'processes'}"
-    log.info("Images: decoding and resizing %d images once into %s (%.1f GB, %s)", len(paths), path,
-             len(paths) * row / 1e9, mode)
+    log.info(
+        "Images: decoding and resizing %d images once into %s (%.1f GB, %s)",
+        len(paths),
+        path,
+        len(paths) * row / 1e9,
+        mode,
+    )
     progress = _Progress(len(paths))
     with atomic_path(path) as tmp:
         with open(tmp, "r+b") as f:
             f.truncate(len(paths) * row)  # sparse: the jobs fill it in any order
-        jobs = ((str(tmp), [str(p) for p in paths[i:i + per_job]], i * row, size)
-                for i in range(0, len(paths), per_job))
+        jobs = (
+            (str(tmp), [str(p) for p in paths[i : i + per_job]], i * row, size) for i in range(0, len(paths), per_job)
+        )
         with _jobs_runner(workers, pool) as run:
             for count, error in run(_decode_chunk, jobs):
                 if error is not None:
-                    raise UserError(f"cannot decode {error} while building the image cache: replace or remove the "
-                                    "file (data.verify=full decodes every image before training, and "
-                                    "data.on_bad_image=skip then leaves such files out)")
+                    raise UserError(
+                        f"cannot decode {error} while building the image cache: replace or remove the "
+                        "file (data.verify=full decodes every image before training, and "
+                        "data.on_bad_image=skip then leaves such files out)"
+                    )
                 progress.add(count)
-    log.info("Images: cached %d images in %.1f s (%.0f images/s)", len(paths), progress.elapsed(),
-             len(paths) / max(progress.elapsed(), 1e-9))
+    log.info(
+        "Images: cached %d images in %.1f s (%.0f images/s)",
+        len(paths),
+        progress.elapsed(),
+        len(paths) / max(progress.elapsed(), 1e-9),
+    )
 
 
 def _decode_chunk(job: tuple[str, list[str], int, int]) -> tuple[int, str | None]:
@@ -232,16 +265,30 @@ class _Progress:
         now = self.clock()
         if self.done < self.total and (self.done - self.shown) >= 0.05 * self.total and now - self.last >= 10:
             rate = self.done / (now - self.start)
-            log.info("Images: %d/%d cached (%.0f%%), %.0f images/s, about %.0f s left", self.done, self.total,
-                     100 * self.done / self.total, rate, (self.total - self.done) / max(rate, 1e-9))
+            log.info(
+                "Images: %d/%d cached (%.0f%%), %.0f images/s, about %.0f s left",
+                self.done,
+                self.total,
+                100 * self.done / self.total,
+                rate,
+                (self.total - self.done) / max(rate, 1e-9),
+            )
             self.shown, self.last = self.done, now
 
 
 class CachedImageDataset(SeededDataset):
     """Items of a cache file: (uint8 HWC square, label, crop box x1 y1 x2 y2, flip)."""
 
-    def __init__(self, path: Path, labels: list[int], size: int, train: bool, seed: int | None = None,
-                 crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        labels: list[int],
+        size: int,
+        train: bool,
+        seed: int | None = None,
+        crop_scale: float = DEFAULT_CROP_SCALE,
+        flip: bool = True,
+    ):
         super().__init__(seed)
         self.path, self.labels, self.size, self.train = path, labels, size, train
         self.scale, self.flip = (crop_scale, 1.0), flip  # as transforms.train_transform(augment="light")
@@ -252,8 +299,9 @@ class CachedImageDataset(SeededDataset):
 
     def __getitem__(self, index: int):
         if self._array is None:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(len(self.labels), self.size,
-                                                                                  self.size, 3))
+            self._array = np.memmap(
+                self.path, dtype=np.uint8, mode="r", shape=(len(self.labels), self.size, self.size, 3)
+            )
         image = torch.from_numpy(np.array(self._array[index]))
         box, flip = self.crop_and_flip(index, image)
         return image, self.labels[index], box, flip
@@ -276,8 +324,14 @@ def device_transform(batch, prep: Preprocessing, train: bool):
     x = images.permute(0, 3, 1, 2).float()
     if train:
         index = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
-        x = roi_align(x, torch.cat([index, boxes.to(x.dtype)], dim=1), output_size=prep.image_size,
-                      spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        x = roi_align(
+            x,
+            torch.cat([index, boxes.to(x.dtype)], dim=1),
+            output_size=prep.image_size,
+            spatial_scale=1.0,
+            sampling_ratio=0,
+            aligned=True,
+        )
         x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     else:
         x = v2.functional.center_crop(x, [prep.image_size, prep.image_size])

@@ -29,8 +29,15 @@ from vggtune.data.scan import BadImage, scan_images
 PATH_COLUMNS = ("path", "filename", "file", "image", "image_path", "fname", "file_name", "name")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
 SPLIT_COLUMNS = ("split", "subset")
-_SUBSET_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+_SUBSET_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,11 @@ def check_delim(delim) -> str | None:
     if delim is None:
         return None
     if not isinstance(delim, str) or delim == "" or delim in ("\n", "\r"):
-        raise UserError(f"data.label_delim must be the character(s) between the labels of a row, or null for one "
-                        f"label per row; got {delim!r}. In a shell, quote the whole override so that Hydra gets "
-                        f"the quotes: \"data.label_delim=' '\" or \"data.label_delim=';'\"")
+        raise UserError(
+            f"data.label_delim must be the character(s) between the labels of a row, or null for one "
+            f"label per row; got {delim!r}. In a shell, quote the whole override so that Hydra gets "
+            f"the quotes: \"data.label_delim=' '\" or \"data.label_delim=';'\""
+        )
     return delim
 
 
@@ -76,8 +85,10 @@ class Rejects:
 
     def __call__(self, line: int, where: Path | str, reason: str) -> None:
         if self.on_bad_image == "fail":
-            raise UserError(f"{self.csv_path} line {line}: {reason}. Fix the row, or pass data.on_bad_image=skip "
-                            "to leave such rows out")
+            raise UserError(
+                f"{self.csv_path} line {line}: {reason}. Fix the row, or pass data.on_bad_image=skip "
+                "to leave such rows out"
+            )
         self.rows.append(BadImage(Path(where), f"{self.csv_path.name} line {line}: {reason}"))
 
 
@@ -90,10 +101,16 @@ class Columns:
     split: str | None
 
 
-def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = None,
-                    label_column: str | None = None, split_column: str | None = None,
-                    verify: str = "header", on_bad_image: str = "skip",
-                    label_delim: str | None = None) -> tuple[list[LabelledRow], Rejects]:
+def read_labels_csv(
+    csv_path: str | Path,
+    root: Path,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    split_column: str | None = None,
+    verify: str = "header",
+    on_bad_image: str = "skip",
+    label_delim: str | None = None,
+) -> tuple[list[LabelledRow], Rejects]:
     """The usable rows of ``csv_path`` and the rows left out (``label_delim``: several labels a row)."""
     label_delim = check_delim(label_delim)
     csv_path = resolve_csv_path(csv_path, root)
@@ -119,7 +136,9 @@ def read_labels_csv(csv_path: str | Path, root: Path, path_column: str | None = 
                 reject(line, value, f"no such file (looked in {places})")
                 continue
             if drop_column and (record.get(drop_column) or "").strip().lower() in ("1", "true", "yes"):
-                reject.rows.append(BadImage(path, f"{csv_path.name} line {line}: marked drop in its {drop_column} column"))
+                reject.rows.append(
+                    BadImage(path, f"{csv_path.name} line {line}: marked drop in its {drop_column} column")
+                )
                 continue
             if label_delim is not None:
                 label = label_delim.join(split_labels(label, label_delim))  # empty: an image with no label
@@ -152,13 +171,16 @@ def resolve_csv_path(value: str | Path, root: Path | None) -> Path:
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         where = " or ".join(str(p) for p in candidates)
-        raise UserError(f"data.labels {value}: no such file ({where}): pass the path of a CSV file with a column "
-                        "for the image path and one for the label")
+        raise UserError(
+            f"data.labels {value}: no such file ({where}): pass the path of a CSV file with a column "
+            "for the image path and one for the label"
+        )
     return found.resolve()
 
 
-def _columns(csv_path: Path, fields: list[str], path_column: str | None, label_column: str | None,
-             split_column: str | None) -> Columns:
+def _columns(
+    csv_path: Path, fields: list[str], path_column: str | None, label_column: str | None, split_column: str | None
+) -> Columns:
     if not fields:
         raise UserError(f"{csv_path} is empty: it needs a header row naming a path column and a label column")
 
@@ -170,8 +192,10 @@ def _columns(csv_path: Path, fields: list[str], path_column: str | None, label_c
         lower = {f.strip().lower(): f for f in fields}
         found = next((lower[n] for n in names if n in lower), None)
         if found is None and required:
-            raise UserError(f"{csv_path} has no {key.split('_')[0]} column (looked for {', '.join(names)}; its "
-                            f"columns: {', '.join(fields)}): pass data.{key}=<column name>")
+            raise UserError(
+                f"{csv_path} has no {key.split('_')[0]} column (looked for {', '.join(names)}; its "
+                f"columns: {', '.join(fields)}): pass data.{key}=<column name>"
+            )
         return found
 
     path = pick(path_column, PATH_COLUMNS, "path_column", True)
@@ -198,15 +222,18 @@ def _drop_conflicts(rows: list[LabelledRow], reject: Rejects) -> list[LabelledRo
     for r in rows:
         if len(listed[r.path]) > 1:
             others = sorted({label for label, _ in listed[r.path]} - {r.label})
-            reject(r.line, r.path, "listed again with another " + (f"label ({', '.join(others)})" if others else "subset"))
+            reject(
+                r.line, r.path, "listed again with another " + (f"label ({', '.join(others)})" if others else "subset")
+            )
         elif r.path not in counted:
             counted.add(r.path)
             kept.append(r)
     return kept
 
 
-def check_classes(subsets: dict[str, list[LabelledRow]], reject: Rejects,
-                  delim: str | None = None) -> tuple[list[str], dict[str, list[LabelledRow]]]:
+def check_classes(
+    subsets: dict[str, list[LabelledRow]], reject: Rejects, delim: str | None = None
+) -> tuple[list[str], dict[str, list[LabelledRow]]]:
     """The classes (those train has, sorted); rows of val/test with a class train never has are rejected."""
     classes = sorted({label for r in subsets.get("train", []) for label in r.labels(delim)})
     known = set(classes)

@@ -19,8 +19,10 @@ def check_alphas(mixup, cutmix) -> tuple[float, float]:
     """``data.mixup`` and ``data.cutmix``: 0 (off) or the positive alpha of the Beta distribution of the shares."""
     for name, alpha, example in (("data.mixup", mixup, 0.2), ("data.cutmix", cutmix, 1.0)):
         if not is_number(alpha) or not alpha >= 0:
-            raise UserError(f"{name} is the alpha of the Beta distribution each batch's mixing share is drawn "
-                            f"from: 0 (off) or a positive number such as {name}={example}; got {alpha!r}")
+            raise UserError(
+                f"{name} is the alpha of the Beta distribution each batch's mixing share is drawn "
+                f"from: 0 (off) or a positive number such as {name}={example}; got {alpha!r}"
+            )
     return float(mixup), float(cutmix)
 
 
@@ -31,8 +33,11 @@ class BatchMixer:
     def __init__(self, mixup: float, cutmix: float, num_classes: int):
         from torchvision.transforms import v2
 
-        mixers = [kind(alpha=alpha, num_classes=num_classes)
-                  for kind, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha > 0]
+        mixers = [
+            kind(alpha=alpha, num_classes=num_classes)
+            for kind, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix))
+            if alpha > 0
+        ]
         self.transform = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

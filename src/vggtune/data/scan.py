@@ -44,7 +44,7 @@ def scan_images(paths: list[Path], verify: str = "header", on_bad_image: str = "
     if verify == "files":  # a stat per file: threads would cost more than they save
         reasons = [_check_file(p) for p in paths]
     else:  # opening files waits on the disk: threads overlap it; chunks keep the pool's overhead small
-        chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+        chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
         with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
             reasons = [r for chunk in pool.map(lambda c: [image_problem(p, full) for p in c], chunks) for r in chunk]
     good, bad = [], []
@@ -52,8 +52,9 @@ def scan_images(paths: list[Path], verify: str = "header", on_bad_image: str = "
         if reason is None:
             good.append(path)
         elif on_bad_image == "fail":
-            raise UserError(f"bad image {path}: {reason}. Remove or fix it, or pass data.on_bad_image=skip "
-                            "to leave such files out")
+            raise UserError(
+                f"bad image {path}: {reason}. Remove or fix it, or pass data.on_bad_image=skip to leave such files out"
+            )
         else:
             bad.append(BadImage(path, reason))
     return good, bad

@@ -16,9 +16,9 @@ import io
 import logging
 from pathlib import Path
 
+import litdata  # noqa: F401  (stream_write reaches litdata as stream.litdata, after import_stream's check)
 import numpy as np
 import torch
-import litdata
 from litdata import StreamingDataLoader, StreamingDataset
 from PIL import Image
 
@@ -60,8 +60,9 @@ class Stream:
                 return index[text]
             return tuple(index[name] for name in text.split(delim) if name)
 
-        subsets = {s: [(root / path, label(text)) for _, path, text in entry["files"]]
-                   for s, entry in info["subsets"].items()}
+        subsets = {
+            s: [(root / path, label(text)) for _, path, text in entry["files"]] for s, entry in info["subsets"].items()
+        }
         skipped = [BadImage(Path(p), reason) for p, reason in info.get("skipped", [])]
         return DataSplit(root, classes, subsets, f"stream {self.url}", skipped, delim)
 
@@ -71,29 +72,54 @@ class Stream:
         if self.resize_size != prep.resize_size:
             made = self.info["preprocessing"]["image_size"]
             again = f"prepare the stream again with model={arch} data.image_size={prep.image_size}"
-            fix = f"this checkpoint was trained at that size: {again}" if checkpoint else \
-                f"pass data.image_size={made}, or {again}"
-            raise UserError(f"data.stream {self.url} holds {self.resize_size} px squares (prepared for "
-                            f"data.image_size={made}), but model={arch} data.image_size={prep.image_size} needs "
-                            f"{prep.resize_size} px: {fix}")
+            fix = (
+                f"this checkpoint was trained at that size: {again}"
+                if checkpoint
+                else f"pass data.image_size={made}, or {again}"
+            )
+            raise UserError(
+                f"data.stream {self.url} holds {self.resize_size} px squares (prepared for "
+                f"data.image_size={made}), but model={arch} data.image_size={prep.image_size} needs "
+                f"{prep.resize_size} px: {fix}"
+            )
 
-    def dataset(self, subset: str, shuffle: bool, augment: bool, seed: int, crop_scale: float = DEFAULT_CROP_SCALE,
-                flip: bool = True, num_labels: int | None = None, cache_root: str = "~/.cache/vggtune",
-                run: str = "", with_index: bool = False) -> StreamedImages:
+    def dataset(
+        self,
+        subset: str,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        crop_scale: float = DEFAULT_CROP_SCALE,
+        flip: bool = True,
+        num_labels: int | None = None,
+        cache_root: str = "~/.cache/vggtune",
+        run: str = "",
+        with_index: bool = False,
+    ) -> StreamedImages:
         """The subset's images; ``shuffle``: by (seed, epoch); ``augment``: seeded crops and flips.
 
         From object storage, the shards are downloaded into a cache folder of this run's (``run``):
         litdata #398, #452 report hangs from cache folders left by other runs.
         """
         if subset not in self.info["subsets"]:
-            raise UserError(f"data.stream {self.url} has no {subset} subset (it has "
-                            f"{', '.join(self.info['subsets'])})")
+            raise UserError(f"data.stream {self.url} has no {subset} subset (it has {', '.join(self.info['subsets'])})")
         cache = None
         if is_remote(self.url):
             key = hashlib.sha256(f"{self.url}/{subset}/{run}".encode()).hexdigest()[:16]
             cache = str(Path(cache_root).expanduser() / "stream" / key)
-        images = StreamedImages(join(self.url, subset), self.resize_size, shuffle, augment, seed, crop_scale, flip,
-                                num_labels, self.info["image_format"], cache, self.storage_options)
+        images = StreamedImages(
+            join(self.url, subset),
+            self.resize_size,
+            shuffle,
+            augment,
+            seed,
+            crop_scale,
+            flip,
+            num_labels,
+            self.info["image_format"],
+            cache,
+            self.storage_options,
+        )
         images.with_index = with_index
         return images
 
@@ -104,13 +130,26 @@ class StreamedImages(StreamingDataset):
 
     with_index = False
 
-    def __init__(self, url: str, size: int, shuffle: bool, augment: bool, seed: int, crop_scale: float, flip: bool,
-                 num_labels: int | None, image_format: str, cache_dir: str | None, storage_options: dict):
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        crop_scale: float,
+        flip: bool,
+        num_labels: int | None,
+        image_format: str,
+        cache_dir: str | None,
+        storage_options: dict,
+    ):
         super().__init__(url, cache_dir=cache_dir, shuffle=shuffle, seed=seed, storage_options=storage_options or None)
         self.num_labels, self.image_format = num_labels, image_format
         # Only its seeded crop-and-flip drawing is used: the squares come from the shards.
-        self.crops = CachedImageDataset(Path(url), [], size, augment, seed=seed if augment else None,
-                                        crop_scale=crop_scale, flip=flip)
+        self.crops = CachedImageDataset(
+            Path(url), [], size, augment, seed=seed if augment else None, crop_scale=crop_scale, flip=flip
+        )
 
     def __getitem__(self, index):
         sample = super().__getitem__(index)

@@ -27,8 +27,12 @@ def allow_plain_http(storage_options: dict | None = None) -> None:
     endpoint and its own ``client_options``, which leave out ``allow_http``: obstore then refuses a
     plain-HTTP endpoint with "BadScheme" (obstore #159 shows the same error). boto3 itself is fine.
     """
-    endpoint = (storage_options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
-        os.environ.get("AWS_ENDPOINT_URL") or ""
+    endpoint = (
+        (storage_options or {}).get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or ""
+    )
     if str(endpoint).startswith("http://"):
         from litdata.streaming import downloader
 
@@ -47,8 +51,10 @@ def normalise(url: str) -> str:
         raise UserError("data.stream is empty: pass data.stream=<folder or s3://bucket/prefix> made by vggtune prepare")
     if is_remote(url):
         if not url.startswith("s3://") or not url[5:].strip("/"):
-            raise UserError(f"{url}: streams are read from a local folder or s3://bucket/prefix (an S3-compatible "
-                            "server: set AWS_ENDPOINT_URL)")
+            raise UserError(
+                f"{url}: streams are read from a local folder or s3://bucket/prefix (an S3-compatible "
+                "server: set AWS_ENDPOINT_URL)"
+            )
         return url.rstrip("/")
     return str(Path(url).expanduser().resolve())
 
@@ -65,7 +71,7 @@ def _s3(storage_options: dict | None):
 
 
 def _bucket_key(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -85,8 +91,10 @@ def read_json(url: str, storage_options: dict | None = None) -> dict | None:
             return None
         raise UserError(f"could not read {target}: {e}") from None
     except botocore.exceptions.BotoCoreError as e:  # no endpoint, no credentials
-        raise UserError(f"could not read {target}: {e} (set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
-                        "AWS_SECRET_ACCESS_KEY, or data.storage_options)") from None
+        raise UserError(
+            f"could not read {target}: {e} (set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or data.storage_options)"
+        ) from None
     return json.loads(body)
 
 
@@ -109,9 +117,11 @@ def check_empty_output(url: str, storage_options: dict | None = None) -> None:
         try:
             listed = _s3(storage_options).list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
         except Exception as e:  # noqa: BLE001 - boto3's errors for a missing bucket, endpoint or credentials
-            raise UserError(f"cannot write to {url}: {str(e).splitlines()[0]} (the bucket must exist; set "
-                            "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                            "data.storage_options)") from None
+            raise UserError(
+                f"cannot write to {url}: {str(e).splitlines()[0]} (the bucket must exist; set "
+                "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "data.storage_options)"
+            ) from None
         if listed.get("KeyCount", 0):
             raise UserError(f"output {url} already holds objects: choose another prefix, or delete them first")
         return
@@ -124,9 +134,13 @@ def read_info(url: str, storage_options: dict | None = None) -> dict:
     """The checked description of the prepared stream at ``url`` (a one-line error if it is not one)."""
     info = read_json(url, storage_options)
     if info is None or info.get("format") != STREAM_FORMAT:
-        raise UserError(f"data.stream {url} is not a prepared stream (no {STREAM_FILE}): make one with "
-                        f"vggtune prepare data.root=<images> output={url}")
+        raise UserError(
+            f"data.stream {url} is not a prepared stream (no {STREAM_FILE}): make one with "
+            f"vggtune prepare data.root=<images> output={url}"
+        )
     if info.get("version") != STREAM_VERSION:
-        raise UserError(f"data.stream {url} was written by another vggtune (stream format {info.get('version')}, "
-                        f"this one reads {STREAM_VERSION}): prepare it again")
+        raise UserError(
+            f"data.stream {url} was written by another vggtune (stream format {info.get('version')}, "
+            f"this one reads {STREAM_VERSION}): prepare it again"
+        )
     return info

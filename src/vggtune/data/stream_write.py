@@ -26,8 +26,14 @@ from vggtune.data.discovery import SUBSETS, DataSplit
 from vggtune.data.image_cache import _square
 from vggtune.data.images import load_rgb
 from vggtune.data.optional import import_stream
-from vggtune.data.stream_store import (STREAM_FORMAT, STREAM_VERSION, allow_plain_http, check_empty_output, join,
-                                       write_json)
+from vggtune.data.stream_store import (
+    STREAM_FORMAT,
+    STREAM_VERSION,
+    allow_plain_http,
+    check_empty_output,
+    join,
+    write_json,
+)
 from vggtune.model.arch import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -37,8 +43,10 @@ IMAGE_FORMATS = ("uint8", "jpeg")
 def check_format(image_format: str, quality) -> None:
     """``format`` is uint8 or jpeg; ``quality`` a whole number from 1 to 95 (PIL's useful range)."""
     if image_format not in IMAGE_FORMATS:
-        raise UserError(f"format={image_format} is not a stream format: choose uint8 (exact pixels, "
-                        "3 x size^2 bytes an image) or jpeg (smaller, lossy; quality=...)")
+        raise UserError(
+            f"format={image_format} is not a stream format: choose uint8 (exact pixels, "
+            "3 x size^2 bytes an image) or jpeg (smaller, lossy; quality=...)"
+        )
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 95:
         raise UserError(f"quality must be a whole number from 1 to 95 (JPEG quality), got {quality!r}")
 
@@ -69,8 +77,16 @@ def _encode_label(label, num_labels: int | None):
     return hot
 
 
-def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_format: str = "uint8", quality: int = 90,
-                 workers: int = 1, chunk_bytes: str = "64MB", storage_options: dict | None = None) -> dict:
+def write_stream(
+    split: DataSplit,
+    prep: Preprocessing,
+    output: str,
+    image_format: str = "uint8",
+    quality: int = 90,
+    workers: int = 1,
+    chunk_bytes: str = "64MB",
+    storage_options: dict | None = None,
+) -> dict:
     """Write every subset of ``split`` under ``output/<subset>/`` and the description file; return it."""
     litdata = import_stream().litdata
     check_format(image_format, quality)
@@ -83,28 +99,46 @@ def write_stream(split: DataSplit, prep: Preprocessing, output: str, image_forma
         items = split.subsets[subset]
         inputs = [(i, str(p), _encode_label(label, num_labels)) for i, (p, label) in enumerate(items)]
         with tempfile.TemporaryDirectory(prefix="vggtune-prepare-") as failed_dir, _private_cache(failed_dir):
-            log.info("Writing %s: %d images as %s squares of %d px", subset, len(items), image_format,
-                     prep.resize_size)
-            litdata.optimize(partial(_sample, prep=prep, image_format=image_format, quality=quality,
-                                     failed_dir=failed_dir),
-                             inputs, output_dir=join(output, subset), chunk_bytes=chunk_bytes,
-                             num_workers=max(1, min(workers, len(inputs))), reorder_files=False,
-                             keep_data_ordered=True, start_method="fork", storage_options=storage_options or {},
-                             verbose=sys.stderr.isatty())
+            log.info("Writing %s: %d images as %s squares of %d px", subset, len(items), image_format, prep.resize_size)
+            litdata.optimize(
+                partial(_sample, prep=prep, image_format=image_format, quality=quality, failed_dir=failed_dir),
+                inputs,
+                output_dir=join(output, subset),
+                chunk_bytes=chunk_bytes,
+                num_workers=max(1, min(workers, len(inputs))),
+                reorder_files=False,
+                keep_data_ordered=True,
+                start_method="fork",
+                storage_options=storage_options or {},
+                verbose=sys.stderr.isatty(),
+            )
             failed = {int(f.stem): f.read_text(encoding="utf-8").split("\t", 1) for f in Path(failed_dir).glob("*.txt")}
         skipped += [failed[i] for i in sorted(failed)]
         kept = [(i, p, label) for i, (p, label) in enumerate(items) if i not in failed]
         if not kept:
             raise UserError(f"none of the {len(items)} {subset} images could be read: see the reasons above")
-        subsets[subset] = {"count": len(kept),
-                           "files": [[i, _relative(p, split.root), split.label_text(label)] for i, p, label in kept]}
+        subsets[subset] = {
+            "count": len(kept),
+            "files": [[i, _relative(p, split.root), split.label_text(label)] for i, p, label in kept],
+        }
         images += len(kept)
     seconds = time.perf_counter() - start
-    info = {"format": STREAM_FORMAT, "version": STREAM_VERSION, "classes": split.classes,
-            "label_delim": split.label_delim, "root": str(split.root), "layout": split.layout,
-            "image_format": image_format, "quality": quality if image_format == "jpeg" else None,
-            "preprocessing": prep.to_dict(), "counts": _counts(split, subsets), "subsets": subsets,
-            "skipped": skipped, "images": images, "seconds": round(seconds, 3)}
+    info = {
+        "format": STREAM_FORMAT,
+        "version": STREAM_VERSION,
+        "classes": split.classes,
+        "label_delim": split.label_delim,
+        "root": str(split.root),
+        "layout": split.layout,
+        "image_format": image_format,
+        "quality": quality if image_format == "jpeg" else None,
+        "preprocessing": prep.to_dict(),
+        "counts": _counts(split, subsets),
+        "subsets": subsets,
+        "skipped": skipped,
+        "images": images,
+        "seconds": round(seconds, 3),
+    }
     info["bytes"] = _size_on_disk(output)
     write_json(output, info, storage_options)
     return info
@@ -146,4 +180,3 @@ def _size_on_disk(output: str) -> int | None:
     if "://" in output:
         return None
     return sum(f.stat().st_size for f in Path(output).rglob("*") if f.is_file())
-

@@ -19,15 +19,22 @@ def _to_normalized_tensor(prep: Preprocessing) -> list:
 
 def eval_transform(prep: Preprocessing) -> v2.Compose:
     """Resize the short side, centre-crop, normalise: what the ImageNet weights were evaluated with."""
-    return v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size),
-                       *_to_normalized_tensor(prep)])
+    return v2.Compose(
+        [v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size), *_to_normalized_tensor(prep)]
+    )
 
 
 def unit_transform(prep: Preprocessing) -> v2.Compose:
     """:func:`eval_transform` without the normalisation: float RGB in [0, 1], what an exported file takes
     (it normalises inside)."""
-    return v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size),
-                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(
+        [
+            v2.Resize(prep.resize_size, antialias=True),
+            v2.CenterCrop(prep.image_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 class _Views(torch.nn.Module):
@@ -71,14 +78,17 @@ def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bo
     if augment not in AUGMENT_LEVELS:
         raise UserError(f"data.augment must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}")
     if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not 0 < crop_scale <= 1:
-        raise UserError(f"data.crop_scale is the smallest share of the image a training crop keeps: a number in "
-                        f"(0, 1], e.g. data.crop_scale=0.35, got {crop_scale!r}")
+        raise UserError(
+            f"data.crop_scale is the smallest share of the image a training crop keeps: a number in "
+            f"(0, 1], e.g. data.crop_scale=0.35, got {crop_scale!r}"
+        )
     if not isinstance(flip, bool):
         raise UserError(f"data.flip must be true or false, got {flip!r}")
 
 
-def train_transform(prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE,
-                    flip: bool = True) -> v2.Compose:
+def train_transform(
+    prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True
+) -> v2.Compose:
     """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
 
     ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, plus a
@@ -91,7 +101,15 @@ def train_transform(prep: Preprocessing, augment: str = "light", crop_scale: flo
     size = prep.image_size
     flips = [v2.RandomHorizontalFlip()] if flip else []
     if augment == "light":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True), *flips,
-                           *_to_normalized_tensor(prep)])
-    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), *flips,
-                       v2.TrivialAugmentWide(), *_to_normalized_tensor(prep), v2.RandomErasing(p=0.25)])
+        return v2.Compose(
+            [v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True), *flips, *_to_normalized_tensor(prep)]
+        )
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, antialias=True),
+            *flips,
+            v2.TrivialAugmentWide(),
+            *_to_normalized_tensor(prep),
+            v2.RandomErasing(p=0.25),
+        ]
+    )

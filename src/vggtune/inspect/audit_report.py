@@ -51,15 +51,20 @@ def _image(row: ReportRow) -> str:
 
 def _who(row: ReportRow) -> str:
     link = html.escape(row.file.absolute().as_uri())
-    return (f'<div>given <b class="given">{html.escape(row.label)}</b> ({html.escape(row.subset)})</div>'
-            f'<div class="file"><a href="{link}">{html.escape(row.shown)}</a></div>')
+    return (
+        f'<div>given <b class="given">{html.escape(row.label)}</b> ({html.escape(row.subset)})</div>'
+        f'<div class="file"><a href="{link}">{html.escape(row.shown)}</a></div>'
+    )
 
 
 def _rows(rows: list[ReportRow], empty: str) -> str:
     if not rows:
         return f'<p class="empty">{empty}</p>'
-    return "\n".join(f'<div class="row" data-path="{html.escape(r.shown)}"><span class="rank">{k}</span>{_image(r)}<div class="what">{_who(r)}'
-                     f'<div class="note">{html.escape(r.note)}</div></div></div>' for k, r in enumerate(rows, 1))
+    return "\n".join(
+        f'<div class="row" data-path="{html.escape(r.shown)}"><span class="rank">{k}</span>{_image(r)}<div class="what">{_who(r)}'
+        f'<div class="note">{html.escape(r.note)}</div></div></div>'
+        for k, r in enumerate(rows, 1)
+    )
 
 
 def _pairs(pairs: list[tuple[ReportRow, ReportRow, str]]) -> str:
@@ -69,31 +74,48 @@ def _pairs(pairs: list[tuple[ReportRow, ReportRow, str]]) -> str:
     for k, (a, b, note) in enumerate(pairs, 1):
         flag = ' class="flag"' if ":" in note else ""
         paths = html.escape(f"{a.shown} {b.shown}")
-        out.append(f'<div class="row pair" data-paths="{paths}"><span class="rank">{k}</span><div class="side">{_image(a)}{_who(a)}</div>'
-                   f'<div class="side">{_image(b)}{_who(b)}</div><div class="what"{flag}>{html.escape(note)}</div></div>')
+        out.append(
+            f'<div class="row pair" data-paths="{paths}"><span class="rank">{k}</span><div class="side">{_image(a)}{_who(a)}</div>'
+            f'<div class="side">{_image(b)}{_who(b)}</div><div class="what"{flag}>{html.escape(note)}</div></div>'
+        )
     return "\n".join(out)
 
 
 def _classes(per_class: dict[str, dict]) -> str:
     head = "<tr><th>class</th><th>images</th><th>suspected errors</th><th>in duplicate pairs</th><th>outliers</th></tr>"
-    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v}</td>" for v in c.values()) + "</tr>"
-                   for name, c in per_class.items())
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v}</td>" for v in c.values()) + "</tr>"
+        for name, c in per_class.items()
+    )
     return f"<table>{head}{body}</table>"
 
 
-def write_report(path: Path, summary: dict, issues: list[ReportRow], pairs: list[tuple[ReportRow, ReportRow, str]],
-                 outliers: list[ReportRow]) -> None:
+def write_report(
+    path: Path,
+    summary: dict,
+    issues: list[ReportRow],
+    pairs: list[tuple[ReportRow, ReportRow, str]],
+    outliers: list[ReportRow],
+) -> None:
     """Write ``report.html``: rows sorted as given (most likely problem first), one tab per kind of finding."""
     counts = summary["counts"]
-    about = (f"{summary['images']} images, {len(summary['classes'])} classes, from {summary['data_root']}. "
-             f"Probabilities: {summary['folds']} folds, a head of {summary['head_epochs']} epochs on the vectors of "
-             f"{summary['network']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.3f}). Near copies: cosine "
-             f"similarity at least {summary['near_duplicate_threshold']}. Each list shows its first {len(issues)}, "
-             f"{len(pairs)}, {len(outliers)} rows; the CSV files beside this page hold them all.")
+    about = (
+        f"{summary['images']} images, {len(summary['classes'])} classes, from {summary['data_root']}. "
+        f"Probabilities: {summary['folds']} folds, a head of {summary['head_epochs']} epochs on the vectors of "
+        f"{summary['network']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.3f}). Near copies: cosine "
+        f"similarity at least {summary['near_duplicate_threshold']}. Each list shows its first {len(issues)}, "
+        f"{len(pairs)}, {len(outliers)} rows; the CSV files beside this page hold them all."
+    )
     page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
-        title=html.escape(Path(summary["data_root"]).name), about=html.escape(about),
-        n_issues=counts["label_issues"], n_pairs=counts["duplicate_pairs"], n_outliers=counts["outliers"],
-        issues=_rows(issues, "No likely label errors found."), pairs=_pairs(pairs),
-        outliers=_rows(outliers, "No outliers or odd images found."), classes=_classes(summary["per_class"]))
+        title=html.escape(Path(summary["data_root"]).name),
+        about=html.escape(about),
+        n_issues=counts["label_issues"],
+        n_pairs=counts["duplicate_pairs"],
+        n_outliers=counts["outliers"],
+        issues=_rows(issues, "No likely label errors found."),
+        pairs=_pairs(pairs),
+        outliers=_rows(outliers, "No outliers or odd images found."),
+        classes=_classes(summary["per_class"]),
+    )
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)

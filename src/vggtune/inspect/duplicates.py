@@ -33,12 +33,18 @@ def exact_pairs(digests: list[str]) -> list[Pair]:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(digests):
         groups[digest].append(i)
-    return [Pair(a, b, "exact", 1.0) for members in groups.values() if len(members) > 1
-            for k, a in enumerate(members) for b in members[k + 1:]]
+    return [
+        Pair(a, b, "exact", 1.0)
+        for members in groups.values()
+        if len(members) > 1
+        for k, a in enumerate(members)
+        for b in members[k + 1 :]
+    ]
 
 
-def near_pairs(vectors: np.ndarray, threshold: float, skip: set[tuple[int, int]] = frozenset(),
-               block: int = 1024) -> list[Pair]:
+def near_pairs(
+    vectors: np.ndarray, threshold: float, skip: set[tuple[int, int]] = frozenset(), block: int = 1024
+) -> list[Pair]:
     """Pairs whose vectors have a cosine similarity of at least ``threshold``, most similar first; ``skip``
     holds (a, b) pairs already known (the exact ones). Blocks of ``block`` rows bound the memory to
     ``block x N`` similarities."""
@@ -47,7 +53,7 @@ def near_pairs(vectors: np.ndarray, threshold: float, skip: set[tuple[int, int]]
     unit = unit.astype(np.float32)
     found = []
     for start in range(0, len(unit), block):
-        sims = unit[start:start + block] @ unit.T
+        sims = unit[start : start + block] @ unit.T
         rows, cols = np.nonzero(sims >= threshold)
         for r, c in zip(rows.tolist(), cols.tolist()):
             a = start + r

@@ -41,8 +41,9 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pca.fit_transform(x), pca.explained_variance_ratio_
 
 
-def tsne_2d(x: np.ndarray, perplexity: float = 30.0, metric: str = "euclidean", seed: int = 0
-            ) -> tuple[np.ndarray, float]:
+def tsne_2d(
+    x: np.ndarray, perplexity: float = 30.0, metric: str = "euclidean", seed: int = 0
+) -> tuple[np.ndarray, float]:
     """A t-SNE map of the rows of ``x``, and the perplexity used.
 
     t-SNE needs a perplexity below the number of points; with few points it is lowered to
@@ -56,8 +57,15 @@ def tsne_2d(x: np.ndarray, perplexity: float = 30.0, metric: str = "euclidean", 
         x = PCA(n_components=_TSNE_INPUT_DIMS, random_state=seed).fit_transform(x)
     # Exact gradients cost O(n^2) per step: faster than Barnes-Hut's approximation for small sets, and exact.
     method = "exact" if n <= _TSNE_EXACT_MAX else "barnes_hut"
-    tsne = TSNE(n_components=2, perplexity=used, metric=metric, init="pca", learning_rate="auto", method=method,
-                random_state=seed)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=used,
+        metric=metric,
+        init="pca",
+        learning_rate="auto",
+        method=method,
+        random_state=seed,
+    )
     return tsne.fit_transform(x), used
 
 
@@ -73,8 +81,14 @@ def silhouette(x: np.ndarray, labels: np.ndarray, metric: str = "euclidean", see
     return float(silhouette_score(x, labels, metric=metric, sample_size=sample, random_state=seed))
 
 
-def scatter_png(points: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path,
-                axis_labels: tuple[str, str] = ("", "")) -> None:
+def scatter_png(
+    points: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    title: str,
+    path: Path,
+    axis_labels: tuple[str, str] = ("", ""),
+) -> None:
     """Save a 2-D scatter plot of ``points`` coloured by class, with a legend, as a PNG."""
     n_classes = len(class_names)
     cmap = colormaps["tab10" if n_classes <= 10 else "tab20" if n_classes <= 20 else "turbo"]
@@ -85,8 +99,15 @@ def scatter_png(points: np.ndarray, labels: np.ndarray, class_names: list[str], 
     for c, name in enumerate(class_names):
         mine = labels == c
         if mine.any():
-            ax.scatter(points[mine, 0], points[mine, 1], s=size, color=colours(c), label=f"{name} ({mine.sum()})",
-                       alpha=0.8, edgecolors="none")
+            ax.scatter(
+                points[mine, 0],
+                points[mine, 1],
+                s=size,
+                color=colours(c),
+                label=f"{name} ({mine.sum()})",
+                alpha=0.8,
+                edgecolors="none",
+            )
     ax.set_title(title)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
@@ -94,8 +115,14 @@ def scatter_png(points: np.ndarray, labels: np.ndarray, class_names: list[str], 
     fig.savefig(path, dpi=110)
 
 
-def write_projector(log_dir: Path, vectors: np.ndarray, metadata: list[list[str]], header: list[str],
-                    thumbnails: torch.Tensor | None, tag: str = "fc7") -> None:
+def write_projector(
+    log_dir: Path,
+    vectors: np.ndarray,
+    metadata: list[list[str]],
+    header: list[str],
+    thumbnails: torch.Tensor | None,
+    tag: str = "fc7",
+) -> None:
     """TensorBoard projector files: the vectors, a metadata row per vector and a sprite of thumbnails.
 
     ``thumbnails`` are uint8 images (N, 3, h, w), or None for no sprite. View them with
@@ -105,5 +132,6 @@ def write_projector(log_dir: Path, vectors: np.ndarray, metadata: list[list[str]
 
     label_img = thumbnails.float() / 255 if thumbnails is not None else None
     with SummaryWriter(log_dir=str(log_dir)) as writer:
-        writer.add_embedding(torch.from_numpy(vectors), metadata=metadata, metadata_header=header,
-                             label_img=label_img, tag=tag)
+        writer.add_embedding(
+            torch.from_numpy(vectors), metadata=metadata, metadata_header=header, label_img=label_img, tag=tag
+        )

@@ -40,21 +40,27 @@ def check_folds(labels: np.ndarray, classes: list[str], folds: int, multilabel: 
     counts = labels.sum(axis=0) if multilabel else np.bincount(labels, minlength=len(classes))
     few = int(np.argmin(counts))
     if not multilabel and counts[few] < folds:
-        raise UserError(f"class '{classes[few]}' has {int(counts[few])} image(s), fewer than audit.folds={folds}: each "
-                        f"fold needs one of every class; lower audit.folds (to {max(2, int(counts[few]))} at most) or "
-                        "add images")
+        raise UserError(
+            f"class '{classes[few]}' has {int(counts[few])} image(s), fewer than audit.folds={folds}: each "
+            f"fold needs one of every class; lower audit.folds (to {max(2, int(counts[few]))} at most) or "
+            "add images"
+        )
 
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int, multilabel: bool) -> list[np.ndarray]:
     """The held-out indices of each fold: stratified by class (scikit-learn), seeded; plain K-fold for
     several labels per image, where no single class can stratify."""
-    splitter = (KFold(folds, shuffle=True, random_state=seed) if multilabel
-                else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    splitter = (
+        KFold(folds, shuffle=True, random_state=seed)
+        if multilabel
+        else StratifiedKFold(folds, shuffle=True, random_state=seed)
+    )
     return [held for _, held in splitter.split(np.zeros(len(labels)), labels if not multilabel else None)]
 
 
-def train_head(x: np.ndarray, y: np.ndarray, classes: int, recipe: HeadRecipe, seed: int,
-               multilabel: bool = False) -> nn.Module:
+def train_head(
+    x: np.ndarray, y: np.ndarray, classes: int, recipe: HeadRecipe, seed: int, multilabel: bool = False
+) -> nn.Module:
     """A linear head on standardised vectors ``x``: softmax cross-entropy, or (multi-label) a sigmoid per label."""
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y)
@@ -82,8 +88,9 @@ def probabilities(head: nn.Module, x: np.ndarray, multilabel: bool = False) -> n
     return (logits.sigmoid() if multilabel else logits.softmax(1)).numpy()
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, classes: int, folds: int, recipe: HeadRecipe, seed: int,
-                multilabel: bool = False) -> np.ndarray:
+def out_of_fold(
+    x: np.ndarray, y: np.ndarray, classes: int, folds: int, recipe: HeadRecipe, seed: int, multilabel: bool = False
+) -> np.ndarray:
     """``(N, classes)`` probabilities, each row from the head of the one fold that held the image out."""
     probs = np.zeros((len(x), classes), dtype=np.float32)
     for k, held in enumerate(fold_indices(y, folds, seed, multilabel)):
@@ -93,8 +100,9 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, classes: int, folds: int, recipe: 
     return probs
 
 
-def in_sample(x: np.ndarray, y: np.ndarray, classes: int, recipe: HeadRecipe, seed: int,
-              multilabel: bool = False) -> np.ndarray:
+def in_sample(
+    x: np.ndarray, y: np.ndarray, classes: int, recipe: HeadRecipe, seed: int, multilabel: bool = False
+) -> np.ndarray:
     """Probabilities from one head trained on every image, labels included: the in-sample baseline
     (what ranking by training loss, as fastai's ImageClassifierCleaner does, looks at)."""
     return probabilities(train_head(x, y, classes, recipe, seed, multilabel), x, multilabel)

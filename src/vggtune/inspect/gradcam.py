@@ -25,8 +25,10 @@ from vggtune.model.arch import BLOCKS, Preprocessing
 def check_layer(name: str) -> str:
     """``name`` if it is a conv block a heatmap can be computed on, else a UserError listing them."""
     if name not in BLOCKS:
-        raise UserError(f"unknown layer '{name}': choose one of {', '.join(BLOCKS)} "
-                        "(each means the last conv layer of that block; block5 is the default)")
+        raise UserError(
+            f"unknown layer '{name}': choose one of {', '.join(BLOCKS)} "
+            "(each means the last conv layer of that block; block5 is the default)"
+        )
     return name
 
 
@@ -58,8 +60,9 @@ class CropBox:
         return (self.width, self.height) == tuple(image_size)
 
 
-def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[int], box: CropBox,
-            image_size: tuple[int, int]) -> np.ndarray:
+def gradcam(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[int], box: CropBox, image_size: tuple[int, int]
+) -> np.ndarray:
     """Grad-CAM of ``layer`` for each target class of one image ``x`` (1, 3, S, S), in the image's pixels.
 
     Returns (len(targets), height, width) float32 in [0, 1]: each map divided by its maximum (an
@@ -74,7 +77,7 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[i
     cams = torch.where(peak > 0, cams / peak.clamp(min=1e-30), torch.zeros_like(cams))
     w, h = image_size
     full = torch.zeros(len(targets), h, w)
-    full[:, box.top:box.top + box.height, box.left:box.left + box.width] = cams
+    full[:, box.top : box.top + box.height, box.left : box.left + box.width] = cams
     return full.numpy()
 
 
@@ -90,8 +93,9 @@ def overlay(image: Image.Image, heat: np.ndarray, box: CropBox | None = None) ->
     out = Image.fromarray((255 * (rgb * (1 - alpha) + colour * alpha)).round().astype(np.uint8))
     if box is not None and not box.covers(image.size):
         line = max(1, round(min(image.size) / 200))
-        ImageDraw.Draw(out).rectangle([box.left, box.top, box.left + box.width - 1, box.top + box.height - 1],
-                                      outline=(255, 255, 255), width=line)
+        ImageDraw.Draw(out).rectangle(
+            [box.left, box.top, box.left + box.width - 1, box.top + box.height - 1], outline=(255, 255, 255), width=line
+        )
     return out
 
 

@@ -65,8 +65,9 @@ def read_facts(path: Path) -> ImageFacts:
     small.thumbnail((64, 64))
     tiny = np.asarray(grey.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel()
     tiny -= tiny.mean()  # the image's own brightness says nothing about which image it is
-    return ImageFacts(hashlib.sha256(data).hexdigest(), width, height, float(np.asarray(small, dtype=np.float32).std()),
-                      tiny)
+    return ImageFacts(
+        hashlib.sha256(data).hexdigest(), width, height, float(np.asarray(small, dtype=np.float32).std()), tiny
+    )
 
 
 def all_facts(paths: list[Path]) -> list[ImageFacts]:

@@ -43,7 +43,8 @@ def find_label_issues(labels, pred_probs: np.ndarray, multilabel: bool = False) 
     if multilabel:
         given = [list(label) for label in labels]
         ranked = cleanlab.multilabel_classification.filter.find_label_issues(
-            given, pred_probs, return_indices_ranked_by="self_confidence")
+            given, pred_probs, return_indices_ranked_by="self_confidence"
+        )
         quality = cleanlab.multilabel_classification.get_label_quality_scores(given, pred_probs)
         suggested = [tuple(int(i) for i in np.flatnonzero(row >= 0.5)) for row in pred_probs]
         return LabelIssues(np.asarray(ranked, dtype=int), quality, suggested)

@@ -92,9 +92,15 @@ def pooled_classifier(num_classes: int, dropout: float = 0.5, channels: int = 51
     ``classifier[:6]`` is the "fc" layer group (new here, so it always trains) and ``classifier[:5]``
     ends at the embedding, as with VGG's own head.
     """
-    return nn.Sequential(nn.BatchNorm1d(2 * channels), nn.Dropout(dropout / 2), nn.Linear(2 * channels, hidden),
-                         nn.ReLU(inplace=True), nn.BatchNorm1d(hidden), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.BatchNorm1d(2 * channels),
+        nn.Dropout(dropout / 2),
+        nn.Linear(2 * channels, hidden),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 def reset_classifier(model: nn.Module, num_classes: int) -> None:

@@ -19,6 +19,9 @@ def averaged_state_dict(trainer: pl.Trainer | None) -> dict[str, torch.Tensor] |
     for callback in trainer.callbacks if trainer is not None else []:
         average = getattr(callback, "_average_model", None) if isinstance(callback, WeightAveraging) else None
         if average is not None:
-            return {name[len("module."):]: value.detach().clone() for name, value in average.state_dict().items()
-                    if name.startswith("module.")}
+            return {
+                name[len("module.") :]: value.detach().clone()
+                for name, value in average.state_dict().items()
+                if name.startswith("module.")
+            }
     return None

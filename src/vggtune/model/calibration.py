@@ -56,8 +56,9 @@ def _fit(logits: torch.Tensor, targets: torch.Tensor, max_iter: int) -> float | 
 
 def calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Expected calibration error of class probabilities (rows sum to 1) against ``targets``."""
-    return float(multiclass_calibration_error(probs.float(), targets, num_classes=probs.shape[1], n_bins=bins,
-                                              norm="l1"))
+    return float(
+        multiclass_calibration_error(probs.float(), targets, num_classes=probs.shape[1], n_bins=bins, norm="l1")
+    )
 
 
 def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -70,9 +71,15 @@ def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
 def summarise(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> dict:
     """ECE and NLL of ``softmax(logits)`` and of ``softmax(logits / temperature)``, with the temperature."""
     before, after = logits.float().softmax(dim=1), (logits.float() / temperature).softmax(dim=1)
-    return {"temperature": temperature, "images": len(targets),
-            "ece": calibration_error(before, targets), "ece_calibrated": calibration_error(after, targets),
-            "nll": nll(before, targets), "nll_calibrated": nll(after, targets), "ece_bins": ECE_BINS}
+    return {
+        "temperature": temperature,
+        "images": len(targets),
+        "ece": calibration_error(before, targets),
+        "ece_calibrated": calibration_error(after, targets),
+        "nll": nll(before, targets),
+        "nll_calibrated": nll(after, targets),
+        "ece_bins": ECE_BINS,
+    }
 
 
 def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> list[dict]:
@@ -89,7 +96,13 @@ def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE
     for b in range(bins):
         inside = which == b
         n = int(inside.sum())
-        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "images": n,
-                     "confidence": float(confidence[inside].mean()) if n else None,
-                     "accuracy": float(right[inside].mean()) if n else None})
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "images": n,
+                "confidence": float(confidence[inside].mean()) if n else None,
+                "accuracy": float(right[inside].mean()) if n else None,
+            }
+        )
     return rows

@@ -12,7 +12,6 @@ from vggtune.core.files import atomic_open
 from vggtune.model.module import VGGClassifier
 from vggtune.model.weights import read_checkpoint
 
-
 _OLD_SCHEDULERS = "vggtune.schedulers."
 
 

@@ -55,8 +55,10 @@ class Schedule:
         for key in ("unfreeze_at_epoch", "every_n_epochs"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "every_n_epochs" else 0):
-                raise UserError(f"finetune.{key} must be a whole number of epochs "
-                                f"(at least {1 if key == 'every_n_epochs' else 0}), got {v!r}")
+                raise UserError(
+                    f"finetune.{key} must be a whole number of epochs "
+                    f"(at least {1 if key == 'every_n_epochs' else 0}), got {v!r}"
+                )
         if not _is_fraction(self.lr_decay):
             raise UserError(f"finetune.lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if self.backbone_lr_ratio is not None and not _is_fraction(self.backbone_lr_ratio):
@@ -105,8 +107,10 @@ def _is_fraction(v) -> bool:
 
 def param_groups(model: nn.Module, schedule: Schedule, base_lr: float) -> list[dict]:
     """One named optimizer parameter group per layer group, every group present from the start."""
-    return [{"name": name, "params": list(module.parameters()), "lr": base_lr * schedule.lr_factor(name)}
-            for name, module in layer_groups(model).items()]
+    return [
+        {"name": name, "params": list(module.parameters()), "lr": base_lr * schedule.lr_factor(name)}
+        for name, module in layer_groups(model).items()
+    ]
 
 
 def apply_schedule(pl_module: pl.LightningModule, schedule: Schedule, epoch: int) -> int:
@@ -164,8 +168,13 @@ class FreezeSchedule(pl.Callback):
         groups = pl_module.schedule.trainable_groups(epoch)
         if groups != self._current:
             if trainer.is_global_zero:
-                log.info("Epoch %d: training %s (%s parameters); frozen: %s", epoch, ", ".join(groups), f"{n:,}",
-                         ", ".join(g for g in GROUPS if g not in groups) or "nothing")
+                log.info(
+                    "Epoch %d: training %s (%s parameters); frozen: %s",
+                    epoch,
+                    ", ".join(groups),
+                    f"{n:,}",
+                    ", ".join(g for g in GROUPS if g not in groups) or "nothing",
+                )
             self._current = groups
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
@@ -178,5 +187,5 @@ class FreezeSchedule(pl.Callback):
             flat /= dist.get_world_size()
             offset = 0
             for g in grads:
-                g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()

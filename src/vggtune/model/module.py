@@ -11,7 +11,8 @@ from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassStatScores
 
 from vggtune import __version__
-from vggtune.model import calibration, multilabel as ml
+from vggtune.model import calibration
+from vggtune.model import multilabel as ml
 from vggtune.model.arch import frozen_trunk
 from vggtune.model.averaging import averaged_state_dict
 from vggtune.model.finetune import Schedule, param_groups
@@ -49,9 +50,11 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     the top-5 accuracy for the whole run (the trap in shared/NOTES.md). Three metrics per step
     cost nothing next to a VGG forward.
     """
-    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
-               "bal_acc": BalancedAccuracy(num_classes),
-               "f1": MulticlassF1Score(num_classes, average="macro")}
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "bal_acc": BalancedAccuracy(num_classes),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    }
     if num_classes >= 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
@@ -71,11 +74,24 @@ class VGGClassifier(pl.LightningModule):
     on each validation epoch. ``label_smoothing`` applies to the training loss only.
     """
 
-    def __init__(self, arch: str, class_names: list[str], weights: str = "imagenet", dropout: float = 0.5,
-                 preprocessing: dict | None = None, optim: dict | None = None, scheduler: dict | None = None,
-                 finetune: dict | None = None, channels_last: bool = False, compile: bool = False,
-                 head: str = "vgg", class_weights: list[float] | None = None, label_delim: str | None = None,
-                 threshold: float | None = None, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        arch: str,
+        class_names: list[str],
+        weights: str = "imagenet",
+        dropout: float = 0.5,
+        preprocessing: dict | None = None,
+        optim: dict | None = None,
+        scheduler: dict | None = None,
+        finetune: dict | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        head: str = "vgg",
+        class_weights: list[float] | None = None,
+        label_delim: str | None = None,
+        threshold: float | None = None,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         # In the checkpoint only: the trackers get the run's flat config instead (training.trackers.TrackerParams).
         self.save_hyperparameters(logger=False)
@@ -97,7 +113,10 @@ class VGGClassifier(pl.LightningModule):
         if self.multilabel:  # at the fixed threshold if one is given, else at 0.5 (val/f1_tuned: each label's own)
             cut = ml.DEFAULT_THRESHOLD if threshold is None else float(threshold)
             self.train_acc = ml.multilabel_metrics(n, "", cut)["acc"]
-            self.val_metrics, self.test_metrics = ml.multilabel_metrics(n, "val/", cut), ml.multilabel_metrics(n, "test/", cut)
+            self.val_metrics, self.test_metrics = (
+                ml.multilabel_metrics(n, "val/", cut),
+                ml.multilabel_metrics(n, "test/", cut),
+            )
         else:
             self.train_acc = MulticlassAccuracy(n, average="micro")
             self.val_metrics = classification_metrics(n, "val/")
@@ -110,7 +129,9 @@ class VGGClassifier(pl.LightningModule):
         # every checkpoint, so best.ckpt holds the temperature of its own weights.
         self.calibration: dict | None = None
         # Multi-label: each label's threshold, chosen on the last validation epoch (or ``threshold`` for all).
-        self.thresholds: list[float] | None = [float(threshold)] * n if self.multilabel and threshold is not None else None
+        self.thresholds: list[float] | None = (
+            [float(threshold)] * n if self.multilabel and threshold is not None else None
+        )
         self._resumed_acc_best: float | None = None  # torchmetrics states are not in the state dict
         self._resumed_train_metrics: dict | None = None
 
@@ -142,8 +163,9 @@ class VGGClassifier(pl.LightningModule):
                 metric._update_count = 1  # torchmetrics warns on compute() before any update()
         self._resumed_train_metrics = None
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         """Cross-entropy over the classes (``y``: class indices, or class shares after MixUp/CutMix), or
         (multi-label) binary cross-entropy per label."""
         if self.multilabel:
@@ -231,8 +253,9 @@ class VGGClassifier(pl.LightningModule):
             return
         summary = calibration.summarise(logits.cpu(), targets.cpu(), temperature)
         self.calibration = {**summary, "fitted_on": "val", "epoch": int(self.current_epoch)}
-        self.log_dict({"val/temperature": temperature, "val/ece": summary["ece"],
-                       "val/ece_calibrated": summary["ece_calibrated"]})
+        self.log_dict(
+            {"val/temperature": temperature, "val/ece": summary["ece"], "val/ece_calibrated": summary["ece_calibrated"]}
+        )
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
@@ -249,7 +272,8 @@ class VGGClassifier(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         sched = instantiate(dict(self.hparams.scheduler or DEFAULT_SCHEDULER))(
-            optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch)
+            optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch
+        )
         return {"optimizer": optimizer, "lr_scheduler": {**sched, "name": "lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -271,7 +295,8 @@ class VGGClassifier(pl.LightningModule):
         if batches_done_in_epoch(self._trainer) and self.trainer.world_size == 1:
             checkpoint["vggtune"]["train_metrics"] = {
                 name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).metric_state.items()}
-                for name in TRAIN_METRICS}
+                for name in TRAIN_METRICS
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         ours = checkpoint.get("vggtune") or {}

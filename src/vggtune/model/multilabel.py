@@ -20,9 +20,11 @@ def multilabel_metrics(num_labels: int, prefix: str, threshold: float = DEFAULT_
 
     ``compute_groups=False`` for the reason given in :func:`vggtune.model.module.classification_metrics`.
     """
-    metrics = {"acc": MultilabelExactMatch(num_labels, threshold=threshold),
-               "map": MultilabelAveragePrecision(num_labels, average="macro"),
-               "f1": MultilabelF1Score(num_labels, threshold=threshold, average="macro")}
+    metrics = {
+        "acc": MultilabelExactMatch(num_labels, threshold=threshold),
+        "map": MultilabelAveragePrecision(num_labels, average="macro"),
+        "f1": MultilabelF1Score(num_labels, threshold=threshold, average="macro"),
+    }
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 

@@ -28,35 +28,67 @@ class WarmupCosine:
         return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int,
-                  warmup_fraction: float = 0.05, final_ratio: float = 0.01) -> dict:
+def warmup_cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_fraction: float = 0.05,
+    final_ratio: float = 0.01,
+) -> dict:
     """Cosine decay over the whole run after a linear warm-up of ``warmup_fraction`` of it, stepped per batch."""
     warmup = int(round(total_steps * warmup_fraction))
     return {"scheduler": LambdaLR(optimizer, WarmupCosine(total_steps, warmup, final_ratio)), "interval": "step"}
 
 
-def one_cycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, pct_start: float = 0.25,
-              div_factor: float = 25.0, final_div_factor: float = 1e4, cycle_momentum: bool = True) -> dict:
+def one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    cycle_momentum: bool = True,
+) -> dict:
     """torch's OneCycleLR over the whole run, stepped per batch, peaking at each group's own learning rate."""
     peaks = [group["lr"] for group in optimizer.param_groups]
-    return {"scheduler": OneCycleLR(optimizer, max_lr=peaks, total_steps=max(1, total_steps), pct_start=pct_start,
-                                    div_factor=div_factor, final_div_factor=final_div_factor,
-                                    cycle_momentum=cycle_momentum, base_momentum=0.85, max_momentum=0.95),
-            "interval": "step"}
+    return {
+        "scheduler": OneCycleLR(
+            optimizer,
+            max_lr=peaks,
+            total_steps=max(1, total_steps),
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            cycle_momentum=cycle_momentum,
+            base_momentum=0.85,
+            max_momentum=0.95,
+        ),
+        "interval": "step",
+    }
 
 
-def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 5,
-         gamma: float = 0.1) -> dict:
+def step(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 5, gamma: float = 0.1
+) -> dict:
     """Multiply every group's LR by ``gamma`` every ``step_epochs`` epochs."""
     return {"scheduler": StepLR(optimizer, step_size=step_epochs, gamma=gamma), "interval": "epoch"}
 
 
-def plateau(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, monitor: str = "val/loss",
-            factor: float = 0.3, patience: int = 2) -> dict:
+def plateau(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    monitor: str = "val/loss",
+    factor: float = 0.3,
+    patience: int = 2,
+) -> dict:
     """Multiply every group's LR by ``factor`` when ``monitor`` stops improving for ``patience`` epochs."""
     mode = "min" if monitor.endswith("loss") else "max"
-    return {"scheduler": ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience),
-            "interval": "epoch", "monitor": monitor}
+    return {
+        "scheduler": ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience),
+        "interval": "epoch",
+        "monitor": monitor,
+    }
 
 
 def _one(step: int) -> float:

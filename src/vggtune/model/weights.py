@@ -20,12 +20,20 @@ from torch import nn
 
 from vggtune.core.errors import UserError
 from vggtune.core.proxies import proxies_as_now
-from vggtune.model.arch import ConcatPool, check_arch, check_head, guess_arch, imagenet_weights, pooled_classifier, \
-    reset_classifier
+from vggtune.model.arch import (
+    ConcatPool,
+    check_arch,
+    check_head,
+    guess_arch,
+    imagenet_weights,
+    pooled_classifier,
+    reset_classifier,
+)
 
 
-def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5,
-              head: str = "vgg") -> nn.Module:
+def build_vgg(
+    arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5, head: str = "vgg"
+) -> nn.Module:
     """torchvision's VGG with pretrained weights loaded and a head for ``num_classes``.
 
     ``weights`` is ``imagenet`` (torchvision's weights API and cache), ``none`` (random
@@ -46,8 +54,9 @@ def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: f
     return model
 
 
-def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False,
-                 convs_only: bool = False) -> None:
+def load_weights(
+    model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False, convs_only: bool = False
+) -> None:
     """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
 
     Everything but the head is loaded; ``head=True`` loads the 1000-class ImageNet head too, for
@@ -66,8 +75,10 @@ def load_weights(model: nn.Module, arch: str, weights: str = "imagenet", head: b
     if head:
         head_state = {k.removeprefix("classifier.6."): v for k, v in state.items() if k.startswith("classifier.6.")}
         if head_state.keys() != {"weight", "bias"} or head_state["weight"].shape != model.classifier[6].weight.shape:
-            raise UserError(f"weights {source} have no 1000-class ImageNet head: for a checkpoint written by "
-                            "`vggtune train` pass ckpt=<file> instead of model.weights")
+            raise UserError(
+                f"weights {source} have no 1000-class ImageNet head: for a checkpoint written by "
+                "`vggtune train` pass ckpt=<file> instead of model.weights"
+            )
         model.classifier[6].load_state_dict(head_state)
 
 
@@ -96,8 +107,10 @@ def _imagenet_state_dict(arch: str) -> dict:
 def load_state_dict_file(path: Path) -> dict:
     """Load a state dict safely (``weights_only=True``); a Lightning/vggtune checkpoint also works."""
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist: pass model.weights=<an existing .pth file>, "
-                        "model.weights=imagenet or model.weights=none")
+        raise UserError(
+            f"weights file {path} does not exist: pass model.weights=<an existing .pth file>, "
+            "model.weights=imagenet or model.weights=none"
+        )
     obj = safe_load(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -142,16 +155,23 @@ def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if m:
-            raise UserError(f"refused to load {what} {path}: its pickle would run code ({m.group(1)}); vggtune "
-                            "never executes code from a file: save plain tensors and containers instead") from None
+            raise UserError(
+                f"refused to load {what} {path}: its pickle would run code ({m.group(1)}); vggtune "
+                "never executes code from a file: save plain tensors and containers instead"
+            ) from None
         raise UserError(f"{path} is not a PyTorch {what} (unreadable pickle)") from None
     except Exception as e:  # noqa: BLE001 - a damaged archive raises several types
-        raise UserError(f"could not read {what} {path} ({type(e).__name__}: {str(e)[:120]}); "
-                        "is the file complete?") from None
+        raise UserError(
+            f"could not read {what} {path} ({type(e).__name__}: {str(e)[:120]}); is the file complete?"
+        ) from None
 
 
-def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
-                    fix: str = "pass ckpt=<run folder>/checkpoints/best.ckpt", mmap: bool = True) -> dict:
+def read_checkpoint(
+    path: str | os.PathLike,
+    key: str = "ckpt",
+    fix: str = "pass ckpt=<run folder>/checkpoints/best.ckpt",
+    mmap: bool = True,
+) -> dict:
     """A vggtune checkpoint loaded with ``weights_only=True``, or a UserError naming ``key`` and the fix.
 
     Nothing in the file is executed: a pickle that would build arbitrary objects is refused.
@@ -163,6 +183,8 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt",
         raise UserError(f"{key} {path} is not a PyTorch checkpoint (not a torch.save archive): {fix}")
     ckpt = safe_load(path, "checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict) or "vggtune" not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{key} {path} is not a vggtune checkpoint (no vggtune marker): {fix} (a checkpoint "
-                        "written by `vggtune train`)")
+        raise UserError(
+            f"{key} {path} is not a vggtune checkpoint (no vggtune marker): {fix} (a checkpoint "
+            "written by `vggtune train`)"
+        )
     return ckpt

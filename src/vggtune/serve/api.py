@@ -32,15 +32,19 @@ class ClassifierAPI(ls.LitAPI):
     uploads and raw bodies into it) -> ``{"predictions": [...], "model": ..., "version": ...}``."""
 
     def __init__(self, settings: dict, max_batch_size: int = 1, batch_timeout: float = 0.0):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
-                         loop=IdleWaitBatchedLoop() if max_batch_size > 1 else "auto")
+        super().__init__(
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            loop=IdleWaitBatchedLoop() if max_batch_size > 1 else "auto",
+        )
         self.settings = settings  # plain values: the API is pickled into each worker process
         self.backend: Backend | None = None
 
     def setup(self, device: str) -> None:
         s = self.settings
-        self.backend = load_backend(s["ckpt"], s["model"], device, s["tta"], s["calibrate"], s["threshold"],
-                                    s["precision"])
+        self.backend = load_backend(
+            s["ckpt"], s["model"], device, s["tta"], s["calibrate"], s["threshold"], s["precision"]
+        )
         self.names = self.backend.class_names
 
     def decode_request(self, request: dict) -> Decoded | RequestError:
@@ -69,7 +73,7 @@ class ClassifierAPI(ls.LitAPI):
             if isinstance(r, RequestError):
                 out.append(r)
                 continue
-            out.append([self._answer(p, r, i) for i, p in enumerate(probs[start:start + len(r.views)])])
+            out.append([self._answer(p, r, i) for i, p in enumerate(probs[start : start + len(r.views)])])
             start += len(r.views)
         return out if isinstance(x, list) else out[0]
 
@@ -78,12 +82,17 @@ class ClassifierAPI(ls.LitAPI):
 
     def _answer(self, p: torch.Tensor, request: Decoded, i: int) -> dict:
         top = p.topk(request.top_k)
-        answer = {"top": [{"class": self.names[c], "probability": round(float(v), 6)}
-                          for v, c in zip(top.values.tolist(), top.indices.tolist())],
-                  "probabilities": {n: float(v) for n, v in zip(self.names, p.tolist())}}
+        answer = {
+            "top": [
+                {"class": self.names[c], "probability": round(float(v), 6)}
+                for v, c in zip(top.values.tolist(), top.indices.tolist())
+            ],
+            "probabilities": {n: float(v) for n, v in zip(self.names, p.tolist())},
+        }
         if self.backend.multilabel:
-            answer["labels"] = [self.names[c] for c in p.argsort(descending=True).tolist()
-                                if p[c] >= self.backend.thresholds[c]]
+            answer["labels"] = [
+                self.names[c] for c in p.argsort(descending=True).tolist() if p[c] >= self.backend.thresholds[c]
+            ]
         if request.explain:
             overlay = self.backend.heatmap(request.images[i], request.views[i][0], int(top.indices[0]))
             buf = io.BytesIO()

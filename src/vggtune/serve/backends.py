@@ -73,32 +73,58 @@ class Backend:
         """What ``GET /info`` reports about the model."""
         prep = self.preprocessing
         return {
-            "name": model_name(self.path), "version": self.version, "vggtune": __version__, "backend": self.kind,
+            "name": model_name(self.path),
+            "version": self.version,
+            "vggtune": __version__,
+            "backend": self.kind,
             "precision": self.precision,
-            "classes": self.class_names, "multilabel": self.multilabel,
+            "classes": self.class_names,
+            "multilabel": self.multilabel,
             "thresholds": dict(zip(self.class_names, self.thresholds)) if self.thresholds else None,
-            "image_size": prep.image_size, "temperature": self.temperature, "tta": self.tta,
-            "preprocessing": {"resize_short_side": prep.resize_size, "center_crop": prep.image_size,
-                              "mean": list(prep.mean), "std": list(prep.std)},
-            "explain": self.can_explain, **self.extra,
+            "image_size": prep.image_size,
+            "temperature": self.temperature,
+            "tta": self.tta,
+            "preprocessing": {
+                "resize_short_side": prep.resize_size,
+                "center_crop": prep.image_size,
+                "mean": list(prep.mean),
+                "std": list(prep.std),
+            },
+            "explain": self.can_explain,
+            **self.extra,
         }
 
 
 class TorchBackend(Backend):
     """A training checkpoint, loaded as ``predict`` loads it."""
 
-    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto",
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        tta: str = "none",
+        calibrate: bool = True,
+        threshold="auto",
+        precision: str = "fp32",
+    ):
         from vggtune.use.inference import load_model, temperature_for
 
         self.loaded = load_model(path, device)
         m = self.loaded
         if precision == "bf16":  # the network's weights and arithmetic; the softmax stays float32
             m.module.model.to(torch.bfloat16)
-        super().__init__(path, list(m.class_names), m.preprocessing, m.multilabel,
-                         m.thresholds(threshold) if m.multilabel else None, temperature_for(m, calibrate), "torch",
-                         check_tta(tta), precision=precision,
-                         extra={"device": str(m.device), "calibration": m.describe_calibration()})
+        super().__init__(
+            path,
+            list(m.class_names),
+            m.preprocessing,
+            m.multilabel,
+            m.thresholds(threshold) if m.multilabel else None,
+            temperature_for(m, calibrate),
+            "torch",
+            check_tta(tta),
+            precision=precision,
+            extra={"device": str(m.device), "calibration": m.describe_calibration()},
+        )
         self._views = tta_transform(m.preprocessing, tta)
 
     def transform(self, image: Image.Image) -> torch.Tensor:
@@ -135,8 +161,15 @@ class FileBackend(Backend):
 
     kind = "file"
 
-    def __init__(self, path: Path, device: str, tta: str = "none", calibrate: bool = True, threshold="auto",
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        tta: str = "none",
+        calibrate: bool = True,
+        threshold="auto",
+        precision: str = "fp32",
+    ):
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
             raise UserError(f"{sidecar} not found: serve a file written by 'vggtune export', which writes it")
@@ -145,16 +178,25 @@ class FileBackend(Backend):
         meta = json.loads(sidecar.read_text())
         quantized = meta.get("quantized") or {}
         if quantized.get("within_tolerance") is False:
-            raise UserError(f"{path.name} was refused by 'vggtune export': it loses "
-                            f"{quantized['check']['accuracy_drop_points']:.2f} accuracy points against fp32 "
-                            f"(max_accuracy_drop={quantized['max_accuracy_drop']:g}); export it again with "
-                            "force=true to serve it anyway")
+            raise UserError(
+                f"{path.name} was refused by 'vggtune export': it loses "
+                f"{quantized['check']['accuracy_drop_points']:.2f} accuracy points against fp32 "
+                f"(max_accuracy_drop={quantized['max_accuracy_drop']:g}); export it again with "
+                "force=true to serve it anyway"
+            )
         self.logits = meta.get("output") == "logits"
         multilabel = bool(meta.get("multilabel"))
         names = list(meta["class_names"])
         cut = meta.get("thresholds") or {}
-        thresholds = ([float(threshold)] * len(names) if threshold not in ("auto", None) else
-                      [float(cut.get(n, 0.5)) for n in names]) if multilabel else None
+        thresholds = (
+            (
+                [float(threshold)] * len(names)
+                if threshold not in ("auto", None)
+                else [float(cut.get(n, 0.5)) for n in names]
+            )
+            if multilabel
+            else None
+        )
         stored = float((meta.get("calibration") or {}).get("temperature", 1.0))
         # With logits=true the graph leaves the temperature to us; otherwise it is folded in (or was turned off).
         temperature = stored if self.logits and calibrate and not multilabel else 1.0
@@ -162,8 +204,18 @@ class FileBackend(Backend):
         runs_on = self._open(path, device, meta)
         name = Path(path.name).suffixes
         precision = "int8" if ".int8" in name else "bf16" if ".bf16" in name else "fp32"
-        super().__init__(path, names, prep, multilabel, thresholds, temperature, self.kind, "none", precision=precision,
-                         extra={"device": runs_on, "calibration": meta.get("calibration")})
+        super().__init__(
+            path,
+            names,
+            prep,
+            multilabel,
+            thresholds,
+            temperature,
+            self.kind,
+            "none",
+            precision=precision,
+            extra={"device": runs_on, "calibration": meta.get("calibration")},
+        )
         # The graph normalises itself: it takes float RGB in [0, 1] after the resize and the centre crop.
         self._prepare = unit_transform(prep)
 
@@ -223,8 +275,15 @@ class TorchScriptBackend(FileBackend):
 FILE_BACKENDS = {".onnx": OnnxBackend, ".pt": TorchScriptBackend}
 
 
-def load_backend(ckpt: str | None, model: str | None, device: str = "auto", tta: str = "none",
-                 calibrate: bool = True, threshold="auto", precision: str = "fp32") -> Backend:
+def load_backend(
+    ckpt: str | None,
+    model: str | None,
+    device: str = "auto",
+    tta: str = "none",
+    calibrate: bool = True,
+    threshold="auto",
+    precision: str = "fp32",
+) -> Backend:
     """The backend for ``ckpt=`` (a training checkpoint) or ``model=`` (an exported ``.onnx`` or ``.pt``): exactly
     one; ``precision=bf16`` runs a checkpoint's network in bfloat16."""
     if bool(ckpt) == bool(model):
@@ -233,12 +292,17 @@ def load_backend(ckpt: str | None, model: str | None, device: str = "auto", tta:
     if not path.is_file():
         raise UserError(f"{path} does not exist: pass ckpt=<run>/checkpoints/best.ckpt or model=<file>.onnx")
     if model and path.suffix.lower() not in FILE_BACKENDS:
-        raise UserError(f"model= takes a file written by 'vggtune export' (.onnx, or .pt for TorchScript; "
-                        f"{path.name} is neither); serve a checkpoint with ckpt=")
+        raise UserError(
+            f"model= takes a file written by 'vggtune export' (.onnx, or .pt for TorchScript; "
+            f"{path.name} is neither); serve a checkpoint with ckpt="
+        )
     if model and precision != "fp32":
-        raise UserError(f"precision={precision} applies to ckpt=; an exported file runs in the precision it was "
-                        "exported in (vggtune export quantize=int8 or quantize=bf16)")
-    backend = (FILE_BACKENDS[path.suffix.lower()] if model else TorchBackend)(path, device, tta, calibrate, threshold,
-                                                                             precision)
+        raise UserError(
+            f"precision={precision} applies to ckpt=; an exported file runs in the precision it was "
+            "exported in (vggtune export quantize=int8 or quantize=bf16)"
+        )
+    backend = (FILE_BACKENDS[path.suffix.lower()] if model else TorchBackend)(
+        path, device, tta, calibrate, threshold, precision
+    )
     backend.version = file_version(path)
     return backend

@@ -24,8 +24,10 @@ def choose(settings: dict) -> None:
     ``ckpt``/``model``, ``precision`` and ``chosen`` (what the benchmark said, for ``/info``)."""
     backend, precision = settings["backend"], settings["precision"]
     if backend not in BACKENDS:
-        raise UserError(f"backend must be auto (the fastest format `vggtune benchmark` found) or left out "
-                        f"(what ckpt= or model= names), got {backend!r}")
+        raise UserError(
+            f"backend must be auto (the fastest format `vggtune benchmark` found) or left out "
+            f"(what ckpt= or model= names), got {backend!r}"
+        )
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
@@ -33,9 +35,11 @@ def choose(settings: dict) -> None:
             raise UserError("backend=auto chooses the precision too (from the benchmark): leave precision out")
         _from_benchmark(settings)
     if settings["precision"] == "bf16" and settings["device"] == "cpu" and not has_bf16():
-        raise UserError(f"precision=bf16 needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}), and this "
-                        f"one ({cpu_name()}) has none: it would be slower than fp32; serve an int8 file instead "
-                        "(vggtune export quantize=int8)")
+        raise UserError(
+            f"precision=bf16 needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}), and this "
+            f"one ({cpu_name()}) has none: it would be slower than fp32; serve an int8 file instead "
+            "(vggtune export quantize=int8)"
+        )
 
 
 def _from_benchmark(settings: dict) -> None:
@@ -44,16 +48,22 @@ def _from_benchmark(settings: dict) -> None:
     ckpt = Path(str(settings["ckpt"])).expanduser()
     record = benchmark_file(ckpt)
     if not record.is_file():
-        raise UserError(f"backend=auto serves what `vggtune benchmark ckpt={ckpt}` finds fastest, and it has not run "
-                        f"for this checkpoint ({record.name} not beside it): run it first, or leave backend out")
+        raise UserError(
+            f"backend=auto serves what `vggtune benchmark ckpt={ckpt}` finds fastest, and it has not run "
+            f"for this checkpoint ({record.name} not beside it): run it first, or leave backend out"
+        )
     result = json.loads(record.read_text(encoding="utf-8"))
     if result.get("checkpoint_version") != file_version(ckpt):
-        raise UserError(f"{record} is the benchmark of an earlier version of {ckpt.name} (it has changed since): run "
-                        f"`vggtune benchmark ckpt={ckpt}` again")
+        raise UserError(
+            f"{record} is the benchmark of an earlier version of {ckpt.name} (it has changed since): run "
+            f"`vggtune benchmark ckpt={ckpt}` again"
+        )
     best = result.get("recommended")
     if not best:
-        raise UserError(f"in {record}, no format was within max_accuracy_drop={result.get('max_accuracy_drop')} "
-                        "points of fp32: serve the checkpoint without backend=auto")
+        raise UserError(
+            f"in {record}, no format was within max_accuracy_drop={result.get('max_accuracy_drop')} "
+            "points of fp32: serve the checkpoint without backend=auto"
+        )
     fmt = best["format"]
     if fmt.startswith("eager"):
         settings["precision"] = "bf16" if fmt == "eager_bf16" else "fp32"
@@ -62,5 +72,10 @@ def _from_benchmark(settings: dict) -> None:
         if not file.is_file():
             raise UserError(f"the benchmark's {fmt} file {file} is gone: run `vggtune benchmark ckpt={ckpt}` again")
         settings["ckpt"], settings["model"] = None, str(file)
-    settings["chosen"] = {"by": str(record), "format": fmt, "images_per_s": best["images_per_s"],
-                          "accuracy_drop_points": best["accuracy_drop_points"], "cpu": result.get("cpu")}
+    settings["chosen"] = {
+        "by": str(record),
+        "format": fmt,
+        "images_per_s": best["images_per_s"],
+        "accuracy_drop_points": best["accuracy_drop_points"],
+        "cpu": result.get("cpu"),
+    }

@@ -93,14 +93,26 @@ class Watchdog:
                 continue
             first = seen[uid] = self._seen.get(uid, now)
             if item.worker_id is not None and item.worker_id in dead:
-                _answer(item, HTTPException(503, "the model worker died while computing this request; it is being "
-                                                 "started again: send the request again",
-                                            headers={"Retry-After": retry}))
+                _answer(
+                    item,
+                    HTTPException(
+                        503,
+                        "the model worker died while computing this request; it is being "
+                        "started again: send the request again",
+                        headers={"Retry-After": retry},
+                    ),
+                )
             elif item.worker_id is None and self.timeout and now - first >= self.timeout:
-                _answer(item, HTTPException(504, f"no model worker took this request within timeout={self.timeout:g} s "
-                                                 "(the server is overloaded): send it again later, or start the "
-                                                 "server with a larger timeout or a smaller max_queue",
-                                            headers={"Retry-After": retry}))
+                _answer(
+                    item,
+                    HTTPException(
+                        504,
+                        f"no model worker took this request within timeout={self.timeout:g} s "
+                        "(the server is overloaded): send it again later, or start the "
+                        "server with a larger timeout or a smaller max_queue",
+                        headers={"Retry-After": retry},
+                    ),
+                )
         self._seen = seen
 
 

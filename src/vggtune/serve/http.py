@@ -69,9 +69,13 @@ class Counters:
 
     def stats(self) -> dict:
         """What ``GET /stats`` answers."""
-        return {"requests_in_flight": self.in_flight.value, "requests_served": self.served.value,
-                "requests_refused": self.refused.value, "worker_restarts": sum(self.worker_deaths),
-                "draining": self.draining.is_set()}
+        return {
+            "requests_in_flight": self.in_flight.value,
+            "requests_served": self.served.value,
+            "requests_refused": self.refused.value,
+            "worker_restarts": sum(self.worker_deaths),
+            "draining": self.draining.is_set(),
+        }
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -81,8 +85,7 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 class RequestAdapter:
     """ASGI middleware: ``POST <path>`` bodies (JSON, an upload in field ``file``, or raw image bytes) -> JSON."""
 
-    def __init__(self, app, path: str, max_bytes: int, counters: Counters, max_queue: int | None = None,
-                 watchdog=None):
+    def __init__(self, app, path: str, max_bytes: int, counters: Counters, max_queue: int | None = None, watchdog=None):
         self.app, self.path, self.max_bytes, self.counters = app, path, max_bytes, counters
         self.max_queue, self.watchdog = max_queue, watchdog  # watchdog: a faults.Watchdog, started in this process
 
@@ -91,12 +94,21 @@ class RequestAdapter:
             return await self.app(scope, receive, send)
         c = self.counters
         if c.draining.is_set():
-            return await self._refuse(scope, receive, send, _error(
-                503, "the server is shutting down: send the request to another instance"))
+            return await self._refuse(
+                scope, receive, send, _error(503, "the server is shutting down: send the request to another instance")
+            )
         if not c.admit(self.max_queue):
-            return await self._refuse(scope, receive, send, _error(
-                503, f"the server is busy ({self.max_queue} requests in flight, its max_queue): send the request "
-                     "again after Retry-After seconds", {"Retry-After": c.retry_after()}))
+            return await self._refuse(
+                scope,
+                receive,
+                send,
+                _error(
+                    503,
+                    f"the server is busy ({self.max_queue} requests in flight, its max_queue): send the request "
+                    "again after Retry-After seconds",
+                    {"Retry-After": c.retry_after()},
+                ),
+            )
         if self.watchdog is not None:
             self.watchdog.start()
         began, status = time.monotonic(), []
@@ -105,6 +117,7 @@ class RequestAdapter:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
             await send(message)
+
         try:
             body = await self._adapt(scope, receive)
             if isinstance(body, JSONResponse):
@@ -122,8 +135,10 @@ class RequestAdapter:
 
     async def _adapt(self, scope, receive) -> bytes | JSONResponse:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = f"over the server's limit of {self.max_bytes / 1e6:g} MB: send a smaller file (or start the " \
-                "server with a larger max_request_mb)"
+        limit = (
+            f"over the server's limit of {self.max_bytes / 1e6:g} MB: send a smaller file (or start the "
+            "server with a larger max_request_mb)"
+        )
         if int(headers.get("content-length", "0") or 0) > self.max_bytes:
             return _error(413, f"request body of {int(headers['content-length']) / 1e6:.1f} MB is {limit}")
         body = await _read_body(receive, self.max_bytes)
@@ -136,8 +151,9 @@ class RequestAdapter:
             try:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                return _error(400, f"malformed JSON ({e.msg if hasattr(e, 'msg') else e}): send "
-                                   '{"images": ["<base64>", ...]}')
+                return _error(
+                    400, f'malformed JSON ({e.msg if hasattr(e, "msg") else e}): send {{"images": ["<base64>", ...]}}'
+                )
             if isinstance(payload, dict):
                 payload = {**options, **payload}
             return json.dumps(payload).encode()
@@ -145,8 +161,11 @@ class RequestAdapter:
             return await _from_form(scope, body, options)
         if kind.startswith("image/") or kind == "application/octet-stream":
             return json.dumps({**options, "images": [base64.b64encode(body).decode()]}).encode()
-        return _error(415, f"content type '{kind or 'none'}' is not accepted: send an image (image/jpeg, image/png, "
-                           "...), a multipart upload in the field 'file', or JSON {\"images\": [\"<base64>\"]}")
+        return _error(
+            415,
+            f"content type '{kind or 'none'}' is not accepted: send an image (image/jpeg, image/png, "
+            '...), a multipart upload in the field \'file\', or JSON {"images": ["<base64>"]}',
+        )
 
 
 async def _read_body(receive, max_bytes: int) -> bytes | None:
@@ -193,6 +212,7 @@ def _replay(body: bytes):
             return {"type": "http.disconnect"}
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
+
     return receive
 
 
@@ -226,4 +246,5 @@ def drain_then_stop(counters: Counters, stop: threading.Event | object, timeout:
         if counters.in_flight.value > 0:
             log.warning("%d requests still in flight after %g s: stopping anyway", counters.in_flight.value, timeout)
         stop.set()
+
     threading.Thread(target=wait, name="vggtune-drain", daemon=True).start()

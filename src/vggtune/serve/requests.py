@@ -39,15 +39,21 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             im = Image.open(io.BytesIO(data))
         width, height = im.size
         if width * height > max_pixels:
-            raise RequestError(413, f"image of {width}x{height} pixels is over the server's limit of {max_pixels:,} "
-                                    "pixels: send a smaller image (or start the server with a larger max_pixels)")
+            raise RequestError(
+                413,
+                f"image of {width}x{height} pixels is over the server's limit of {max_pixels:,} "
+                "pixels: send a smaller image (or start the server with a larger max_pixels)",
+            )
         im.load()
         return to_rgb(im)
     except RequestError:
         raise
     except Image.DecompressionBombError:
-        raise RequestError(413, f"image is over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
-                                "pixels: send a smaller image") from None
+        raise RequestError(
+            413,
+            f"image is over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+            "pixels: send a smaller image",
+        ) from None
     except UnidentifiedImageError:
         raise RequestError(415, "not an image Pillow can read: send a JPEG, PNG, BMP, GIF, WebP or TIFF file") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -82,8 +88,11 @@ def payload_images(payload) -> list[bytes]:
     if not isinstance(items, list) or not items:
         raise RequestError(400, '"images" must be a non-empty list of base64 strings')
     if len(items) > MAX_IMAGES:
-        raise RequestError(413, f"{len(items)} images in one request, at most {MAX_IMAGES}: split them, or use "
-                                "'vggtune predict' for a folder")
+        raise RequestError(
+            413,
+            f"{len(items)} images in one request, at most {MAX_IMAGES}: split them, or use "
+            "'vggtune predict' for a folder",
+        )
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, str):

@@ -19,8 +19,15 @@ def describe(settings: dict) -> dict:
     """Load the model once in this process: a bad checkpoint fails here with one line, before any worker
     starts; returns what ``GET /info`` reports (the workers load their own copies)."""
     # On the CPU: CUDA initialised here would be inherited by the HTTP processes LitServe forks.
-    backend = load_backend(settings["ckpt"], settings["model"], "cpu", settings["tta"], settings["calibrate"],
-                           settings["threshold"], settings["precision"])
+    backend = load_backend(
+        settings["ckpt"],
+        settings["model"],
+        "cpu",
+        settings["tta"],
+        settings["calibrate"],
+        settings["threshold"],
+        settings["precision"],
+    )
     info = {**backend.info(), "device": settings["device"]}
     if settings.get("chosen"):  # backend=auto: what the benchmark measured
         info["chosen_by_benchmark"] = settings["chosen"]
@@ -44,15 +51,26 @@ def build_server(settings: dict, info: dict):
     device = settings["device"]
     accelerator = "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto"
     server = RestartingServer(
-        api, accelerator=accelerator, devices=1 if accelerator == "cpu" else "auto",
-        workers_per_device=settings["workers_per_device"], timeout=settings["timeout"], model_metadata=info)
+        api,
+        accelerator=accelerator,
+        devices=1 if accelerator == "cpu" else "auto",
+        workers_per_device=settings["workers_per_device"],
+        timeout=settings["timeout"],
+        model_metadata=info,
+    )
     counters = server.counters = Counters(server.worker_count())
     # Added after LitServe's own middlewares, so outermost: a refused request costs no body parsing.
-    server.app.add_middleware(RequestAdapter, path=API_PATH, max_bytes=settings["max_request_mb"] * 1_000_000,
-                              counters=counters, max_queue=settings["max_queue"],
-                              watchdog=Watchdog(server.response_buffer, counters, settings["timeout"]))
-    install_routes(server.app, resources.files("vggtune.serve").joinpath("page.html").read_text(), counters,
-                   server.setup_auth())
+    server.app.add_middleware(
+        RequestAdapter,
+        path=API_PATH,
+        max_bytes=settings["max_request_mb"] * 1_000_000,
+        counters=counters,
+        max_queue=settings["max_queue"],
+        watchdog=Watchdog(server.response_buffer, counters, settings["timeout"]),
+    )
+    install_routes(
+        server.app, resources.files("vggtune.serve").joinpath("page.html").read_text(), counters, server.setup_auth()
+    )
     return server, counters
 
 
@@ -82,8 +100,20 @@ def run_server(settings: dict, info: dict) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigint)
-    log.info("Serving %s (%s, version %s) at http://%s:%d/  (POST %s, GET /info, GET /health)", settings["name"],
-             info["backend"], settings["version"], settings["host"], settings["port"], API_PATH)
-    server.run(host=settings["host"], port=settings["port"], generate_client_file=False,
-               log_level=settings["log_level"], num_api_servers=settings["api_servers"])
+    log.info(
+        "Serving %s (%s, version %s) at http://%s:%d/  (POST %s, GET /info, GET /health)",
+        settings["name"],
+        info["backend"],
+        settings["version"],
+        settings["host"],
+        settings["port"],
+        API_PATH,
+    )
+    server.run(
+        host=settings["host"],
+        port=settings["port"],
+        generate_client_file=False,
+        log_level=settings["log_level"],
+        num_api_servers=settings["api_servers"],
+    )
     log.info("Stopped: %d requests answered", counters.served.value)

@@ -58,30 +58,55 @@ def check_settings(audit: DictConfig) -> Settings:
     """The ``audit`` config group as values, or a UserError naming the key that is wrong."""
     threshold = audit.near_duplicate
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise UserError(f"audit.near_duplicate must be a cosine similarity in (0, 1] (of the images' 16 x 16 grey copies), got {threshold!r}")
+        raise UserError(
+            f"audit.near_duplicate must be a cosine similarity in (0, 1] (of the images' 16 x 16 grey copies), got {threshold!r}"
+        )
     if audit.fix not in FIXES:
-        raise UserError(f"audit.fix={audit.fix} is not a choice: relabel (cleaned_labels.csv takes the suggested "
-                        "label) or drop (it marks the image drop=1)")
+        raise UserError(
+            f"audit.fix={audit.fix} is not a choice: relabel (cleaned_labels.csv takes the suggested "
+            "label) or drop (it marks the image drop=1)"
+        )
     lr = audit.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise UserError(f"audit.lr must be a positive number, got {lr!r}")
     if isinstance(audit.l2, bool) or not isinstance(audit.l2, (int, float)) or audit.l2 < 0:
         raise UserError(f"audit.l2 must be a number of at least 0, got {audit.l2!r}")
-    recipe = HeadRecipe(check_positive_int("audit.epochs", audit.epochs), float(lr), float(audit.l2),
-                        check_positive_int("audit.batch_size", audit.batch_size))
+    recipe = HeadRecipe(
+        check_positive_int("audit.epochs", audit.epochs),
+        float(lr),
+        float(audit.l2),
+        check_positive_int("audit.batch_size", audit.batch_size),
+    )
     odd = OddRules(int(audit.odd.min_side), float(audit.odd.max_aspect), float(audit.odd.min_std))
-    return Settings(audit.folds, recipe, float(threshold),
-                    audit.fix, odd, check_positive_int("audit.report_rows", audit.report_rows))
+    return Settings(
+        audit.folds,
+        recipe,
+        float(threshold),
+        audit.fix,
+        odd,
+        check_positive_int("audit.report_rows", audit.report_rows),
+    )
 
 
 def audit_split(data: DictConfig) -> DataSplit:
     """The data set as ``vggtune train`` splits it (with ``data.exclude`` applied), every subset kept."""
     if data.get("stream"):
-        raise UserError("vggtune audit reads image files (it hashes and measures them): pass data.root= or "
-                        "data.labels= (the folder or CSV the stream was prepared from), not data.stream=")
+        raise UserError(
+            "vggtune audit reads image files (it hashes and measures them): pass data.root= or "
+            "data.labels= (the folder or CSV the stream was prepared from), not data.stream="
+        )
     columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
-    split = discover(data.root, data.val_split, data.test_split, data.seed, data.verify, data.on_bad_image,
-                     data.get("labels"), columns, data.get("label_delim"))
+    split = discover(
+        data.root,
+        data.val_split,
+        data.test_split,
+        data.seed,
+        data.verify,
+        data.on_bad_image,
+        data.get("labels"),
+        columns,
+        data.get("label_delim"),
+    )
     return apply_exclude(split, data.get("exclude"))
 
 
@@ -93,14 +118,18 @@ def load_network(cfg: DictConfig, classes: list[str]) -> tuple[LoadedModel, str,
     if cfg.ckpt:
         net = load_model(cfg.ckpt, cfg.device)
         if list(net.class_names) != list(classes):
-            raise UserError(f"{cfg.ckpt} was trained on the classes {', '.join(net.class_names)}, but the data has "
-                            f"{', '.join(classes)}: audit with a checkpoint of these classes, or leave ckpt out "
-                            "(the pretrained model.weights)")
+            raise UserError(
+                f"{cfg.ckpt} was trained on the classes {', '.join(net.class_names)}, but the data has "
+                f"{', '.join(classes)}: audit with a checkpoint of these classes, or leave ckpt out "
+                "(the pretrained model.weights)"
+            )
         return net, f"checkpoint {cfg.ckpt} ({net.module.hparams['arch']})", weights_identity(str(cfg.ckpt), cfg.seed)
     weights = str(cfg.model.weights)
     if weights.lower() == "none":
-        log.warning("model.weights=none: a randomly initialised %s; its vectors mean little (pass model.weights= "
-                    "or ckpt=)", cfg.model.arch)
+        log.warning(
+            "model.weights=none: a randomly initialised %s; its vectors mean little (pass model.weights= or ckpt=)",
+            cfg.model.arch,
+        )
     prep = preprocessing(cfg.model.arch, cfg.data.image_size)
     torch.manual_seed(cfg.seed)  # model.weights=none: the same random network for the same seed (and cache key)
     module = VGGClassifier(cfg.model.arch, classes, weights=weights, preprocessing=prep.to_dict())
@@ -119,8 +148,9 @@ def image_vectors(net: LoadedModel, split: DataSplit, weights_id: str, cfg: Dict
     key = cache_key(arch, weights_id, net.preprocessing, False, split.subsets, head)
     trunk, _ = frozen_trunk(net.module.model, train_fc=False)
     batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
-    stored = cached_datasets(cfg.data.cache_dir, key, trunk, images, batch_size, resolve_workers(cfg.data.num_workers),
-                             net.device)
+    stored = cached_datasets(
+        cfg.data.cache_dir, key, trunk, images, batch_size, resolve_workers(cfg.data.num_workers), net.device
+    )
     return torch.cat([stored[s].tensors[0] for s in split.subsets]).numpy()
 
 
@@ -135,19 +165,30 @@ def run(cfg: DictConfig) -> dict:
     net, network, weights_id = load_network(cfg, split.classes)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Auditing %d images of %d classes (%s) with %s on %s", len(items), len(split.classes),
-             ", ".join(f"{s} {len(v)}" for s, v in split.subsets.items()), network, net.device)
+    log.info(
+        "Auditing %d images of %d classes (%s) with %s on %s",
+        len(items),
+        len(split.classes),
+        ", ".join(f"{s} {len(v)}" for s, v in split.subsets.items()),
+        network,
+        net.device,
+    )
 
     start = time.perf_counter()
     vectors = image_vectors(net, split, weights_id, cfg)
     vectors_s = time.perf_counter() - start
     log.info("Vectors of %d images (%d values each) in %.1f s", *vectors.shape, vectors_s)
     start = time.perf_counter()
-    pred_probs = out_of_fold(vectors, labels, len(split.classes), settings.folds, settings.recipe, cfg.seed,
-                             split.multilabel)
+    pred_probs = out_of_fold(
+        vectors, labels, len(split.classes), settings.folds, settings.recipe, cfg.seed, split.multilabel
+    )
     folds_s = time.perf_counter() - start
-    log.info("Out-of-fold probabilities: %d folds, a linear head of %d epochs each on the vectors, %.1f s",
-             settings.folds, settings.recipe.epochs, folds_s)
+    log.info(
+        "Out-of-fold probabilities: %d folds, a linear head of %d epochs each on the vectors, %.1f s",
+        settings.folds,
+        settings.recipe.epochs,
+        folds_s,
+    )
     given = [label for _, label, _ in items]
     issues = find_label_issues(given, pred_probs, split.multilabel)
 
@@ -158,16 +199,26 @@ def run(cfg: DictConfig) -> dict:
     ood, outlier = outlier_scores(vectors)
     findings = Findings(split, items, pred_probs, issues, exact + near, ood, outlier, facts, settings)
     checks_s = time.perf_counter() - start
-    summary = {"images": len(items), "classes": split.classes, "data_root": str(split.root), "network": network,
-               "vector_size": int(vectors.shape[1]), "folds": settings.folds, "head_epochs": settings.recipe.epochs,
-               "near_duplicate_threshold": settings.near_duplicate, "fix": settings.fix,
-               "out_of_fold_accuracy": _accuracy(labels, pred_probs, split.multilabel),
-               "seconds": {"vectors": round(vectors_s, 2), "folds": round(folds_s, 2), "checks": round(checks_s, 2)},
-               "skipped": len(split.skipped)}
+    summary = {
+        "images": len(items),
+        "classes": split.classes,
+        "data_root": str(split.root),
+        "network": network,
+        "vector_size": int(vectors.shape[1]),
+        "folds": settings.folds,
+        "head_epochs": settings.recipe.epochs,
+        "near_duplicate_threshold": settings.near_duplicate,
+        "fix": settings.fix,
+        "out_of_fold_accuracy": _accuracy(labels, pred_probs, split.multilabel),
+        "seconds": {"vectors": round(vectors_s, 2), "folds": round(folds_s, 2), "checks": round(checks_s, 2)},
+        "skipped": len(split.skipped),
+    }
     with atomic_open(run_dir / "pred_probs.npy", "wb") as f:
         np.save(f, pred_probs.astype(np.float32))
-    files = {"pred_probs.npy": f"{pred_probs.shape[0]} x {pred_probs.shape[1]} out-of-fold probabilities, rows in "
-                               "the order of images.csv"}
+    files = {
+        "pred_probs.npy": f"{pred_probs.shape[0]} x {pred_probs.shape[1]} out-of-fold probabilities, rows in "
+        "the order of images.csv"
+    }
     files.update(write_findings(findings, run_dir, summary))
     write_skipped(run_dir, [(str(b.path), b.reason) for b in split.skipped], csv=split.layout.startswith("csv"))
     _log_summary(summary)
@@ -194,7 +245,13 @@ def _accuracy(labels: np.ndarray, pred_probs: np.ndarray, multilabel: bool) -> f
 
 def _log_summary(summary: dict) -> None:
     counts = summary["counts"]
-    log.info("Found: %d likely label errors, %d duplicate pairs (%d across subsets, %d with different labels), "
-             "%d outliers or odd images; out-of-fold accuracy %.3f against the given labels",
-             counts["label_issues"], counts["duplicate_pairs"], counts["leaks"], counts["label_conflicts"],
-             counts["outliers"], summary["out_of_fold_accuracy"])
+    log.info(
+        "Found: %d likely label errors, %d duplicate pairs (%d across subsets, %d with different labels), "
+        "%d outliers or odd images; out-of-fold accuracy %.3f against the given labels",
+        counts["label_issues"],
+        counts["duplicate_pairs"],
+        counts["leaks"],
+        counts["label_conflicts"],
+        counts["outliers"],
+        summary["out_of_fold_accuracy"],
+    )

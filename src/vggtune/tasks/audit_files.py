@@ -63,46 +63,109 @@ def write_findings(f: Findings, run_dir: Path, summary: dict) -> dict[str, str]:
     n = len(f.items)
     subsets = [s for _, _, s in f.items]
     labels = [label for _, label, _ in f.items]
-    write_csv(run_dir / "images.csv", ["path", "subset", "label"], [(f.path(i), subsets[i], f.label(i)) for i in range(n)])
-    issue_rows = [(rank + 1, f.path(i), subsets[i], f.label(i), f.suggested(i), f"{f.suggested_prob(i):.4f}",
-                   f"{f.issues.quality[i]:.4f}") for rank, i in enumerate(f.issues.ranked)]
-    write_csv(run_dir / "label_issues.csv", ["rank", "path", "subset", "given", "suggested", "suggested_prob", "score"],
-              issue_rows)
+    write_csv(
+        run_dir / "images.csv", ["path", "subset", "label"], [(f.path(i), subsets[i], f.label(i)) for i in range(n)]
+    )
+    issue_rows = [
+        (
+            rank + 1,
+            f.path(i),
+            subsets[i],
+            f.label(i),
+            f.suggested(i),
+            f"{f.suggested_prob(i):.4f}",
+            f"{f.issues.quality[i]:.4f}",
+        )
+        for rank, i in enumerate(f.issues.ranked)
+    ]
+    write_csv(
+        run_dir / "label_issues.csv",
+        ["rank", "path", "subset", "given", "suggested", "suggested_prob", "score"],
+        issue_rows,
+    )
     pair_rows = []
     for p in f.pairs:
         leak, conflict = pair_flags(p, subsets, labels)
-        pair_rows.append((p.kind, f"{p.similarity:.4f}", f.path(p.a), subsets[p.a], f.label(p.a), f.path(p.b),
-                          subsets[p.b], f.label(p.b), int(leak), int(conflict)))
+        pair_rows.append(
+            (
+                p.kind,
+                f"{p.similarity:.4f}",
+                f.path(p.a),
+                subsets[p.a],
+                f.label(p.a),
+                f.path(p.b),
+                subsets[p.b],
+                f.label(p.b),
+                int(leak),
+                int(conflict),
+            )
+        )
     # leaks and label conflicts first: they are what to act on
     pair_rows.sort(key=lambda r: (-(r[8] + r[9]), r[0] != "exact", -float(r[1])))
-    write_csv(run_dir / "duplicates.csv", ["kind", "similarity", "path_a", "subset_a", "label_a", "path_b", "subset_b",
-                                           "label_b", "leak", "label_conflict"], pair_rows)
+    write_csv(
+        run_dir / "duplicates.csv",
+        [
+            "kind",
+            "similarity",
+            "path_a",
+            "subset_a",
+            "label_a",
+            "path_b",
+            "subset_b",
+            "label_b",
+            "leak",
+            "label_conflict",
+        ],
+        pair_rows,
+    )
     odd = [i for i in np.argsort(f.ood, kind="stable") if f.odd_reasons(i)]
-    outlier_rows = [(f.path(i), subsets[i], f.label(i), "; ".join(f.odd_reasons(i)), f"{f.ood[i]:.4f}",
-                     f.facts[i].width, f.facts[i].height, f"{f.facts[i].grey_std:.1f}") for i in odd]
-    write_csv(run_dir / "outliers.csv", ["path", "subset", "label", "reasons", "ood_score", "width", "height",
-                                         "grey_std"], outlier_rows)
+    outlier_rows = [
+        (
+            f.path(i),
+            subsets[i],
+            f.label(i),
+            "; ".join(f.odd_reasons(i)),
+            f"{f.ood[i]:.4f}",
+            f.facts[i].width,
+            f.facts[i].height,
+            f"{f.facts[i].grey_std:.1f}",
+        )
+        for i in odd
+    ]
+    write_csv(
+        run_dir / "outliers.csv",
+        ["path", "subset", "label", "reasons", "ood_score", "width", "height", "grey_std"],
+        outlier_rows,
+    )
     class_rows = _class_rows(f, odd)
-    write_csv(run_dir / "classes.csv", ["class", "images", "suspected_errors", "in_duplicate_pairs", "outliers"],
-              class_rows)
+    write_csv(
+        run_dir / "classes.csv", ["class", "images", "suspected_errors", "in_duplicate_pairs", "outliers"], class_rows
+    )
     dropped, relabelled = _write_cleaned(f, run_dir / "cleaned_labels.csv")
-    summary["counts"] = {"label_issues": len(issue_rows), "duplicate_pairs": len(pair_rows),
-                         "exact_pairs": sum(r[0] == "exact" for r in pair_rows),
-                         "leaks": sum(r[8] for r in pair_rows), "label_conflicts": sum(r[9] for r in pair_rows),
-                         "outliers": len(outlier_rows), "relabelled": relabelled, "dropped": dropped}
-    summary["per_class"] = {r[0]: dict(zip(("images", "suspected_errors", "in_duplicate_pairs", "outliers"), r[1:]))
-                            for r in class_rows}
+    summary["counts"] = {
+        "label_issues": len(issue_rows),
+        "duplicate_pairs": len(pair_rows),
+        "exact_pairs": sum(r[0] == "exact" for r in pair_rows),
+        "leaks": sum(r[8] for r in pair_rows),
+        "label_conflicts": sum(r[9] for r in pair_rows),
+        "outliers": len(outlier_rows),
+        "relabelled": relabelled,
+        "dropped": dropped,
+    }
+    summary["per_class"] = {
+        r[0]: dict(zip(("images", "suspected_errors", "in_duplicate_pairs", "outliers"), r[1:])) for r in class_rows
+    }
     write_json(run_dir / "audit.json", summary)
     write_report(run_dir / "report.html", summary, *_report_rows(f, odd))
     return {
         "report.html": "open it in a browser (no server needed): label issues, duplicates, outliers, per class",
         "label_issues.csv": f"{len(issue_rows)} likely wrong labels, most likely first (score: the label's quality, "
-                            "low = likely wrong); use it as data.exclude= to leave them out",
+        "low = likely wrong); use it as data.exclude= to leave them out",
         "duplicates.csv": f"{len(pair_rows)} pairs of exact or near copies; leak = in different subsets",
         "outliers.csv": f"{len(outlier_rows)} images far from every class, tiny, extreme in aspect or near-constant",
         "classes.csv": "per class: images, suspected errors, images in duplicate pairs, outliers",
         "cleaned_labels.csv": f"every image with its label after the audit ({relabelled} relabelled, {dropped} marked "
-                              "drop=1): train on it with data.labels=",
+        "drop=1): train on it with data.labels=",
         "images.csv": "path, subset, label of each row of pred_probs.npy",
         "audit.json": "the network, folds, epochs, counts and timings",
     }
@@ -117,8 +180,12 @@ def _class_rows(f: Findings, odd: list[int]) -> list[tuple]:
         return counts
 
     in_pairs = {i for p in f.pairs for i in (p.a, p.b)}
-    images, errors, dups, outs = (per_class(range(len(f.items))), per_class(f.issues.ranked), per_class(in_pairs),
-                                  per_class(odd))
+    images, errors, dups, outs = (
+        per_class(range(len(f.items))),
+        per_class(f.issues.ranked),
+        per_class(in_pairs),
+        per_class(odd),
+    )
     return [(name, images[c], errors[c], dups[c], outs[c]) for c, name in enumerate(f.split.classes)]
 
 
@@ -126,8 +193,9 @@ def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
     """Every image with its label after the audit: the suggested label of a likely error (``audit.fix=relabel``)
     or ``drop=1`` (``audit.fix=drop``); the val/test copy of an exact duplicate of another subset's image is
     always marked ``drop=1``. ``data.labels=`` reads the file as it is, the split column included."""
-    reason = {int(i): f"label issue (score {f.issues.quality[i]:.3g}, suggested {f.suggested(i)})"
-              for i in f.issues.ranked}
+    reason = {
+        int(i): f"label issue (score {f.issues.quality[i]:.3g}, suggested {f.suggested(i)})" for i in f.issues.ranked
+    }
     drop = set() if f.settings.fix == "relabel" else set(reason)
     subsets = [s for _, _, s in f.items]
     for p in f.pairs:
@@ -135,7 +203,9 @@ def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
             later = max((p.a, p.b), key=lambda i: SUBSET_ORDER.get(subsets[i], 3))
             other = p.b if later == p.a else p.a
             drop.add(later)
-            reason[later] = "; ".join(filter(None, [reason.get(later), f"exact copy of {f.path(other)} ({subsets[other]})"]))
+            reason[later] = "; ".join(
+                filter(None, [reason.get(later), f"exact copy of {f.path(other)} ({subsets[other]})"])
+            )
     relabel = set(reason) - drop if f.settings.fix == "relabel" else set()
     rows = []
     for i, (_, _, subset) in enumerate(f.items):
@@ -145,20 +215,27 @@ def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
     return len(drop), sum(1 for i in relabel if f.issues.suggested[i] != f.items[i][1])
 
 
-def _report_rows(f: Findings, odd: list[int]) -> tuple[list[ReportRow], list[tuple[ReportRow, ReportRow, str]],
-                                                       list[ReportRow]]:
+def _report_rows(
+    f: Findings, odd: list[int]
+) -> tuple[list[ReportRow], list[tuple[ReportRow, ReportRow, str]], list[ReportRow]]:
     limit = f.settings.report_rows
     subsets = [s for _, _, s in f.items]
 
     def row(i: int, note: str) -> ReportRow:
         return ReportRow(f.items[i][0], f.path(i), subsets[i], f.label(i), note)
 
-    issues = [row(i, f"suggested {f.suggested(i)} (p={f.suggested_prob(i):.2f}), score {f.issues.quality[i]:.3g}")
-              for i in f.issues.ranked[:limit]]
+    issues = [
+        row(i, f"suggested {f.suggested(i)} (p={f.suggested_prob(i):.2f}), score {f.issues.quality[i]:.3g}")
+        for i in f.issues.ranked[:limit]
+    ]
     pairs = []
-    for p in sorted(f.pairs, key=lambda p: (-sum(pair_flags(p, subsets, [x[1] for x in f.items])), -p.similarity))[:limit]:
+    for p in sorted(f.pairs, key=lambda p: (-sum(pair_flags(p, subsets, [x[1] for x in f.items])), -p.similarity))[
+        :limit
+    ]:
         leak, conflict = pair_flags(p, subsets, [x[1] for x in f.items])
         flags = ", ".join(filter(None, ["leak across subsets" if leak else "", "different labels" if conflict else ""]))
-        pairs.append((row(p.a, ""), row(p.b, ""), f"{p.kind}, cosine {p.similarity:.3f}" + (f": {flags}" if flags else "")))
+        pairs.append(
+            (row(p.a, ""), row(p.b, ""), f"{p.kind}, cosine {p.similarity:.3f}" + (f": {flags}" if flags else ""))
+        )
     outliers = [row(i, "; ".join(f.odd_reasons(i)) + f", OOD score {f.ood[i]:.3f}") for i in odd[:limit]]
     return issues, pairs, outliers

@@ -30,8 +30,10 @@ def check_train(cfg: DictConfig) -> None:
     """Values of ``vggtune train`` that would otherwise fail minutes later, or not at all."""
     epochs = cfg.trainer.get("max_epochs")
     if not is_number(epochs, whole=True) or epochs < 1:
-        raise UserError(f"trainer.max_epochs must be a whole number, 1 or more (the learning-rate and freeze "
-                        f"schedules are laid out over it), got {epochs!r}")
+        raise UserError(
+            f"trainer.max_epochs must be a whole number, 1 or more (the learning-rate and freeze "
+            f"schedules are laid out over it), got {epochs!r}"
+        )
     lr = cfg.optim.get("lr")
     if not is_number(lr) or lr <= 0:
         raise UserError(f"optim.lr must be a positive number, e.g. optim.lr=1e-3, got {lr!r}")
@@ -39,24 +41,32 @@ def check_train(cfg: DictConfig) -> None:
     if cfg.monitor not in known:
         hint = difflib.get_close_matches(str(cfg.monitor), known, n=1)
         did_you_mean = f" (did you mean monitor={hint[0]}?)" if hint else ""
-        raise UserError(f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
-                        f"{', '.join(MONITORS)} (several labels per image: {', '.join(MULTILABEL_MONITORS)})")
+        raise UserError(
+            f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
+            f"{', '.join(MONITORS)} (several labels per image: {', '.join(MULTILABEL_MONITORS)})"
+        )
     check_threshold(cfg.get("threshold", "auto"))
     if cfg.monitor_mode not in ("max", "min"):
         raise UserError(f"monitor_mode must be max or min, got {cfg.monitor_mode!r}")
     warmup = OmegaConf.select(cfg, "scheduler.warmup_fraction", default=None)
     if warmup is not None and (not is_number(warmup) or not 0 <= warmup < 1):
-        raise UserError(f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
-                        f"to below 1, got {warmup!r}")
+        raise UserError(
+            f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
+            f"to below 1, got {warmup!r}"
+        )
     pct = OmegaConf.select(cfg, "scheduler.pct_start", default=None)
     if pct is not None and (not is_number(pct) or not 0 < pct < 1):
-        raise UserError(f"scheduler.pct_start is the share of the run the learning rate rises for: a number above 0 "
-                        f"and below 1, got {pct!r}")
+        raise UserError(
+            f"scheduler.pct_start is the share of the run the learning rate rises for: a number above 0 "
+            f"and below 1, got {pct!r}"
+        )
     check_head(str(cfg.model.get("head", "vgg")))
     smoothing = cfg.model.get("label_smoothing", 0.0)
     if not is_number(smoothing) or not 0 <= smoothing < 1:
-        raise UserError(f"model.label_smoothing is the share of each training target spread over all classes: a "
-                        f"number from 0 (off) to below 1, e.g. model.label_smoothing=0.1; got {smoothing!r}")
+        raise UserError(
+            f"model.label_smoothing is the share of each training target spread over all classes: a "
+            f"number from 0 (off) to below 1, e.g. model.label_smoothing=0.1; got {smoothing!r}"
+        )
     check_alphas(cfg.data.get("mixup", 0.0), cfg.data.get("cutmix", 0.0))
     bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
     if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
@@ -71,8 +81,10 @@ def check_threshold(value) -> float | None:
     if value == "auto" or value is None:
         return None
     if not is_number(value) or not 0 < value < 1:
-        raise UserError(f"threshold must be auto (each label's own, chosen on the validation images) or a "
-                        f"probability above 0 and below 1, e.g. threshold=0.5; got {value!r}")
+        raise UserError(
+            f"threshold must be auto (each label's own, chosen on the validation images) or a "
+            f"probability above 0 and below 1, e.g. threshold=0.5; got {value!r}"
+        )
     return float(value)
 
 
@@ -80,38 +92,57 @@ def check_against_data(cfg: DictConfig, classes: list[str], multilabel: bool = F
     """What needs the data's classes: the monitored metric, and a checkpoint to resume from."""
     if multilabel:
         _multilabel_monitor(cfg)
-        soft = [f"{k}={v}" for k, v in (("model.label_smoothing", cfg.model.get("label_smoothing", 0.0)),
-                                         ("data.mixup", cfg.data.get("mixup", 0.0)),
-                                         ("data.cutmix", cfg.data.get("cutmix", 0.0))) if v]
+        soft = [
+            f"{k}={v}"
+            for k, v in (
+                ("model.label_smoothing", cfg.model.get("label_smoothing", 0.0)),
+                ("data.mixup", cfg.data.get("mixup", 0.0)),
+                ("data.cutmix", cfg.data.get("cutmix", 0.0)),
+            )
+            if v
+        ]
         if soft:
-            raise UserError(f"{', '.join(soft)}: label smoothing, MixUp and CutMix need one class per image, and "
-                            "this data has several labels per image (data.label_delim); set them to 0")
+            raise UserError(
+                f"{', '.join(soft)}: label smoothing, MixUp and CutMix need one class per image, and "
+                "this data has several labels per image (data.label_delim); set them to 0"
+            )
     elif cfg.monitor in ("val/map", "val/f1_tuned"):
-        raise UserError(f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
-                        "class per image: use monitor=val/acc")
+        raise UserError(
+            f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
+            "class per image: use monitor=val/acc"
+        )
     if cfg.monitor == "val/acc_top5" and len(classes) < 5:
-        raise UserError(f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
-                        "use monitor=val/acc")
+        raise UserError(
+            f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
+            "use monitor=val/acc"
+        )
     if cfg.ckpt_path:
         trained = (read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
         if trained is not None and list(trained) != list(classes):
-            raise UserError(f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
-                            f"{cfg.data.root} has {', '.join(classes)}: resume with the run's own data "
-                            "(leave data.root out), or start a new run")
+            raise UserError(
+                f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
+                f"{cfg.data.root} has {', '.join(classes)}: resume with the run's own data "
+                "(leave data.root out), or start a new run"
+            )
 
 
 def _multilabel_monitor(cfg: DictConfig) -> None:
     """Several labels per image: monitor val/map unless the command line chose a metric."""
-    chosen = HydraConfig.initialized() and any(o.lstrip("+~").startswith("monitor=")
-                                               for o in HydraConfig.get().overrides.task)
+    chosen = HydraConfig.initialized() and any(
+        o.lstrip("+~").startswith("monitor=") for o in HydraConfig.get().overrides.task
+    )
     if cfg.monitor == "val/acc" and not chosen:
-        log.info("Several labels per image: the best checkpoint is the one with the highest val/map (macro mean "
-                 "average precision); pass monitor=... to choose another metric")
+        log.info(
+            "Several labels per image: the best checkpoint is the one with the highest val/map (macro mean "
+            "average precision); pass monitor=... to choose another metric"
+        )
         with open_dict(cfg):
             cfg.monitor, cfg.monitor_mode = "val/map", "max"
     elif cfg.monitor not in MULTILABEL_MONITORS:
-        raise UserError(f"monitor={cfg.monitor} is not logged with several labels per image: choose one of "
-                        f"{', '.join(MULTILABEL_MONITORS)}")
+        raise UserError(
+            f"monitor={cfg.monitor} is not logged with several labels per image: choose one of "
+            f"{', '.join(MULTILABEL_MONITORS)}"
+        )
 
 
 def check_lr_find(cfg: DictConfig) -> None:
@@ -128,9 +159,13 @@ def check_resume_checkpoint(path: Path, arch: str) -> None:
     fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
     ckpt = read_checkpoint(path, "ckpt_path", fix)
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
-        raise UserError(f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
-                        f"resume: pass ckpt_path={path.parent / 'last.ckpt'}, or resume=<run folder>")
+        raise UserError(
+            f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
+            f"resume: pass ckpt_path={path.parent / 'last.ckpt'}, or resume=<run folder>"
+        )
     trained = (ckpt.get("hyper_parameters") or {}).get("arch")
     if trained != arch:
-        raise UserError(f"{path} was trained as {trained}, but this run builds model={arch}: leave model= out to "
-                        f"continue that run (a different model needs a new run); nothing was changed")
+        raise UserError(
+            f"{path} was trained as {trained}, but this run builds model={arch}: leave model= out to "
+            f"continue that run (a different model needs a new run); nothing was changed"
+        )

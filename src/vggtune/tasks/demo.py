@@ -20,8 +20,9 @@ def prepare(cfg: DictConfig) -> None:
     """With ``demo.pretrain``: write ``model.weights`` (the demo's pretrained conv layers) if it is missing."""
     pretrain = (cfg.get("demo") or {}).get("pretrain")
     if pretrain:
-        demo_weights(cfg.model.weights, cfg.model.arch, cfg.data.image_size, seed=cfg.seed,
-                     **OmegaConf.to_container(pretrain))
+        demo_weights(
+            cfg.model.weights, cfg.model.arch, cfg.data.image_size, seed=cfg.seed, **OmegaConf.to_container(pretrain)
+        )
 
 
 def scratch_config(cfg: DictConfig) -> DictConfig | None:
@@ -50,6 +51,12 @@ def is_baseline(cfg: DictConfig) -> bool:
 def report(pretrained: dict, scratch: dict, monitor: str, run_dir) -> None:
     """The fine-tune from the pretrained file beside the run from random init, in one line."""
     a, b = pretrained["metrics"].get(monitor), scratch["metrics"].get(monitor)
-    log.info("Demo: %s %.3f fine-tuned from the pretrained conv layers, %.3f from random init (the same network, "
-             "images, epochs and seed; in %s/). TensorBoard shows both runs: tensorboard --logdir %s",
-             monitor, a, b, SCRATCH_DIR, rel(run_dir))
+    log.info(
+        "Demo: %s %.3f fine-tuned from the pretrained conv layers, %.3f from random init (the same network, "
+        "images, epochs and seed; in %s/). TensorBoard shows both runs: tensorboard --logdir %s",
+        monitor,
+        a,
+        b,
+        SCRATCH_DIR,
+        rel(run_dir),
+    )

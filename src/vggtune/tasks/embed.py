@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
-from vggtune.data.workers import resolve_workers
 from vggtune.data.discovery import DataSplit, labelled_images
 from vggtune.data.optional import import_stream
 from vggtune.data.transforms import tta_transform
+from vggtune.data.workers import resolve_workers
 from vggtune.inspect.embedding_maps import check_metric, pca_2d, scatter_png, silhouette, tsne_2d, write_projector
 from vggtune.model.arch import split_at_fc7
 from vggtune.tasks.runs import rel, report_files, write_csv, write_json
@@ -72,8 +72,9 @@ def encode(net: LoadedModel, batches: Iterable[Batch], paths: list[Path], thumb_
         small = F.interpolate(x * std + mean, size=(thumb_size, thumb_size), mode="bilinear", antialias=True)
         thumbs.append((small.clamp(0, 1) * 255).round().to(torch.uint8))
     if not kept:
-        raise UserError(f"none of the {len(paths)} images could be read (first: {paths[failures[0][0]]}: "
-                        f"{failures[0][1]})")
+        raise UserError(
+            f"none of the {len(paths)} images could be read (first: {paths[failures[0][0]]}: {failures[0][1]})"
+        )
     return Encoded(np.concatenate(vectors), predicted, kept, torch.cat(thumbs), failures)
 
 
@@ -94,8 +95,9 @@ def _images(cfg: DictConfig):
         source = import_stream().Stream(str(data.stream), storage)
         return source.split(), source
     columns = {k: data.get(k) for k in ("path_column", "label_column", "split_column")}
-    return labelled_images(data.root, data.verify, data.on_bad_image, data.get("labels"), columns,
-                           data.get("label_delim")), None
+    return labelled_images(
+        data.root, data.verify, data.on_bad_image, data.get("labels"), columns, data.get("label_delim")
+    ), None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -118,8 +120,14 @@ def run(cfg: DictConfig) -> dict:
         image_size = int(source.info["preprocessing"]["image_size"])
     net = load_model_or_pretrained(cfg.ckpt, cfg.model.arch, cfg.model.weights, image_size, cfg.device)
     network = str(net.path) if cfg.ckpt else f"torchvision {cfg.model.arch}, weights {cfg.model.weights}"
-    log.info("Embedding %d images of %d classes from %s with %s on %s", len(items), len(split.classes),
-             split.root if source is None else source.url, network, net.device)
+    log.info(
+        "Embedding %d images of %d classes from %s with %s on %s",
+        len(items),
+        len(split.classes),
+        split.root if source is None else source.url,
+        network,
+        net.device,
+    )
     start = time.perf_counter()
     thumb = max(8, min(48, 8192 // math.ceil(math.sqrt(min(len(items), projector_max)))))  # sprite <= 8192 px
     paths = [item[0] for item in items]
@@ -132,18 +140,29 @@ def run(cfg: DictConfig) -> dict:
     log.info("fc7 vectors of %d images in %.1f s", len(enc.kept), time.perf_counter() - start)
 
     run_dir = Path(cfg.paths.run_dir)
-    rows = [(items[i][0].relative_to(split.root).as_posix(), split.label_text(items[i][-1]), net.class_names[p])
-            for i, p in zip(enc.kept, enc.predicted)]
+    rows = [
+        (items[i][0].relative_to(split.root).as_posix(), split.label_text(items[i][-1]), net.class_names[p])
+        for i, p in zip(enc.kept, enc.predicted)
+    ]
     labels = np.array([items[i][1] for i in enc.kept])
     skipped = [(str(b.path), b.reason) for b in split.skipped] + [(str(items[i][0]), r) for i, r in enc.failures]
     with atomic_open(run_dir / "embeddings.npy", "wb") as f:
         np.save(f, enc.vectors)
     write_csv(run_dir / "embeddings.csv", ["path", "class", "predicted"], rows)
-    summary = {"images": len(rows), "dimensions": int(enc.vectors.shape[1]), "data_root": str(split.root),
-               "data_stream": source and source.url, "network": network, "classes": classes, "metric": cfg.metric,
-               "skipped": [{"path": p, "reason": r} for p, r in skipped]}
-    files = {"embeddings.npy": f"{enc.vectors.shape[0]} x {enc.vectors.shape[1]} fc7 vectors (float32)",
-             "embeddings.csv": "path, class, predicted: one row per vector, in the same order"}
+    summary = {
+        "images": len(rows),
+        "dimensions": int(enc.vectors.shape[1]),
+        "data_root": str(split.root),
+        "data_stream": source and source.url,
+        "network": network,
+        "classes": classes,
+        "metric": cfg.metric,
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+    }
+    files = {
+        "embeddings.npy": f"{enc.vectors.shape[0]} x {enc.vectors.shape[1]} fc7 vectors (float32)",
+        "embeddings.csv": "path, class, predicted: one row per vector, in the same order",
+    }
     files.update(_maps(enc.vectors, labels, classes, cfg, run_dir, summary))
     files.update(_projector(enc, rows, cfg, run_dir, projector_max))
     write_json(run_dir / "embed.json", summary)
@@ -153,15 +172,20 @@ def run(cfg: DictConfig) -> dict:
     if len(skipped) > 10:
         log.warning("... and %d more skipped files, listed in embed.json", len(skipped) - 10)
     score = summary["silhouette"]
-    log.info("Silhouette score by class: %s", f"{score:.3f} ({cfg.metric}, on the {enc.vectors.shape[1]}-d vectors; "
-             "-1 to 1, higher: classes better separated)" if score is not None else
-             "undefined (needs at least two classes and more images than classes)")
+    log.info(
+        "Silhouette score by class: %s",
+        f"{score:.3f} ({cfg.metric}, on the {enc.vectors.shape[1]}-d vectors; "
+        "-1 to 1, higher: classes better separated)"
+        if score is not None
+        else "undefined (needs at least two classes and more images than classes)",
+    )
     report_files(run_dir, files)
     return summary
 
 
-def _maps(vectors: np.ndarray, labels: np.ndarray, classes: list[str], cfg: DictConfig, run_dir: Path,
-          summary: dict) -> dict[str, str]:
+def _maps(
+    vectors: np.ndarray, labels: np.ndarray, classes: list[str], cfg: DictConfig, run_dir: Path, summary: dict
+) -> dict[str, str]:
     """PCA and t-SNE scatter plots and the silhouette score; what was written."""
     summary["silhouette"] = silhouette(vectors, labels, cfg.metric, cfg.seed)
     if len(vectors) < 2:
@@ -169,26 +193,43 @@ def _maps(vectors: np.ndarray, labels: np.ndarray, classes: list[str], cfg: Dict
         return {}
     n = len(vectors)
     points, ratio = pca_2d(vectors)
-    scatter_png(points, labels, classes, f"PCA of fc7 vectors ({n} images)", run_dir / "pca.png",
-                (f"PC1 ({ratio[0]:.1%} of variance)", f"PC2 ({ratio[1]:.1%} of variance)"))
+    scatter_png(
+        points,
+        labels,
+        classes,
+        f"PCA of fc7 vectors ({n} images)",
+        run_dir / "pca.png",
+        (f"PC1 ({ratio[0]:.1%} of variance)", f"PC2 ({ratio[1]:.1%} of variance)"),
+    )
     log.info("t-SNE of %d vectors ...", n)
     points, perplexity = tsne_2d(vectors, float(cfg.tsne.perplexity), cfg.metric, cfg.seed)
-    scatter_png(points, labels, classes, f"t-SNE of fc7 vectors ({n} images, perplexity {perplexity:.3g})",
-                run_dir / "tsne.png")
+    scatter_png(
+        points, labels, classes, f"t-SNE of fc7 vectors ({n} images, perplexity {perplexity:.3g})", run_dir / "tsne.png"
+    )
     summary.update(pca_explained_variance=[float(r) for r in ratio], tsne_perplexity=perplexity)
-    return {"pca.png": "the vectors' first two principal components, coloured by class",
-            "tsne.png": "t-SNE map of the vectors, coloured by class"}
+    return {
+        "pca.png": "the vectors' first two principal components, coloured by class",
+        "tsne.png": "t-SNE map of the vectors, coloured by class",
+    }
 
 
-def _projector(enc: Encoded, rows: list[tuple[str, str, str]], cfg: DictConfig, run_dir: Path,
-               limit: int) -> dict[str, str]:
+def _projector(
+    enc: Encoded, rows: list[tuple[str, str, str]], cfg: DictConfig, run_dir: Path, limit: int
+) -> dict[str, str]:
     """TensorBoard projector files for the vectors (a random sample of ``limit`` when there are more)."""
     keep = np.arange(len(rows))
     if len(rows) > limit:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), limit, replace=False))
         log.info("TensorBoard projector: a random sample of %d of the %d vectors (projector_max)", limit, len(rows))
     metadata = [[rows[i][1], rows[i][2], rows[i][0]] for i in keep]
-    write_projector(run_dir / "projector", enc.vectors[keep], metadata, ["class", "predicted", "path"],
-                    enc.thumbnails[torch.from_numpy(keep)])
-    return {"projector/": f"vectors, labels and thumbnails: tensorboard --logdir {rel(run_dir / 'projector')}, "
-                          "tab Projector"}
+    write_projector(
+        run_dir / "projector",
+        enc.vectors[keep],
+        metadata,
+        ["class", "predicted", "path"],
+        enc.thumbnails[torch.from_numpy(keep)],
+    )
+    return {
+        "projector/": f"vectors, labels and thumbnails: tensorboard --logdir {rel(run_dir / 'projector')}, "
+        "tab Projector"
+    }

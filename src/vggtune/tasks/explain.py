@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 CSV_HEADER = ["image", "rank", "class", "probability", "overlay", "predicted"]
 
 
-def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, layer: str, top_k: int,
-                  channels: int) -> list[list]:
+def explain_image(
+    net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, layer: str, top_k: int, channels: int
+) -> list[list]:
     """Write the heatmaps, overlays and feature-map grid of one image into ``out_dir``; return its CSV rows.
 
     ``x`` is the preprocessed image (1, 3, S, S). ``heatmaps.npz`` holds ``heatmaps`` (top_k, height,
@@ -48,8 +49,9 @@ def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, 
     np.savez_compressed(out_dir / "heatmaps.npz", heatmaps=heat.astype(np.float16), classes=np.array(classes))
     # Predicted: the top class; with several labels per image, every label at or over its threshold.
     cut = dict(zip(net.class_names, net.thresholds())) if net.multilabel else {}
-    predicted = [p >= cut[n] if net.multilabel else rank == 0 for rank, (n, p) in
-                 enumerate(zip(classes, top.values.tolist()))]
+    predicted = [
+        p >= cut[n] if net.multilabel else rank == 0 for rank, (n, p) in enumerate(zip(classes, top.values.tolist()))
+    ]
     rows = []
     for rank, (name, p, h) in enumerate(zip(classes, top.values.tolist(), heat), start=1):
         file = out_dir / f"gradcam_{rank}_{_file_name(name)}.png"
@@ -59,8 +61,14 @@ def explain_image(net: LoadedModel, x: torch.Tensor, path: Path, out_dir: Path, 
     crop = image.crop((box.left, box.top, box.left + box.width, box.top + box.height))
     fig = feature_grid(block_activations(model, layers, x), channels, title, crop)
     fig.savefig(out_dir / "feature_maps.png", dpi=100)
-    log.info("%s: %s", path, ", ".join(f"{n} {p:.1%}" + (" (predicted)" if net.multilabel and hit else "")
-                                      for n, p, hit in zip(classes, top.values.tolist(), predicted)))
+    log.info(
+        "%s: %s",
+        path,
+        ", ".join(
+            f"{n} {p:.1%}" + (" (predicted)" if net.multilabel and hit else "")
+            for n, p, hit in zip(classes, top.values.tolist(), predicted)
+        ),
+    )
     return rows
 
 
@@ -101,16 +109,22 @@ def run(cfg: DictConfig) -> list[list]:
             out_dir = run_dir / _out_name(paths[indices[0]], base, used)
             rows += explain_image(net, x, paths[indices[0]], out_dir, layer, top_k, channels)
     if not rows:
-        raise UserError(f"none of the {len(paths)} files in {base} is a readable image "
-                        f"(first: {failures[0][0].name}: {failures[0][1]})")
+        raise UserError(
+            f"none of the {len(paths)} files in {base} is a readable image "
+            f"(first: {failures[0][0].name}: {failures[0][1]})"
+        )
     for path, reason in failures:
         log.warning("Skipped %s: %s", path, reason)
-    write_csv(run_dir / "explain.csv", CSV_HEADER,
-              [[*r[:4], Path(r[4]).relative_to(run_dir).as_posix(), r[5]] for r in rows])
-    report_files(run_dir, {
-        "explain.csv": "image, rank, class, probability, overlay file, predicted: one row per heatmap",
-        "<image>/gradcam_<rank>_<class>.png": f"Grad-CAM on {layer} over the image, at its size",
-        "<image>/heatmaps.npz": "the heatmaps as numbers in [0, 1] (heatmaps, classes)",
-        "<image>/feature_maps.png": "the strongest channels of every conv block",
-    })
+    write_csv(
+        run_dir / "explain.csv", CSV_HEADER, [[*r[:4], Path(r[4]).relative_to(run_dir).as_posix(), r[5]] for r in rows]
+    )
+    report_files(
+        run_dir,
+        {
+            "explain.csv": "image, rank, class, probability, overlay file, predicted: one row per heatmap",
+            "<image>/gradcam_<rank>_<class>.png": f"Grad-CAM on {layer} over the image, at its size",
+            "<image>/heatmaps.npz": "the heatmaps as numbers in [0, 1] (heatmaps, classes)",
+            "<image>/feature_maps.png": "the strongest channels of every conv block",
+        },
+    )
     return rows

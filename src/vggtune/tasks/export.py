@@ -32,10 +32,19 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     loaded = load_model(cfg.ckpt, "cpu")  # exported and checked on the CPU, where onnxruntime runs by default
     model = _exported(cfg, loaded)
     if fmt == "torchscript":
-        log.warning("TorchScript is deprecated in torch %s (torch.jit.load warns, and a later torch may drop it); "
-                    "format=onnx is the portable choice", torch.__version__)
-    log.info("Exporting %s (%s, %d classes) to %s%s ...", rel(loaded.path), loaded.module.hparams["arch"],
-             len(loaded.class_names), rel(out), "" if kind == "none" else f" ({kind})")
+        log.warning(
+            "TorchScript is deprecated in torch %s (torch.jit.load warns, and a later torch may drop it); "
+            "format=onnx is the portable choice",
+            torch.__version__,
+        )
+    log.info(
+        "Exporting %s (%s, %d classes) to %s%s ...",
+        rel(loaded.path),
+        loaded.module.hparams["arch"],
+        len(loaded.class_names),
+        rel(out),
+        "" if kind == "none" else f" ({kind})",
+    )
 
     if kind == "int8":
         check, quantized = _write_int8(cfg, loaded, model, out, limits)
@@ -43,10 +52,17 @@ def export_checkpoint(cfg: DictConfig) -> dict:
         check, quantized = _write_bf16(cfg, loaded, model, out, limits)
     else:
         check, quantized = export.write(model, loaded.preprocessing, fmt, out), None
-    info = export.describe(out, fmt, model, loaded.preprocessing, loaded.class_names,
-                           loaded.module.hparams["arch"], loaded.path,
-                           loaded.thresholds() if loaded.multilabel else None,
-                           loaded.temperature if loaded.module.calibration is not None else None)
+    info = export.describe(
+        out,
+        fmt,
+        model,
+        loaded.preprocessing,
+        loaded.class_names,
+        loaded.module.hparams["arch"],
+        loaded.path,
+        loaded.thresholds() if loaded.multilabel else None,
+        loaded.temperature if loaded.module.calibration is not None else None,
+    )
     info["check"] = check
     if quantized is not None:
         info["quantized"] = quantized
@@ -55,18 +71,26 @@ def export_checkpoint(cfg: DictConfig) -> dict:
     copied = keep_copy(sidecar, run_dir, "export.json")
     size = out.stat().st_size / 2**20
     checked = {"none": "", "int8": "the fp32 graph it was quantized from ", "bf16": "the bf16 file "}[kind]
-    lines = [f"Exported: {rel(out)} ({size:.0f} MiB)  input {info['input_name']}: float32 {info['input_shape']}, "
-             f"RGB in [0, 1], normalised inside; output: {info['output']}",
-             f"  {checked}checked with {check['runtime']} on {check['batch']} random images: max abs difference "
-             f"{check['max_abs_diff']:.2g} from PyTorch",
-             f"  calibration: {info['calibration']['how']}"]
+    lines = [
+        f"Exported: {rel(out)} ({size:.0f} MiB)  input {info['input_name']}: float32 {info['input_shape']}, "
+        f"RGB in [0, 1], normalised inside; output: {info['output']}",
+        f"  {checked}checked with {check['runtime']} on {check['batch']} random images: max abs difference "
+        f"{check['max_abs_diff']:.2g} from PyTorch",
+        f"  calibration: {info['calibration']['how']}",
+    ]
     if quantized is not None:
         lines.append("  " + describe_quantized(quantized))
-    lines.append(f"  {rel(sidecar)}: class names, input size, mean and std, calibration"
-                 + (", the quantization and its check" if quantized else ""))
+    lines.append(
+        f"  {rel(sidecar)}: class names, input size, mean and std, calibration"
+        + (", the quantization and its check" if quantized else "")
+    )
     log.info("\n".join(lines))
-    report_files(run_dir, {"export.json": f"a copy of {rel(sidecar)}"} if copied else
-                 {out.name: "the exported model", sidecar.name: "class names, input size, mean and std"})
+    report_files(
+        run_dir,
+        {"export.json": f"a copy of {rel(sidecar)}"}
+        if copied
+        else {out.name: "the exported model", sidecar.name: "class names, input size, mean and std"},
+    )
     if quantized is not None and not quantized["within_tolerance"]:
         raise UserError(_too_lossy(quantized, out))
     return info
@@ -78,24 +102,35 @@ def _check_quantize_keys(cfg: DictConfig) -> dict:
         raise UserError(f"max_accuracy_drop is in accuracy points (0 or more, e.g. 1), got {drop!r}")
     root = cfg.get("calibration_root")
     if root is not None and not Path(str(root)).expanduser().is_dir():
-        raise UserError(f"calibration_root={root} is not a folder: pass a folder of training images, or leave it "
-                        "out to calibrate on the checkpoint's own training split")
-    return {"images": check_positive_int("calibration_images", cfg.get("calibration_images", 300)),
-            "method": quantize.check_method(cfg.get("calibration_method", "minmax")),
-            "max_drop": float(drop), "force": check_bool("force", cfg.get("force", False)),
-            "root": None if root is None else str(Path(str(root)).expanduser())}
+        raise UserError(
+            f"calibration_root={root} is not a folder: pass a folder of training images, or leave it "
+            "out to calibrate on the checkpoint's own training split"
+        )
+    return {
+        "images": check_positive_int("calibration_images", cfg.get("calibration_images", 300)),
+        "method": quantize.check_method(cfg.get("calibration_method", "minmax")),
+        "max_drop": float(drop),
+        "force": check_bool("force", cfg.get("force", False)),
+        "root": None if root is None else str(Path(str(root)).expanduser()),
+    }
 
 
 def _exported(cfg: DictConfig, loaded: LoadedModel, dtype: torch.dtype = torch.float32) -> export.ExportedClassifier:
     calibrate = check_bool("calibrate", cfg.get("calibrate", True)) and not loaded.multilabel
     net = loaded.module.model.to(memory_format=torch.contiguous_format)
-    return export.ExportedClassifier(net, loaded.preprocessing, logits=bool(cfg.logits),
-                                     temperature=loaded.temperature if calibrate else 1.0,
-                                     multilabel=loaded.multilabel, dtype=dtype).eval()
+    return export.ExportedClassifier(
+        net,
+        loaded.preprocessing,
+        logits=bool(cfg.logits),
+        temperature=loaded.temperature if calibrate else 1.0,
+        multilabel=loaded.multilabel,
+        dtype=dtype,
+    ).eval()
 
 
-def _write_int8(cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClassifier, out: Path,
-                limits: dict) -> tuple[dict, dict]:
+def _write_int8(
+    cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClassifier, out: Path, limits: dict
+) -> tuple[dict, dict]:
     """The fp32 ONNX file (checked against PyTorch), quantized from it, then judged beside it on held-out images."""
     fp32 = out.with_name(f".{out.stem}.fp32.onnx")
     try:
@@ -113,8 +148,9 @@ def _write_int8(cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClas
     return check, _judged(settings, reference, candidate, held, loaded, limits)
 
 
-def _write_bf16(cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClassifier, out: Path,
-                limits: dict) -> tuple[dict, dict]:
+def _write_bf16(
+    cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClassifier, out: Path, limits: dict
+) -> tuple[dict, dict]:
     """The fp32 model's probabilities first (converting the network to bf16 changes it in place), then the file."""
     held = heldout.held_out(loaded, cfg.data.root, cfg.data.subset)
     with torch.inference_mode():
@@ -122,35 +158,54 @@ def _write_bf16(cfg: DictConfig, loaded: LoadedModel, model: export.ExportedClas
     bf16 = _exported(cfg, loaded, torch.bfloat16)
     check = export.write(bf16, loaded.preprocessing, "torchscript", out)
     candidate = heldout.probabilities(export.torchscript_runner(out), held.images)
-    settings = {"runtime": f"torch {torch.__version__}", "format": "bfloat16 weights and arithmetic, float32 in and "
-                "out", **quantize.cpu_record()}
+    settings = {
+        "runtime": f"torch {torch.__version__}",
+        "format": "bfloat16 weights and arithmetic, float32 in and out",
+        **quantize.cpu_record(),
+    }
     return check, _judged(settings, reference, candidate, held, loaded, limits)
 
 
-def _judged(settings: dict, reference: torch.Tensor, candidate: torch.Tensor, held: heldout.HeldOut,
-            loaded: LoadedModel, limits: dict) -> dict:
+def _judged(
+    settings: dict,
+    reference: torch.Tensor,
+    candidate: torch.Tensor,
+    held: heldout.HeldOut,
+    loaded: LoadedModel,
+    limits: dict,
+) -> dict:
     thresholds = loaded.thresholds() if loaded.multilabel else None
     comparison = heldout.compare(reference, candidate, held, loaded.class_names, thresholds)
     within = comparison["accuracy_drop_points"] <= limits["max_drop"]
-    return {**settings, "cpu": quantize.cpu_record(), "check": comparison, "max_accuracy_drop": limits["max_drop"],
-            "within_tolerance": within or limits["force"], "forced": limits["force"] and not within}
+    return {
+        **settings,
+        "cpu": quantize.cpu_record(),
+        "check": comparison,
+        "max_accuracy_drop": limits["max_drop"],
+        "within_tolerance": within or limits["force"],
+        "forced": limits["force"] and not within,
+    }
 
 
 def describe_quantized(q: dict) -> str:
     """One line: the held-out agreement and accuracy of the quantized file beside fp32."""
     c = q["check"]
-    return (f"on {c['images']} images of {c['source']}: answers as fp32 on {100 * c['agreement']:.1f}%, accuracy "
-            f"{c['quantized']['acc']:.4f} vs fp32 {c['fp32']['acc']:.4f} ({c['accuracy_drop_points']:+.2f} points "
-            f"lost; max_accuracy_drop={q['max_accuracy_drop']:g})" + (", forced" if q.get("forced") else ""))
+    return (
+        f"on {c['images']} images of {c['source']}: answers as fp32 on {100 * c['agreement']:.1f}%, accuracy "
+        f"{c['quantized']['acc']:.4f} vs fp32 {c['fp32']['acc']:.4f} ({c['accuracy_drop_points']:+.2f} points "
+        f"lost; max_accuracy_drop={q['max_accuracy_drop']:g})" + (", forced" if q.get("forced") else "")
+    )
 
 
 def _too_lossy(q: dict, out: Path) -> str:
     c = q["check"]
     hint = "try calibration_method=entropy or more calibration_images, " if "calibration_method" in q else ""
-    return (f"the quantized {out.name} loses {c['accuracy_drop_points']:.2f} accuracy points against fp32 on "
-            f"{c['images']} held-out images, more than max_accuracy_drop={q['max_accuracy_drop']:g}; it is kept "
-            f"for inspection, marked refused in its JSON: {hint}export without quantize, or pass force=true to "
-            "accept it")
+    return (
+        f"the quantized {out.name} loses {c['accuracy_drop_points']:.2f} accuracy points against fp32 on "
+        f"{c['images']} held-out images, more than max_accuracy_drop={q['max_accuracy_drop']:g}; it is kept "
+        f"for inspection, marked refused in its JSON: {hint}export without quantize, or pass force=true to "
+        "accept it"
+    )
 
 
 def run(cfg: DictConfig) -> str:

@@ -41,18 +41,34 @@ def lr_find(cfg: DictConfig) -> dict:
     module = build_module(cfg, datamodule.split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights())
     # max_epochs=num_training: the test's steps however short an epoch is (one batch each at least), all with
     # the groups that train in epoch 0 (a later unfreeze would change what the loss curve measures).
-    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_epochs=int(opts.num_training),
-                         callbacks=[_EpochZeroGroups()], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=float(opts.min_lr),
-                                    max_lr=float(opts.max_lr), num_training=int(opts.num_training),
-                                    early_stop_threshold=opts.early_stop_threshold, update_attr=False)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        max_epochs=int(opts.num_training),
+        callbacks=[_EpochZeroGroups()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+    finder = Tuner(trainer).lr_find(
+        module,
+        datamodule=datamodule,
+        min_lr=float(opts.min_lr),
+        max_lr=float(opts.max_lr),
+        num_training=int(opts.num_training),
+        early_stop_threshold=opts.early_stop_threshold,
+        update_attr=False,
+    )
     # Lightning skips the first 10 points, so a short test (under 12 steps) would get no suggestion.
     n = len(finder.results.get("lr", [])) if finder is not None else 0
     suggestion = finder.suggestion(skip_begin=min(10, n // 4)) if n >= 3 else None
     if suggestion is None or not math.isfinite(suggestion):
-        raise UserError("lr_find: the loss did not fall at any LR tried, so there is no suggestion: raise "
-                        "lr_find.num_training, or widen lr_find.min_lr / lr_find.max_lr")
+        raise UserError(
+            "lr_find: the loss did not fall at any LR tried, so there is no suggestion: raise "
+            "lr_find.num_training, or widen lr_find.min_lr / lr_find.max_lr"
+        )
     fig = finder.plot(suggest=True)
     losses = [v for v in finder.results["loss"] if math.isfinite(v)]
     if losses:  # a diverged tail would flatten the part of the curve that matters
@@ -60,14 +76,26 @@ def lr_find(cfg: DictConfig) -> dict:
     fig.axes[0].set_title(f"{cfg.model.arch}: suggested optim.lr={suggestion:.2g}")
     with atomic_open(run_dir / "lr_find.png", "wb") as f:
         fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-    result = {"suggestion": float(suggestion), "lr": [float(v) for v in finder.results["lr"]],
-              "loss": [float(v) for v in finder.results["loss"]]}
+    result = {
+        "suggestion": float(suggestion),
+        "lr": [float(v) for v in finder.results["lr"]],
+        "loss": [float(v) for v in finder.results["loss"]],
+    }
     write_json(run_dir / "lr_find.json", result)
     command = shlex.join(["vggtune", "train", *_train_overrides(), f"optim.lr={suggestion:.2g}"])
-    log.info("Suggested learning rate: %.2g (the steepest fall of the loss; the plot is in %s)\nTo use it:\n  %s",
-             suggestion, run_dir / "lr_find.png", command)
-    report_files(run_dir, {"lr_find.png": "loss against learning rate, the suggestion marked",
-                           "lr_find.json": "the suggestion, and every LR tried with its loss"})
+    log.info(
+        "Suggested learning rate: %.2g (the steepest fall of the loss; the plot is in %s)\nTo use it:\n  %s",
+        suggestion,
+        run_dir / "lr_find.png",
+        command,
+    )
+    report_files(
+        run_dir,
+        {
+            "lr_find.png": "loss against learning rate, the suggestion marked",
+            "lr_find.json": "the suggestion, and every LR tried with its loss",
+        },
+    )
     return result
 
 
@@ -82,8 +110,11 @@ def _train_overrides() -> list[str]:
     """This command's overrides that ``vggtune train`` understands (not lr_find.* or optim.lr)."""
     if not HydraConfig.initialized():
         return []
-    return [o for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith(("lr_find.", "optim.lr=", "hydra."))]
+    return [
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.lstrip("+~").startswith(("lr_find.", "optim.lr=", "hydra."))
+    ]
 
 
 def run(cfg: DictConfig) -> None:

@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 
 from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
-from vggtune.data.workers import resolve_workers
 from vggtune.data.transforms import check_tta
+from vggtune.data.workers import resolve_workers
 from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
 from vggtune.use.inference import Predictions, find_images, load_model, predict_probabilities
@@ -37,26 +37,37 @@ def predict(cfg: DictConfig) -> Path:
     model = load_model(cfg.ckpt, cfg.device)
     names = model.class_names
     if threshold is not None and not model.multilabel:
-        log.warning("threshold=%g ignored: it is for several labels per image, and this model gives one class "
-                    "per image (its top_k classes are listed)", threshold)
+        log.warning(
+            "threshold=%g ignored: it is for several labels per image, and this model gives one class "
+            "per image (its top_k classes are listed)",
+            threshold,
+        )
     if model.multilabel and cfg.top_k != 3:
-        log.warning("top_k=%s ignored: a multi-label model lists every label over its threshold and every "
-                    "label's probability", cfg.top_k)
+        log.warning(
+            "top_k=%s ignored: a multi-label model lists every label over its threshold and every label's probability",
+            cfg.top_k,
+        )
     if top_k > len(names) and not model.multilabel:
         log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
         top_k = len(names)
     log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
 
-    log.info(model.describe_calibration(threshold) if calibrate or model.multilabel else
-             "calibrate=false: probabilities not calibrated")
+    log.info(
+        model.describe_calibration(threshold)
+        if calibrate or model.multilabel
+        else "calibrate=false: probabilities not calibrated"
+    )
     if tta != "none":
         log.info("tta=%s: each image's probabilities are the mean over its views", tta)
     pred = predict_probabilities(model, paths, batch_size, workers, tta=tta, calibrate=calibrate)
     if not pred.indices:
         reason = pred.failures[0]
-        raise UserError(f"input {paths[0]} cannot be classified: {reason}" if len(paths) == 1 else
-                        f"none of the {len(paths)} files under {cfg.input} is a readable image "
-                        f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images")
+        raise UserError(
+            f"input {paths[0]} cannot be classified: {reason}"
+            if len(paths) == 1
+            else f"none of the {len(paths)} files under {cfg.input} is a readable image "
+            f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images"
+        )
     if model.multilabel:
         thresholds = model.thresholds(threshold or "auto")
         header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
@@ -87,18 +98,22 @@ def _multilabel_rows(paths: list[Path], pred: Predictions, names: list[str], thr
             yield [str(path.absolute()), "", *([""] * len(names)), pred.failures[i]]
 
 
-def _multilabel_report(paths: list[Path], pred: Predictions, names: list[str], thresholds: list[float],
-                       out: Path) -> str:
+def _multilabel_report(
+    paths: list[Path], pred: Predictions, names: list[str], thresholds: list[float], out: Path
+) -> str:
     over = pred.probs >= torch.tensor(thresholds)
     if len(paths) == 1 and pred.indices:
         p = pred.probs[0].tolist()
-        shown = ", ".join(f"{names[j]} {p[j]:.4f}" for j in sorted(over[0].nonzero().flatten().tolist(),
-                                                                       key=lambda j: -p[j]))
+        shown = ", ".join(
+            f"{names[j]} {p[j]:.4f}" for j in sorted(over[0].nonzero().flatten().tolist(), key=lambda j: -p[j])
+        )
         lines = [f"{paths[0]}: {shown or 'no label over its threshold'}"]
     else:
         counts = over.sum(dim=0).tolist()
-        lines = [f"Predicted {len(pred.indices)} image(s); images per label: "
-                 + ", ".join(f"{n} {c}" for n, c in zip(names, counts))]
+        lines = [
+            f"Predicted {len(pred.indices)} image(s); images per label: "
+            + ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+        ]
     if pred.failures:
         lines.append(f"{len(pred.failures)} file(s) are not readable images; their rows give the reason")
     lines.append(f"Predictions: {rel(out)}")
@@ -122,10 +137,14 @@ def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, 
     lines = []
     if len(paths) == 1:  # one image: the answer belongs on the terminal
         probs, classes = pred.probs[0].topk(top_k)
-        lines.append(f"{paths[0]}: " + ", ".join(f"{names[c]} {p:.4f}" for c, p in zip(classes.tolist(), probs.tolist())))
+        lines.append(
+            f"{paths[0]}: " + ", ".join(f"{names[c]} {p:.4f}" for c, p in zip(classes.tolist(), probs.tolist()))
+        )
     else:
         counts = Counter(names[c] for c in pred.probs.argmax(dim=1).tolist())
-        lines.append(f"Predicted {len(pred.indices)} image(s): " + ", ".join(f"{k} {n}" for k, n in counts.most_common()))
+        lines.append(
+            f"Predicted {len(pred.indices)} image(s): " + ", ".join(f"{k} {n}" for k, n in counts.most_common())
+        )
     if pred.failures:
         lines.append(f"{len(pred.failures)} file(s) are not readable images; their rows give the reason:")
         lines += [f"  {paths[i]}: {reason}" for i, reason in sorted(pred.failures.items())[:10]]

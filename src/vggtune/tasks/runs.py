@@ -56,8 +56,12 @@ def write_skipped(run_dir: Path, skipped, csv: bool = False) -> None:
     with open(run_dir / "skipped_images.txt", "w", encoding="utf-8") as f:
         for path, reason in skipped:
             f.write(f"{path}\t{reason}\n")
-    log.warning("Skipped %d unusable image file(s)%s, listed in %s:", len(skipped), " or CSV rows" if csv else "",
-                run_dir / "skipped_images.txt")
+    log.warning(
+        "Skipped %d unusable image file(s)%s, listed in %s:",
+        len(skipped),
+        " or CSV rows" if csv else "",
+        run_dir / "skipped_images.txt",
+    )
     for path, reason in list(skipped)[:10]:
         log.warning("  %s: %s", path, reason)
 
@@ -83,13 +87,14 @@ def report_run(run_dir: Path, summary: dict) -> None:
     metrics = summary["metrics"]
     names = ("val/acc", "val/map", "val/f1", "val/loss", "val/acc_best", "test/acc", "test/map", "test/f1")
     shown = [k for k in dict.fromkeys((summary.get("monitor"), *names)) if k in metrics]
-    lines = [f"Run folder: {rel(run_dir)}",
-             "  metrics:     " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown)]
+    lines = [f"Run folder: {rel(run_dir)}", "  metrics:     " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown)]
     if summary.get("best_checkpoint"):
         lines.append(f"  best:        {rel(summary['best_checkpoint'])}  (by {summary['monitor']})")
-    lines += [f"  last:        {rel(summary['last_checkpoint'])}",
-              f"  metrics.json, split.csv, config in .hydra/, log in {summary.get('log', 'train.log')}",
-              f"  TensorBoard: tensorboard --logdir {rel(run_dir)}"]
+    lines += [
+        f"  last:        {rel(summary['last_checkpoint'])}",
+        f"  metrics.json, split.csv, config in .hydra/, log in {summary.get('log', 'train.log')}",
+        f"  TensorBoard: tensorboard --logdir {rel(run_dir)}",
+    ]
     if summary.get("best_checkpoint"):
         # Without a test split (data.test_split=0, as in the demo), eval's default subset does not exist.
         subset = "" if "test" in (summary.get("data") or {}).get("counts", {"test": None}) else " data.subset=val"

@@ -40,20 +40,29 @@ def settings_from(cfg: DictConfig) -> dict:
         raise UserError(f"batch_timeout ({cfg.batch_timeout}) must be less than timeout ({cfg.timeout})")
     api_servers = cfg.get("api_servers")
     return {
-        "ckpt": cfg.ckpt, "model": cfg.onnx, "host": str(cfg.host), "port": port, "device": str(cfg.device),
+        "ckpt": cfg.ckpt,
+        "model": cfg.onnx,
+        "host": str(cfg.host),
+        "port": port,
+        "device": str(cfg.device),
         "workers_per_device": check_positive_int("workers_per_device", cfg.workers_per_device),
         "api_servers": None if api_servers is None else check_positive_int("api_servers", api_servers),
         "max_batch_size": check_positive_int("max_batch_size", cfg.max_batch_size),
-        "batch_timeout": float(cfg.batch_timeout), "timeout": float(cfg.timeout) or False,
-        "drain_timeout": float(cfg.drain_timeout), "top_k": check_positive_int("top_k", cfg.top_k),
-        "calibrate": check_bool("calibrate", cfg.calibrate), "tta": check_tta(cfg.tta),
+        "batch_timeout": float(cfg.batch_timeout),
+        "timeout": float(cfg.timeout) or False,
+        "drain_timeout": float(cfg.drain_timeout),
+        "top_k": check_positive_int("top_k", cfg.top_k),
+        "calibrate": check_bool("calibrate", cfg.calibrate),
+        "tta": check_tta(cfg.tta),
         "threshold": check_threshold(cfg.get("threshold", "auto")) or "auto",
         "max_request_mb": check_positive_int("max_request_mb", cfg.max_request_mb),
         "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
         "log_level": str(cfg.log_level),
         "max_queue": _check_max_queue(cfg.get("max_queue")),
         "api_key": _check_api_key(cfg.get("api_key")),
-        "backend": cfg.get("backend"), "precision": str(cfg.get("precision", "fp32")), "chosen": None,
+        "backend": cfg.get("backend"),
+        "precision": str(cfg.get("precision", "fp32")),
+        "chosen": None,
     }
 
 
@@ -69,8 +78,10 @@ def _check_api_key(key) -> str | None:
     if key is None:
         return None
     if not isinstance(key, str) or not key.strip():
-        raise UserError(f"api_key must be a non-empty string (quote one that YAML would read as a number: "
-                        f"api_key=\"'0123'\"), or null for none; got {key!r}")
+        raise UserError(
+            f"api_key must be a non-empty string (quote one that YAML would read as a number: "
+            f"api_key=\"'0123'\"), or null for none; got {key!r}"
+        )
     return key
 
 
@@ -78,9 +89,11 @@ def exposure_warning(settings: dict) -> str | None:
     """The warning for a server on every interface that anyone who reaches it can use, else None."""
     if settings["host"] == "127.0.0.1" or settings["api_key"] or os.environ.get("LIT_SERVER_API_KEY"):
         return None
-    return (f"host={settings['host']} serves on every network interface without an api_key: anyone who can reach "
-            "this machine can use the model; set api_key=<secret> (clients send it as X-API-Key) or put the server "
-            "behind a proxy that checks who calls")
+    return (
+        f"host={settings['host']} serves on every network interface without an api_key: anyone who can reach "
+        "this machine can use the model; set api_key=<secret> (clients send it as X-API-Key) or put the server "
+        "behind a proxy that checks who calls"
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -90,8 +103,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): another server uses it; pass "
-                            "port=<a free one>") from None
+            raise UserError(
+                f"cannot listen on {host}:{port} ({e.strerror}): another server uses it; pass port=<a free one>"
+            ) from None
 
 
 def run(cfg: DictConfig) -> str:

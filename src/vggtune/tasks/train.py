@@ -18,9 +18,9 @@ from vggtune.core.errors import UserError
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.feature_cache import weights_identity
 from vggtune.model.checkpoint import AtomicCheckpointIO
-from vggtune.model.weights import read_checkpoint
 from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
+from vggtune.model.weights import read_checkpoint
 from vggtune.tasks import demo
 from vggtune.tasks.checks import check_against_data, check_threshold, check_train
 from vggtune.tasks.runs import commit_run_config, report_run, write_json, write_skipped
@@ -48,8 +48,9 @@ def train(cfg: DictConfig) -> dict:
     split = datamodule.split
     check_against_data(cfg, split.classes, split.multilabel)
     _warn_schedule(schedule, cfg.trainer.max_epochs)
-    module = build_module(cfg, split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights(),
-                          label_delim=split.label_delim)
+    module = build_module(
+        cfg, split.classes, datamodule.preprocessing.to_dict(), datamodule.loss_weights(), label_delim=split.label_delim
+    )
     trainer = build_trainer(cfg)
     if datamodule.cache_features:
         _use_feature_cache(cfg, datamodule, module, schedule)
@@ -112,8 +113,10 @@ def _from_scratch_defaults(cfg: DictConfig) -> None:
         return
     with open_dict(cfg):
         cfg.finetune.update(FROM_SCRATCH)
-    log.info("model.weights=none: nothing is pretrained, so every layer trains from the first step at one "
-             "learning rate (finetune=full finetune.lr_decay=1); choose finetune=... to change that")
+    log.info(
+        "model.weights=none: nothing is pretrained, so every layer trains from the first step at one "
+        "learning rate (finetune=full finetune.lr_decay=1); choose finetune=... to change that"
+    )
 
 
 def _finetune_chosen(cfg: DictConfig) -> bool:
@@ -122,8 +125,9 @@ def _finetune_chosen(cfg: DictConfig) -> bool:
         return True  # called directly with a config: take it as given
     hydra = HydraConfig.get()
     overrides = [o.lstrip("+~") for o in hydra.overrides.task]
-    return (any(o.split("=", 1)[0].split(".", 1)[0] == "finetune" for o in overrides)
-            or hydra.runtime.choices.get("experiment") not in (None, "null"))  # an experiment is deliberate
+    return any(o.split("=", 1)[0].split(".", 1)[0] == "finetune" for o in overrides) or hydra.runtime.choices.get(
+        "experiment"
+    ) not in (None, "null")  # an experiment is deliberate
 
 
 def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -> dict:
@@ -136,12 +140,18 @@ def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "epochs": int(done.get("run/epochs", trainer.current_epoch)),
         "class_names": split.classes,
-        "data": {"root": str(split.root), "layout": split.layout, "counts": split.counts(),
-                 "skipped": len(split.skipped)},
+        "data": {
+            "root": str(split.root),
+            "layout": split.layout,
+            "counts": split.counts(),
+            "skipped": len(split.skipped),
+        },
     }
     if "replicas/identical" in done:
-        summary["replicas"] = {"world_size": int(done["replicas/world_size"]),
-                               "identical": bool(done["replicas/identical"])}
+        summary["replicas"] = {
+            "world_size": int(done["replicas/world_size"]),
+            "identical": bool(done["replicas/identical"]),
+        }
     return summary
 
 
@@ -156,20 +166,29 @@ def _cache_images(cfg: DictConfig) -> bool:
     return use
 
 
-def _use_feature_cache(cfg: DictConfig, datamodule: ClassFolderDataModule, module: VGGClassifier,
-                       schedule: Schedule) -> None:
+def _use_feature_cache(
+    cfg: DictConfig, datamodule: ClassFolderDataModule, module: VGGClassifier, schedule: Schedule
+) -> None:
     if schedule.name != "linear_probe":
-        raise UserError(f"data.cache_features=true needs a backbone that stays frozen for the whole run: use "
-                        f"finetune=linear_probe (not {schedule.name}), or data.cache_features=false")
+        raise UserError(
+            f"data.cache_features=true needs a backbone that stays frozen for the whole run: use "
+            f"finetune=linear_probe (not {schedule.name}), or data.cache_features=false"
+        )
     if cfg.data.get("mixup") or cfg.data.get("cutmix"):
-        raise UserError("data.cache_features=true trains the head on features, not images, so there is nothing to "
-                        "mix: set data.mixup=0 data.cutmix=0, or data.cache_features=false")
+        raise UserError(
+            "data.cache_features=true trains the head on features, not images, so there is nothing to "
+            "mix: set data.mixup=0 data.cutmix=0, or data.cache_features=false"
+        )
     if cfg.data.augment != "none":
-        log.warning("data.cache_features=true: each image's features are computed once from the evaluation "
-                    "transform, so augmentation (data.augment=%s) is off", cfg.data.augment)
+        log.warning(
+            "data.cache_features=true: each image's features are computed once from the evaluation "
+            "transform, so augmentation (data.augment=%s) is off",
+            cfg.data.augment,
+        )
     device = torch.device("cuda" if _uses_gpu(cfg) else "cpu")
-    datamodule.use_cached_features(module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed),
-                                   device, module.hparams.head)
+    datamodule.use_cached_features(
+        module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed), device, module.hparams.head
+    )
 
 
 def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
@@ -183,24 +202,42 @@ def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str 
         sys.exit(interrupt.exit_status)
 
 
-def build_module(cfg: DictConfig, class_names: list[str], preprocessing: dict,
-                 class_weights: list[float] | None = None, label_delim: str | None = None) -> VGGClassifier:
+def build_module(
+    cfg: DictConfig,
+    class_names: list[str],
+    preprocessing: dict,
+    class_weights: list[float] | None = None,
+    label_delim: str | None = None,
+) -> VGGClassifier:
     """The LightningModule, from plain containers only (so checkpoints load with weights_only=True)."""
     model = cfg.model
     if str(model.weights).lower() == "none" and not demo.is_baseline(cfg):
-        log.warning("Training %s from random init (model.weights=none): no pretrained weights. For a real "
-                    "fine-tune, use model.weights=imagenet (downloaded once) or model.weights=/path/to/%s.pth",
-                    model.arch, model.arch)
+        log.warning(
+            "Training %s from random init (model.weights=none): no pretrained weights. For a real "
+            "fine-tune, use model.weights=imagenet (downloaded once) or model.weights=/path/to/%s.pth",
+            model.arch,
+            model.arch,
+        )
     channels_last = model.channels_last
     if channels_last == "auto":
         channels_last = _uses_gpu(cfg)
     return VGGClassifier(
-        arch=model.arch, class_names=list(class_names), weights=str(model.weights), dropout=float(model.dropout),
-        preprocessing=preprocessing, optim=_plain(cfg.optim), scheduler=_plain(cfg.scheduler),
-        finetune=_plain(cfg.finetune), channels_last=bool(channels_last), compile=bool(model.compile),
-        head=str(model.get("head", "vgg")), class_weights=class_weights, label_delim=label_delim,
+        arch=model.arch,
+        class_names=list(class_names),
+        weights=str(model.weights),
+        dropout=float(model.dropout),
+        preprocessing=preprocessing,
+        optim=_plain(cfg.optim),
+        scheduler=_plain(cfg.scheduler),
+        finetune=_plain(cfg.finetune),
+        channels_last=bool(channels_last),
+        compile=bool(model.compile),
+        head=str(model.get("head", "vgg")),
+        class_weights=class_weights,
+        label_delim=label_delim,
         threshold=check_threshold(cfg.get("threshold", "auto")),
-        label_smoothing=float(model.get("label_smoothing", 0.0)))
+        label_smoothing=float(model.get("label_smoothing", 0.0)),
+    )
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -208,8 +245,13 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     tidy_lightning_messages()
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     # SaveOnInterrupt last: a deferred Ctrl-C raises in its on_train_batch_end, after the others' have run.
-    callbacks += [FreezeSchedule(), EpochSeed(cfg.seed), ReplicaCheck(),
-                  StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps), SaveOnInterrupt()]
+    callbacks += [
+        FreezeSchedule(),
+        EpochSeed(cfg.seed),
+        ReplicaCheck(),
+        StopOnNonFiniteLoss(cfg.trainer.log_every_n_steps),
+        SaveOnInterrupt(),
+    ]
     loggers = build_loggers(cfg, Path(cfg.paths.run_dir))  # logger=null: none at all
     if loggers:
         callbacks += [EpochSpeed(), *tracker_callbacks(cfg, loggers, Path(cfg.paths.run_dir))]
@@ -225,8 +267,14 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             kwargs["benchmark"] = True  # fixed input sizes: let cuDNN pick the fastest kernels
     if not cfg.trainer.enable_progress_bar:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
-                       default_root_dir=cfg.paths.run_dir, **kwargs)
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=cfg.paths.run_dir,
+        **kwargs,
+    )
 
 
 def _uses_gpu(cfg: DictConfig) -> bool:
@@ -248,10 +296,15 @@ def _drop_stale_interrupted(run_dir: Path) -> None:
 def _warn_schedule(schedule: Schedule, max_epochs: int) -> None:
     change = schedule.last_change_epoch()  # counted from 0
     if schedule.name in ("freeze_unfreeze", "gradual") and change >= max_epochs:
-        log.warning("finetune.%s: everything is unfrozen from epoch %d (counted from 0), so the schedule needs %d "
-                    "epochs, but trainer.max_epochs=%d; the lower layers stay frozen for part or all of the run "
-                    "(raise trainer.max_epochs or lower finetune.unfreeze_at_epoch / finetune.every_n_epochs)",
-                    schedule.name, change, change + 1, max_epochs)
+        log.warning(
+            "finetune.%s: everything is unfrozen from epoch %d (counted from 0), so the schedule needs %d "
+            "epochs, but trainer.max_epochs=%d; the lower layers stay frozen for part or all of the run "
+            "(raise trainer.max_epochs or lower finetune.unfreeze_at_epoch / finetune.every_n_epochs)",
+            schedule.name,
+            change,
+            change + 1,
+            max_epochs,
+        )
 
 
 @rank_zero_only
@@ -267,8 +320,9 @@ def _prepare_run_folder(split, run_dir: Path) -> None:
     train = counts["train"]
     shown = ", ".join(f"{name} {n}" for name, n in list(train.items())[:20]) + (", ..." if len(train) > 20 else "")
     ratio = max(train.values()) / max(1, min(train.values()))
-    log.info("Training images per %s: %s (largest / smallest: %.1f)", "label" if split.multilabel else "class",
-             shown, ratio)
+    log.info(
+        "Training images per %s: %s (largest / smallest: %.1f)", "label" if split.multilabel else "class", shown, ratio
+    )
     write_skipped(run_dir, split.skipped, csv=split.layout.startswith("csv"))
 
 

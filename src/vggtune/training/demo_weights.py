@@ -24,16 +24,25 @@ from torch.utils.data import DataLoader, TensorDataset
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
-from vggtune.data.images import load_rgb
 from vggtune.data.demo import FAMILIES, make_demo_dataset
+from vggtune.data.images import load_rgb
 from vggtune.data.transforms import eval_transform
 from vggtune.model.arch import check_arch, preprocessing
 
 log = logging.getLogger(__name__)
 
 
-def demo_weights(path: str | Path, arch: str = "vgg11_bn", image_size: int = 32, family: str = "letters-a",
-                 per_class: int = 150, epochs: int = 3, batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> Path:
+def demo_weights(
+    path: str | Path,
+    arch: str = "vgg11_bn",
+    image_size: int = 32,
+    family: str = "letters-a",
+    per_class: int = 150,
+    epochs: int = 3,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> Path:
     """The conv layers of ``arch`` trained on ``family``'s five classes, saved to ``path`` (once: kept and reused)."""
     for key, value in (("per_class", per_class), ("epochs", epochs), ("batch_size", batch_size)):
         check_positive_int(f"demo.pretrain.{key}", value)
@@ -48,20 +57,42 @@ def demo_weights(path: str | Path, arch: str = "vgg11_bn", image_size: int = 32,
         make_demo_dataset(data, per_class=per_class, size=48, classes=5, seed=seed + 1, family=family)
     classes = sorted(p.name for p in data.iterdir() if p.is_dir())
     items = [(f, c) for c, name in enumerate(classes) for f in sorted((data / name).iterdir())]
-    log.info("Demo: pretraining %s's conv layers on %d generated images of %s, %d epochs: a stand-in for "
-             "ImageNet weights, made once", arch, len(items), ", ".join(classes), epochs)
+    log.info(
+        "Demo: pretraining %s's conv layers on %d generated images of %s, %d epochs: a stand-in for "
+        "ImageNet weights, made once",
+        arch,
+        len(items),
+        ", ".join(classes),
+        epochs,
+    )
     torch.manual_seed(seed)
     prep = preprocessing(arch, image_size)
     transform = eval_transform(prep)  # decoded once: a few MB at this size
     images = TensorDataset(torch.stack([transform(load_rgb(f)) for f, _ in items]), torch.tensor([c for _, c in items]))
-    loader = DataLoader(images, batch_size=min(batch_size, len(images)), shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        images,
+        batch_size=min(batch_size, len(images)),
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     model = torchvision.models.get_model(check_arch(arch), weights=None)
     net = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, len(classes)))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     start = time.perf_counter()
-    fit_plain(net, optimizer, loader, epochs, lambda epoch, acc: log.info(
-        "Demo: pretraining epoch %d/%d: train acc %.3f (%.0f s)", epoch + 1, epochs, acc, time.perf_counter() - start))
+    fit_plain(
+        net,
+        optimizer,
+        loader,
+        epochs,
+        lambda epoch, acc: log.info(
+            "Demo: pretraining epoch %d/%d: train acc %.3f (%.0f s)",
+            epoch + 1,
+            epochs,
+            acc,
+            time.perf_counter() - start,
+        ),
+    )
     state = {f"features.{k}": v for k, v in model.features.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
@@ -70,8 +101,9 @@ def demo_weights(path: str | Path, arch: str = "vgg11_bn", image_size: int = 32,
     return path
 
 
-def fit_plain(net: nn.Module, optimizer: torch.optim.Optimizer, loader, epochs: int,
-              report: Callable[[int, float], None]) -> None:
+def fit_plain(
+    net: nn.Module, optimizer: torch.optim.Optimizer, loader, epochs: int, report: Callable[[int, float], None]
+) -> None:
     """A plain PyTorch loop (cross-entropy): ``report(epoch, training accuracy)`` after each epoch."""
     for epoch in range(epochs):
         net.train()

@@ -32,8 +32,9 @@ class StopOnNonFiniteLoss(pl.Callback):
         self._where: torch.Tensor | None = None  # (epoch, batch, global step) of the first bad loss, or -1s
         self._bad_value: torch.Tensor | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -58,9 +59,11 @@ class StopOnNonFiniteLoss(pl.Callback):
         if epoch >= 0:
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise UserError(f"the training loss became {float(self._bad_value)} at epoch {epoch}, batch {batch} "
-                            f"(global step {step}); training stopped and {kept}. Lower optim.lr, or set "
-                            "trainer.gradient_clip_val=1.0")
+            raise UserError(
+                f"the training loss became {float(self._bad_value)} at epoch {epoch}, batch {batch} "
+                f"(global step {step}); training stopped and {kept}. Lower optim.lr, or set "
+                "trainer.gradient_clip_val=1.0"
+            )
 
 
 class _NoLeadingNewline(logging.Filter):
@@ -106,11 +109,14 @@ class SaveOnInterrupt(pl.Callback):
             self._restore_handler()
             raise KeyboardInterrupt
         self._stop_requested = True
-        log.warning("Ctrl-C: stopping after this training step and saving a checkpoint that resumes exactly "
-                    "(Ctrl-C again to stop at once)")
+        log.warning(
+            "Ctrl-C: stopping after this training step and saving a checkpoint that resumes exactly "
+            "(Ctrl-C again to stop at once)"
+        )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self._stop_requested:
             raise KeyboardInterrupt
 
@@ -136,8 +142,13 @@ class SaveOnInterrupt(pl.Callback):
         self.saved = run_dir / "checkpoints" / INTERRUPTED_CKPT
         trainer.save_checkpoint(self.saved, weights_only=False)  # said, or Lightning logs that it chose it
         if trainer.is_global_zero:
-            log.warning("Interrupted by %s at epoch %d, step %d; saved %s", self.signal.name, trainer.current_epoch,
-                        trainer.global_step, self.saved)
+            log.warning(
+                "Interrupted by %s at epoch %d, step %d; saved %s",
+                self.signal.name,
+                trainer.current_epoch,
+                trainer.global_step,
+                self.saved,
+            )
             log.warning("Resume with: vggtune train resume=%s", run_dir)
 
     @property

@@ -50,8 +50,15 @@ def confusion_matrix_figure(counts: np.ndarray, class_names: list[str], title: s
     if n <= _ANNOTATE_UP_TO:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=small,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{rates[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=small,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     ax.set_title(title)
     return fig
@@ -69,8 +76,9 @@ def _image_grid(n: int, title: str, cell_inches: tuple[float, float]) -> tuple[F
     return fig, axes
 
 
-def prediction_grid_figure(images: np.ndarray, true: list[int], pred: list[int], conf: list[float],
-                           class_names: list[str], title: str) -> Figure:
+def prediction_grid_figure(
+    images: np.ndarray, true: list[int], pred: list[int], conf: list[float], class_names: list[str], title: str
+) -> Figure:
     """Images (N, H, W, 3 floats in 0..1) in a square grid, each titled with its true and predicted class.
 
     The predicted class carries the model's confidence (softmax probability); mistakes are titled in
@@ -79,8 +87,9 @@ def prediction_grid_figure(images: np.ndarray, true: list[int], pred: list[int],
     fig, axes = _image_grid(len(images), title, (2.1, 2.35))
     for ax, image, t, p, c in zip(axes, images, true, pred, conf):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"true: {class_names[t]}\npred: {class_names[p]} ({c:.2f})", fontsize=8,
-                     color=RIGHT if t == p else WRONG)
+        ax.set_title(
+            f"true: {class_names[t]}\npred: {class_names[p]} ({c:.2f})", fontsize=8, color=RIGHT if t == p else WRONG
+        )
     return fig
 
 
@@ -95,11 +104,20 @@ def per_label_figure(stats: np.ndarray, class_names: list[str], title: str) -> F
     fig = Figure(figsize=(min(4 + 0.6 * n, 24), 4.5), layout="constrained")
     ax = fig.subplots()
     x = np.arange(n)
-    for offset, values, name, colour in ((-0.27, precision, "precision", "#1565c0"),
-                                         (0.0, recall, "recall", "#ef6c00"), (0.27, f1, "F1", "#2e7d32")):
+    for offset, values, name, colour in (
+        (-0.27, precision, "precision", "#1565c0"),
+        (0.0, recall, "recall", "#ef6c00"),
+        (0.27, f1, "F1", "#2e7d32"),
+    ):
         ax.bar(x + offset, values, width=0.27, label=name, color=colour)
-    ax.set_xticks(x, [f"{name} ({int(p)})" for name, p in zip(class_names, tp + fn)], rotation=45, ha="right",
-                  rotation_mode="anchor", fontsize=9 if n <= 10 else 7)
+    ax.set_xticks(
+        x,
+        [f"{name} ({int(p)})" for name, p in zip(class_names, tp + fn)],
+        rotation=45,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=9 if n <= 10 else 7,
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
     ax.set_xlabel("label (images that have it)")
@@ -108,8 +126,14 @@ def per_label_figure(stats: np.ndarray, class_names: list[str], title: str) -> F
     return fig
 
 
-def multilabel_grid_figure(images: np.ndarray, true: list[list[float]], probs: list[list[float]], threshold: float,
-                           class_names: list[str], title: str) -> Figure:
+def multilabel_grid_figure(
+    images: np.ndarray,
+    true: list[list[float]],
+    probs: list[list[float]],
+    threshold: float,
+    class_names: list[str],
+    title: str,
+) -> Figure:
     """Images titled with their true labels and the labels over ``threshold`` (with probabilities)."""
     fig, axes = _image_grid(len(images), title, (2.3, 2.6))
     for ax, image, t, p in zip(axes, images, true, probs):
@@ -117,6 +141,9 @@ def multilabel_grid_figure(images: np.ndarray, true: list[list[float]], probs: l
         truth = {class_names[i] for i, v in enumerate(t) if v > 0.5}
         over = [(class_names[i], v) for i, v in sorted(enumerate(p), key=lambda iv: -iv[1]) if v >= threshold]
         shown = ", ".join(f"{name} {v:.2f}" for name, v in over[:3]) + (" ..." if len(over) > 3 else "")
-        ax.set_title(f"true: {', '.join(sorted(truth)) or '-'}\npred: {shown or '-'}", fontsize=7,
-                     color=RIGHT if truth == {name for name, _ in over} else WRONG)
+        ax.set_title(
+            f"true: {', '.join(sorted(truth)) or '-'}\npred: {shown or '-'}",
+            fontsize=7,
+            color=RIGHT if truth == {name for name, _ in over} else WRONG,
+        )
     return fig

@@ -157,8 +157,9 @@ class PlainProgress(ProgressBar):
         self._epoch_start = self._window_start = self._last_step_end = time.monotonic()
         self._window_images = self._epoch_images = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         images = _batch_len(batch)
         self._window_images += images
         self._epoch_images += images
@@ -171,12 +172,19 @@ class PlainProgress(ProgressBar):
         rate = self._window_images / max(now - self._window_start, 1e-9)
         self._window_start, self._window_images = now, 0
         loss = self.get_metrics(trainer, pl_module).get("train/loss")
-        self._emit(" ".join(filter(None, [
-            f"{self._epoch_label(trainer)} step {n}/{_count(total)}",
-            f"loss {_fmt(loss)}" if loss is not None else "",
-            f"{rate:.1f} img/s",
-            self._eta(trainer, n, total, now),
-        ])))
+        self._emit(
+            " ".join(
+                filter(
+                    None,
+                    [
+                        f"{self._epoch_label(trainer)} step {n}/{_count(total)}",
+                        f"loss {_fmt(loss)}" if loss is not None else "",
+                        f"{rate:.1f} img/s",
+                        self._eta(trainer, n, total, now),
+                    ],
+                )
+            )
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.monotonic()
@@ -184,12 +192,21 @@ class PlainProgress(ProgressBar):
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
         total = self.total_train_batches
-        self._emit(" ".join(filter(None, [
-            f"{self._epoch_label(trainer)} done in {seconds:.1f} s",
-            f"(training {self._epoch_images / max(training, 1e-9):.1f} img/s)",
-            shown,
-            self._eta(trainer, total, total, now) if trainer.current_epoch + 1 < (trainer.max_epochs or 0) else "",
-        ])))
+        self._emit(
+            " ".join(
+                filter(
+                    None,
+                    [
+                        f"{self._epoch_label(trainer)} done in {seconds:.1f} s",
+                        f"(training {self._epoch_images / max(training, 1e-9):.1f} img/s)",
+                        shown,
+                        self._eta(trainer, total, total, now)
+                        if trainer.current_epoch + 1 < (trainer.max_epochs or 0)
+                        else "",
+                    ],
+                )
+            )
+        )
 
     @staticmethod
     def _epoch_label(trainer: pl.Trainer) -> str:

@@ -30,8 +30,11 @@ SLURM_LAUNCHERS = ("submitit_slurm",)
 # Strategies whose extra ranks Lightning starts by running the command line again.
 RELAUNCHING = ("ddp", "ddp_find_unused_parameters_true", "ddp_static_graph")
 # What a launcher's resources should follow unless the user sets them.
-_SLURM_FROM_TRAINER = {"nodes": "${trainer.num_nodes}", "tasks_per_node": "${trainer.devices}",
-                       "gpus_per_node": "${trainer.devices}"}
+_SLURM_FROM_TRAINER = {
+    "nodes": "${trainer.num_nodes}",
+    "tasks_per_node": "${trainer.devices}",
+    "gpus_per_node": "${trainer.devices}",
+}
 
 
 def check_sweep_strategy(strategy: Any, devices: Any, launcher: str) -> None:
@@ -41,7 +44,8 @@ def check_sweep_strategy(strategy: Any, devices: Any, launcher: str) -> None:
         raise UserError(
             f"a sweep (-m) with trainer.strategy={strategy} would make every DDP rank start the whole sweep "
             "again (lightning #11300): use trainer.strategy=ddp_spawn in sweeps, or hydra/launcher=submitit_slurm "
-            "(one allocation per job); nothing was started")
+            "(one allocation per job); nothing was started"
+        )
 
 
 def launcher_overrides(launcher: str, overrides: list[str]) -> list[str]:
@@ -63,15 +67,26 @@ class SweepSummary(Callback):
         if not rows:
             return
         failed = sum(r["status"] == "failed" for r in rows)
-        SweepSummary.failed = (f"{failed} of {len(rows)} sweep jobs failed: their reasons are in the error column "
-                               f"of {sweep_dir / 'summary.csv'}") if failed else None
+        SweepSummary.failed = (
+            (
+                f"{failed} of {len(rows)} sweep jobs failed: their reasons are in the error column "
+                f"of {sweep_dir / 'summary.csv'}"
+            )
+            if failed
+            else None
+        )
         monitor = next((r["monitor"] for r in rows if r.get("monitor")), "val/acc")
         maximize = str(config.get("monitor_mode", "max")) == "max"
         rows.sort(key=lambda r: _sort_key(r.get(monitor), maximize))
         columns = _columns(rows, monitor)
         write_csv(sweep_dir / "summary.csv", rows, columns)
-        log.info("Sweep summary (%d jobs, best %s first), also in %s:\n%s", len(rows), monitor,
-                 sweep_dir / "summary.csv", format_table(rows, columns))
+        log.info(
+            "Sweep summary (%d jobs, best %s first), also in %s:\n%s",
+            len(rows),
+            monitor,
+            sweep_dir / "summary.csv",
+            format_table(rows, columns),
+        )
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:

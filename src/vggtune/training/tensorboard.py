@@ -25,15 +25,28 @@ HPARAM_METRICS = ("val/acc", "val/f1", "val/loss")
 HPARAM_GROUPS = ("model", "finetune", "optim", "scheduler", "data", "trainer")
 # Keys that change how a run is shown or loaded, not what it learns, and copies of other keys
 # (data.seed is seed, data.arch is model.arch): columns that would only crowd the table.
-HPARAM_SKIP = ("_partial_", "trainer._target_", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-               "trainer.enable_checkpointing", "trainer.log_every_n_steps", "data.num_workers", "data.pin_memory",
-               "data.verify", "data.on_bad_image", "data.cache_dir", "data.seed", "data.arch")
+HPARAM_SKIP = (
+    "_partial_",
+    "trainer._target_",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.enable_checkpointing",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.verify",
+    "data.on_bad_image",
+    "data.cache_dir",
+    "data.seed",
+    "data.arch",
+)
 
 
 def tensorboard_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """TensorBoard's own callbacks (with ``logger=tensorboard``): HPARAMS, data text, and the images if on."""
-    every = check_positive_int("logger.images_every_n_epochs", cfg.logger.get("images_every_n_epochs", 1),
-                                allow_zero=True)
+    every = check_positive_int(
+        "logger.images_every_n_epochs", cfg.logger.get("images_every_n_epochs", 1), allow_zero=True
+    )
     grid = check_positive_int("logger.grid_images", cfg.logger.get("grid_images", 16))
     callbacks = [HparamsSession(flat_config(cfg)), DataText()]
     if every:
@@ -98,11 +111,21 @@ class EpochSpeed(pl.Callback):
         self._end_stretch(pl_module)
         if self._epoch_start is None:
             return
-        pl_module.log("speed/epoch_seconds", time.perf_counter() - self._epoch_start, on_epoch=True,
-                      sync_dist=True, reduce_fx="max")
+        pl_module.log(
+            "speed/epoch_seconds",
+            time.perf_counter() - self._epoch_start,
+            on_epoch=True,
+            sync_dist=True,
+            reduce_fx="max",
+        )
         if self._train_seconds > 0:
-            pl_module.log("speed/train_images_per_second", self._images / self._train_seconds, on_epoch=True,
-                          sync_dist=True, reduce_fx="sum")
+            pl_module.log(
+                "speed/train_images_per_second",
+                self._images / self._train_seconds,
+                on_epoch=True,
+                sync_dist=True,
+                reduce_fx="sum",
+            )
         self._epoch_start = None
 
     def _end_stretch(self, pl_module: pl.LightningModule) -> None:
@@ -166,8 +189,14 @@ class DataText(pl.Callback):
         # SummaryWriter.add_text would append "/text_summary" to each tag; text_pb keeps the tag as named.
         writer = logger.experiment._get_file_writer()
         classes = "\n".join(f"| {i} | {name} |" for i, name in enumerate(split.classes))
-        writer.add_summary(text_pb("data/classes", f"{len(split.classes)} classes, in the order of the model's "
-                                                   f"outputs:\n\n| index | class |\n|---|---|\n{classes}"), 0)
+        writer.add_summary(
+            text_pb(
+                "data/classes",
+                f"{len(split.classes)} classes, in the order of the model's "
+                f"outputs:\n\n| index | class |\n|---|---|\n{classes}",
+            ),
+            0,
+        )
         writer.add_summary(text_pb("data/images_per_class", images_per_class_table(split.counts())), 0)
 
 

@@ -18,8 +18,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
 
-from vggtune.training.figures import (confusion_matrix_figure, figure_to_array, multilabel_grid_figure,
-                                      per_label_figure, prediction_grid_figure)
+from vggtune.training.figures import (
+    confusion_matrix_figure,
+    figure_to_array,
+    multilabel_grid_figure,
+    per_label_figure,
+    prediction_grid_figure,
+)
 
 
 def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -135,8 +140,9 @@ class PerLabelScores(_ValidationImage):
     def reset(self, pl_module: pl.LightningModule) -> None:
         if self.stats is None:
             self.threshold = pl_module.metric_threshold
-            self.stats = MultilabelStatScores(len(pl_module.class_names), threshold=self.threshold, average=None,
-                                              validate_args=False)
+            self.stats = MultilabelStatScores(
+                len(pl_module.class_names), threshold=self.threshold, average=None, validate_args=False
+            )
         self.stats.to(pl_module.device).reset()
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
@@ -203,10 +209,22 @@ class PredictionGrid(_ValidationImage):
 
     def draw(self, data: dict, class_names: list[str], title: str):
         if self._threshold is not None:
-            return multilabel_grid_figure(data["images"], data["target"], data["probs"], self._threshold, class_names,
-                                          f"Predictions (labels over {self._threshold:g}; mistakes first), {title}")
-        return prediction_grid_figure(data["images"], data["target"], data["pred"], data["conf"], class_names,
-                                      f"Predictions (misclassified first), {title}")
+            return multilabel_grid_figure(
+                data["images"],
+                data["target"],
+                data["probs"],
+                self._threshold,
+                class_names,
+                f"Predictions (labels over {self._threshold:g}; mistakes first), {title}",
+            )
+        return prediction_grid_figure(
+            data["images"],
+            data["target"],
+            data["pred"],
+            data["conf"],
+            class_names,
+            f"Predictions (misclassified first), {title}",
+        )
 
 
 def _top(items: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:

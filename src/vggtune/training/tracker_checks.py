@@ -46,8 +46,10 @@ def _require(option: str, module: str, extra: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise UserError(f"logger={option} needs the {module} package, which is not installed: "
-                        f"pip install \"{extra}\" (or choose another logger, e.g. logger=tensorboard)") from None
+        raise UserError(
+            f"logger={option} needs the {module} package, which is not installed: "
+            f'pip install "{extra}" (or choose another logger, e.g. logger=tensorboard)'
+        ) from None
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -60,19 +62,25 @@ def check_tracking_uri(uri: str) -> None:
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there ({reason}); start one "
-                        "(mlflow server --host 127.0.0.1 --port 5000), or leave tracking_uri out for the local store "
-                        "in outputs/mlflow") from None
+        raise UserError(
+            f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there ({reason}); start one "
+            "(mlflow server --host 127.0.0.1 --port 5000), or leave tracking_uri out for the local store "
+            "in outputs/mlflow"
+        ) from None
 
 
 def check_wandb_mode(mode: str) -> None:
     """``offline`` or ``disabled`` need nothing; ``online`` needs an API key, or wandb would ask for one and wait."""
     if mode not in WANDB_MODES:
-        raise UserError(f"logger.wandb.mode={mode} is not a W&B mode: choose offline (files in the run folder, "
-                        f"`wandb sync` later), online or disabled")
+        raise UserError(
+            f"logger.wandb.mode={mode} is not a W&B mode: choose offline (files in the run folder, "
+            f"`wandb sync` later), online or disabled"
+        )
     if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _wandb_netrc_key():
-        raise UserError("logger.wandb.mode=online needs your W&B API key: export WANDB_API_KEY=<key> "
-                        "(from https://wandb.ai/authorize) or run `wandb login`; or keep logger.wandb.mode=offline")
+        raise UserError(
+            "logger.wandb.mode=online needs your W&B API key: export WANDB_API_KEY=<key> "
+            "(from https://wandb.ai/authorize) or run `wandb login`; or keep logger.wandb.mode=offline"
+        )
 
 
 def _wandb_netrc_key() -> bool:

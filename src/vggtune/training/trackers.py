@@ -84,8 +84,12 @@ def _mlflow_run_of(uri: str, experiment: str, run_dir: str) -> str | None:
     found = client.get_experiment_by_name(experiment)
     if found is None or "'" in run_dir:  # no quoting of ' in MLflow's filter strings: start a new run
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=f"tags.run_dir = '{run_dir}'", max_results=1,
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.run_dir = '{run_dir}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     if runs:
         log.info("MLflow: going on in run %s (the one tagged with this run folder)", runs[0].info.run_id)
     return runs[0].info.run_id if runs else None
@@ -156,8 +160,11 @@ def _log_mlflow_params(logger: MLFlowLogger, params: dict) -> None:
     have = run.data.params
     changed = sorted(k for k, v in params.items() if k in have and have[k] != str(v)[:250])
     if changed:
-        log.info("MLflow run %s keeps the first value of each param, so these show their value from before the "
-                 "resume: %s", logger.run_id, ", ".join(changed))
+        log.info(
+            "MLflow run %s keeps the first value of each param, so these show their value from before the resume: %s",
+            logger.run_id,
+            ", ".join(changed),
+        )
     if run.info.status != "RUNNING":
         client.update_run(logger.run_id, status="RUNNING")
     logger.log_hyperparams({k: v for k, v in params.items() if k not in have})
@@ -182,8 +189,9 @@ class BestCheckpointArtifact(pl.Callback):
 
                 run = logger.experiment
                 score = float(score) if score is not None else None
-                artifact = wandb.Artifact(f"model-{run.id}", type="model",
-                                          metadata={"monitor": best.monitor, "score": score})
+                artifact = wandb.Artifact(
+                    f"model-{run.id}", type="model", metadata={"monitor": best.monitor, "score": score}
+                )
                 artifact.add_file(path, name=Path(path).name)
                 run.log_artifact(artifact, aliases=["best"])
 

@@ -92,11 +92,19 @@ def peak(bf16: bool, seconds: float = 1.5, threads: int | None = None) -> dict:
     if int8 is not None:
         rates["int8"] = _best_rate(int8, ops, seconds)
     shape = f"{n} x {n} weights on {n} channels x {side}x{side} pixels = 2 x {n}^2 x {side * side}"
-    how = {k: f"{shape} = {ops / 1e9:.2f} G operations a run; best of 0.2 s windows: {v:.0f} G operations/s"
-           for k, v in rates.items()}
-    return {"gops": rates, "how": how,
-            "kernels": {"fp32": "torch.conv2d 1x1 float32 (oneDNN)", "bf16": "torch.conv2d 1x1 bfloat16 (oneDNN)",
-                        "int8": "onnxruntime MatMulInteger uint8 x int8 (constant weights)"}}
+    how = {
+        k: f"{shape} = {ops / 1e9:.2f} G operations a run; best of 0.2 s windows: {v:.0f} G operations/s"
+        for k, v in rates.items()
+    }
+    return {
+        "gops": rates,
+        "how": how,
+        "kernels": {
+            "fp32": "torch.conv2d 1x1 float32 (oneDNN)",
+            "bf16": "torch.conv2d 1x1 bfloat16 (oneDNN)",
+            "int8": "onnxruntime MatMulInteger uint8 x int8 (constant weights)",
+        },
+    }
 
 
 def _int8_matmul(n: int, m: int, threads: int) -> Callable[[], object] | None:
@@ -108,9 +116,13 @@ def _int8_matmul(n: int, m: int, threads: int) -> Callable[[], object] | None:
         return None
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.integers(-127, 127, (n, n), dtype=np.int8), "B")
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "probe",
-                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, n])],
-                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "probe",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -16,9 +16,16 @@ from pathlib import Path
 
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
-                                         MulticlassRecall, MultilabelAveragePrecision, MultilabelF1Score,
-                                         MultilabelPrecision, MultilabelRecall)
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+)
 
 from vggtune.core.errors import UserError
 from vggtune.data.discovery import SUBSETS, class_folders, read_split_csv
@@ -46,32 +53,43 @@ def check_subset(subset: str) -> str:
     return subset
 
 
-def images_from_run(ckpt: Path, class_names: list[str], subset: str = "test",
-                    label_delim: str | None = None) -> LabelledImages:
+def images_from_run(
+    ckpt: Path, class_names: list[str], subset: str = "test", label_delim: str | None = None
+) -> LabelledImages:
     """The ``subset`` images of the training run that wrote ``ckpt`` (``<run>/checkpoints/<name>.ckpt``)."""
     check_subset(subset)
     run_dir = ckpt.resolve().parent.parent
     split_file, metrics_file = run_dir / "split.csv", run_dir / "metrics.json"
     if ckpt.resolve().parent.name != "checkpoints" or not split_file.is_file():
-        raise UserError(f"{ckpt} is not in the checkpoints/ folder of a training run (with split.csv beside it), "
-                        f"so its {subset} images are unknown: pass data.root=<a folder of class folders>")
+        raise UserError(
+            f"{ckpt} is not in the checkpoints/ folder of a training run (with split.csv beside it), "
+            f"so its {subset} images are unknown: pass data.root=<a folder of class folders>"
+        )
     if not metrics_file.is_file():  # written when training ends; it records the data folder
-        raise UserError(f"{run_dir} has no metrics.json (training did not finish?), so its data folder is "
-                        "unknown: pass data.root=<a folder of class folders>")
+        raise UserError(
+            f"{run_dir} has no metrics.json (training did not finish?), so its data folder is "
+            "unknown: pass data.root=<a folder of class folders>"
+        )
     root = Path(json.loads(metrics_file.read_text(encoding="utf-8"))["data"]["root"])
     if not root.is_dir():
-        raise UserError(f"the training data folder {root} (from {metrics_file}) no longer exists: "
-                        "pass data.root=<a folder of class folders> to evaluate on other images")
+        raise UserError(
+            f"the training data folder {root} (from {metrics_file}) no longer exists: "
+            "pass data.root=<a folder of class folders> to evaluate on other images"
+        )
     rows = read_split_csv(split_file, root, subset)
     if not rows:
-        raise UserError(f"the training run {run_dir} has no {subset} images (trained with data.test_split=0?): "
-                        "pass data.subset=val, or data.root=<a folder of class folders>")
+        raise UserError(
+            f"the training run {run_dir} has no {subset} images (trained with data.test_split=0?): "
+            "pass data.subset=val, or data.root=<a folder of class folders>"
+        )
     if label_delim is not None:
         rows = [(path, split_labels(text, label_delim)) for path, text in rows]
     labelled = _label(rows, class_names, f"the {subset} split of {run_dir}", label_delim is not None)
     if labelled.unknown:  # the run's own split can only hold the model's classes
-        raise UserError(f"{split_file} names classes the checkpoint does not know ({', '.join(labelled.unknown)}): "
-                        "is the checkpoint from another run? Pass data.root=<a folder of class folders>")
+        raise UserError(
+            f"{split_file} names classes the checkpoint does not know ({', '.join(labelled.unknown)}): "
+            "is the checkpoint from another run? Pass data.root=<a folder of class folders>"
+        )
     return labelled
 
 
@@ -79,38 +97,58 @@ def images_from_folder(root: str | Path, class_names: list[str], multilabel: boo
     """Every image in the class folders of ``root``; folders the model has no class for are counted apart."""
     path = Path(str(root)).expanduser()
     if not path.is_dir():
-        raise UserError(f"data.root {path} {'is a file' if path.exists() else 'does not exist'}: "
-                        "pass a folder of class folders")
+        raise UserError(
+            f"data.root {path} {'is a file' if path.exists() else 'does not exist'}: pass a folder of class folders"
+        )
     path = path.resolve()
     folders = class_folders(path)
     if not folders:
-        raise UserError(f"data.root {path} has no class folders: put each class's images in a folder named "
-                        f"after the class, as for training ({', '.join(class_names[:3])}, ...)")
+        raise UserError(
+            f"data.root {path} has no class folders: put each class's images in a folder named "
+            f"after the class, as for training ({', '.join(class_names[:3])}, ...)"
+        )
     if set(folders) <= set(SUBSETS) and not set(folders) & set(class_names):
-        raise UserError(f"data.root {path} holds {', '.join(folders)} folders, not class folders: "
-                        f"pass data.root={path / ('test' if 'test' in folders else folders[-1])}")
+        raise UserError(
+            f"data.root {path} holds {', '.join(folders)} folders, not class folders: "
+            f"pass data.root={path / ('test' if 'test' in folders else folders[-1])}"
+        )
     rows = [(image, (name,) if multilabel else name) for name in folders for image in list_images(path / name)]
     labelled = _label(rows, class_names, f"the class folders of {path}", multilabel)
     if not labelled.items:
         known = [f for f in folders if f in class_names]
         if known:
-            raise UserError(f"the class folders {', '.join(known)} in {path} hold no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}): add images, or pass another data.root")
+            raise UserError(
+                f"the class folders {', '.join(known)} in {path} hold no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}): add images, or pass another data.root"
+            )
         nested = [f for f in folders if set(class_folders(path / f)) & set(class_names)]
         hint = f": pass data.root={path / nested[0]}" if nested else _did_you_mean(folders, class_names)
-        raise UserError(f"none of the class folders in {path} ({', '.join(folders)}) is a class the model knows "
-                        f"({', '.join(class_names)}){hint}")
+        raise UserError(
+            f"none of the class folders in {path} ({', '.join(folders)}) is a class the model knows "
+            f"({', '.join(class_names)}){hint}"
+        )
     return labelled
 
 
-def images_from_csv(labels: str | Path, root: str | Path | None, class_names: list[str], subset: str = "test",
-                    columns: dict | None = None, label_delim: str | None = None) -> LabelledImages:
+def images_from_csv(
+    labels: str | Path,
+    root: str | Path | None,
+    class_names: list[str],
+    subset: str = "test",
+    columns: dict | None = None,
+    label_delim: str | None = None,
+) -> LabelledImages:
     """The rows of a labels CSV (only those of ``subset`` when it has a split column); classes the model
     does not know are counted apart. Bad rows are left out with their line numbers in the log."""
     csv_path = resolve_csv_path(labels, Path(str(root)).expanduser() if root else None)
-    rows, rejected = read_labels_csv(csv_path, Path(str(root)).expanduser().resolve() if root else csv_path.parent,
-                                     verify="header", on_bad_image="skip", label_delim=label_delim,
-                                     **(columns or {}))
+    rows, rejected = read_labels_csv(
+        csv_path,
+        Path(str(root)).expanduser().resolve() if root else csv_path.parent,
+        verify="header",
+        on_bad_image="skip",
+        label_delim=label_delim,
+        **(columns or {}),
+    )
     for bad in rejected.rows[:10]:
         log.warning("  left out %s", bad.reason)
     source, which = f"the rows of {csv_path}", ""
@@ -124,7 +162,9 @@ def images_from_csv(labels: str | Path, root: str | Path | None, class_names: li
     return _label([(r.path, r.label) for r in rows], class_names, source)
 
 
-def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str, multilabel: bool = False) -> LabelledImages:
+def _label(
+    rows: list[tuple[Path, str]], class_names: list[str], source: str, multilabel: bool = False
+) -> LabelledImages:
     """Rows of (path, class name), or (path, tuple of label names) when ``multilabel``, as class indices.
 
     An image with a label the model does not know is left out, and the label counted in ``unknown``.
@@ -141,8 +181,11 @@ def _label(rows: list[tuple[Path, str]], class_names: list[str], source: str, mu
 
 def _did_you_mean(folders: list[str], class_names: list[str]) -> str:
     lower = {name.lower(): name for name in class_names}  # "Roses" vs "roses" is the likeliest slip
-    hints = [f"{f} -> {lower[m[0]]}" for f in folders
-             if (m := difflib.get_close_matches(f.lower(), list(lower), n=1, cutoff=0.7))]
+    hints = [
+        f"{f} -> {lower[m[0]]}"
+        for f in folders
+        if (m := difflib.get_close_matches(f.lower(), list(lower), n=1, cutoff=0.7))
+    ]
     return f" (folder names are matched exactly; close ones: {', '.join(hints)})" if hints else ""
 
 
@@ -153,15 +196,21 @@ def describe_data(data: LabelledImages, evaluated: int, skipped: dict[str, str])
 
 def tta_gain(mode: str, views: int, metrics: dict[str, float], plain: dict[str, float]) -> dict:
     """What test-time augmentation changed: every metric of the plain view alone, and the gain over it."""
-    return {"mode": mode, "views": views, **{f"{k}_without": v for k, v in plain.items()},
-            **{f"{k}_gain": metrics[k] - v for k, v in plain.items()}}
+    return {
+        "mode": mode,
+        "views": views,
+        **{f"{k}_without": v for k, v in plain.items()},
+        **{f"{k}_gain": metrics[k] - v for k, v in plain.items()},
+    }
 
 
 def describe_unknown(unknown: dict[str, int], class_names: list[str]) -> str:
     """One line naming the class folders that were left out because the model has no such class."""
     listed = ", ".join(f"{name} ({n} images)" for name, n in unknown.items())
-    return (f"left out {sum(unknown.values())} images in class folders the model does not know: {listed}"
-            f"{_did_you_mean(list(unknown), class_names)}; the model's classes are {', '.join(class_names)}")
+    return (
+        f"left out {sum(unknown.values())} images in class folders the model does not know: {listed}"
+        f"{_did_you_mean(list(unknown), class_names)}; the model's classes are {', '.join(class_names)}"
+    )
 
 
 @dataclass
@@ -182,26 +231,38 @@ def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: lis
     """
     n = len(class_names)
     overall = classification_metrics(n, prefix="")
-    per_class = MetricCollection({"precision": MulticlassPrecision(n, average="none"),
-                                  "recall": MulticlassRecall(n, average="none"),
-                                  "f1": MulticlassF1Score(n, average="none")},
-                                 # one group on purpose: the same per-class stat scores, not merged by chance
-                                 compute_groups=[["precision", "recall", "f1"]])
+    per_class = MetricCollection(
+        {
+            "precision": MulticlassPrecision(n, average="none"),
+            "recall": MulticlassRecall(n, average="none"),
+            "f1": MulticlassF1Score(n, average="none"),
+        },
+        # one group on purpose: the same per-class stat scores, not merged by chance
+        compute_groups=[["precision", "recall", "f1"]],
+    )
     confusion = MulticlassConfusionMatrix(n)
     for metric in (overall, per_class, confusion):
         metric.update(probs, targets)
     scores = {k: v.tolist() for k, v in per_class.compute().items()}
     matrix = confusion.compute()
     support, predicted = matrix.sum(dim=1).tolist(), matrix.sum(dim=0).tolist()
-    rows = [{"class": name, "images": support[i], "predicted": predicted[i],
-             "precision": scores["precision"][i] if predicted[i] else None,
-             "recall": scores["recall"][i] if support[i] else None,
-             "f1": scores["f1"][i] if support[i] or predicted[i] else None} for i, name in enumerate(class_names)]
+    rows = [
+        {
+            "class": name,
+            "images": support[i],
+            "predicted": predicted[i],
+            "precision": scores["precision"][i] if predicted[i] else None,
+            "recall": scores["recall"][i] if support[i] else None,
+            "f1": scores["f1"][i] if support[i] or predicted[i] else None,
+        }
+        for i, name in enumerate(class_names)
+    ]
     return EvalResult({k: float(v) for k, v in overall.compute().items()}, rows, matrix)
 
 
-def compute_multilabel_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],
-                               thresholds: list[float]) -> EvalResult:
+def compute_multilabel_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, class_names: list[str], thresholds: list[float]
+) -> EvalResult:
     """Subset accuracy, macro mAP and macro F1 at each label's threshold, and per-label scores.
 
     ``targets`` is multi-hot (images, labels). The per-label rows hold precision, recall and F1 at
@@ -216,20 +277,32 @@ def compute_multilabel_metrics(probs: torch.Tensor, targets: torch.Tensor, class
     overall["map"].update(probs, truth)
     for name in ("acc", "f1"):
         overall[name].update(hard, truth)
-    per_label = MetricCollection({"precision": MultilabelPrecision(n, average="none"),
-                                  "recall": MultilabelRecall(n, average="none"),
-                                  "f1": MultilabelF1Score(n, average="none")},
-                                 compute_groups=[["precision", "recall", "f1"]])
+    per_label = MetricCollection(
+        {
+            "precision": MultilabelPrecision(n, average="none"),
+            "recall": MultilabelRecall(n, average="none"),
+            "f1": MultilabelF1Score(n, average="none"),
+        },
+        compute_groups=[["precision", "recall", "f1"]],
+    )
     per_label.update(hard, truth)
     ap = MultilabelAveragePrecision(n, average="none")
     ap.update(probs, truth)
     scores = {k: v.tolist() for k, v in per_label.compute().items()}
     scores["ap"] = ap.compute().tolist()
     support, made = truth.sum(dim=0).tolist(), predicted.sum(dim=0).tolist()
-    rows = [{"label": name, "images": support[i], "predicted": made[i], "threshold": float(thresholds[i]),
-             "precision": scores["precision"][i] if made[i] else None,
-             "recall": scores["recall"][i] if support[i] else None,
-             "f1": scores["f1"][i] if support[i] or made[i] else None,
-             "ap": scores["ap"][i] if support[i] else None} for i, name in enumerate(class_names)]
+    rows = [
+        {
+            "label": name,
+            "images": support[i],
+            "predicted": made[i],
+            "threshold": float(thresholds[i]),
+            "precision": scores["precision"][i] if made[i] else None,
+            "recall": scores["recall"][i] if support[i] else None,
+            "f1": scores["f1"][i] if support[i] or made[i] else None,
+            "ap": scores["ap"][i] if support[i] else None,
+        }
+        for i, name in enumerate(class_names)
+    ]
     metrics = {k: float(v) for k, v in overall.compute().items()}
     return EvalResult(metrics, rows, torch.tensor([support, made]).T)

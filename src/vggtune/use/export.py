@@ -32,8 +32,15 @@ class ExportedClassifier(nn.Module):
     normalisation, the output and the softmax stay float32.
     """
 
-    def __init__(self, net: nn.Module, prep: Preprocessing, logits: bool = False, temperature: float = 1.0,
-                 multilabel: bool = False, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        net: nn.Module,
+        prep: Preprocessing,
+        logits: bool = False,
+        temperature: float = 1.0,
+        multilabel: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.net = net.to(dtype)
         self.dtype = dtype
@@ -64,9 +71,11 @@ def check_format(fmt: str) -> str:
             import onnxruntime  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError as e:
-            raise UserError(f"format=onnx needs {e.name or 'onnx'}, which is not installed: "
-                            "pip install 'vggtune[export]' (onnx, onnxruntime, onnxscript), "
-                            "or use format=torchscript") from None
+            raise UserError(
+                f"format=onnx needs {e.name or 'onnx'}, which is not installed: "
+                "pip install 'vggtune[export]' (onnx, onnxruntime, onnxscript), "
+                "or use format=torchscript"
+            ) from None
     return fmt
 
 
@@ -91,9 +100,11 @@ def write(model: ExportedClassifier, prep: Preprocessing, fmt: str, path: Path) 
     diff = float((got - expected).abs().max())
     tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
     if not diff <= tolerance:
-        raise UserError(f"the exported {path} disagrees with the PyTorch model by up to {diff:.3g} (tolerance "
-                        f"{tolerance:.1g}) on the same input: do not use it (it is kept for inspection); "
-                        "please report this with your torch and onnxruntime versions")
+        raise UserError(
+            f"the exported {path} disagrees with the PyTorch model by up to {diff:.3g} (tolerance "
+            f"{tolerance:.1g}) on the same input: do not use it (it is kept for inspection); "
+            "please report this with your torch and onnxruntime versions"
+        )
     return {"runtime": runtime(), "batch": _CHECK_BATCH, "max_abs_diff": diff, "tolerance": tolerance}
 
 
@@ -102,9 +113,15 @@ def _save_onnx(model: ExportedClassifier, example: torch.Tensor, path: Path) -> 
     for name in ("onnxscript", "onnx_ir"):  # their optimiser passes log each step at INFO, which Hydra prints
         logging.getLogger(name).setLevel(logging.WARNING)
     output = "logits" if model.logits else "probabilities"
-    program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=[output],
-                                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}}, dynamo=True,
-                                verbose=False)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=[output],
+        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+        dynamo=True,
+        verbose=False,
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         # One file: every VGG is well under protobuf's 2 GB limit, and one file is easier to hand on.
@@ -164,8 +181,10 @@ def _torch_runtime() -> str:
     return f"torch.jit.load, torch {torch.__version__}"
 
 
-_FORMATS = {"onnx": (_save_onnx, _run_onnx, _onnx_runtime),
-            "torchscript": (_save_torchscript, _run_torchscript, _torch_runtime)}
+_FORMATS = {
+    "onnx": (_save_onnx, _run_onnx, _onnx_runtime),
+    "torchscript": (_save_torchscript, _run_torchscript, _torch_runtime),
+}
 
 
 @contextmanager
@@ -177,9 +196,17 @@ def quiet_torchscript():
         yield
 
 
-def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessing, class_names: list[str],
-             arch: str, checkpoint: Path, thresholds: list[float] | None = None,
-             stored_temperature: float | None = None) -> dict:
+def describe(
+    path: Path,
+    fmt: str,
+    model: ExportedClassifier,
+    prep: Preprocessing,
+    class_names: list[str],
+    arch: str,
+    checkpoint: Path,
+    thresholds: list[float] | None = None,
+    stored_temperature: float | None = None,
+) -> dict:
     """The JSON written beside an exported file: what goes in, what comes out, and where it came from.
 
     Multi-label (``thresholds`` given): ``multilabel`` is true, the output is a sigmoid probability per
@@ -188,9 +215,11 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
     size = prep.image_size
     extra = {}
     if thresholds is not None:
-        extra = {"multilabel": True, "thresholds": dict(zip(class_names, thresholds)),
-                 "how": "each label is predicted when its probability (sigmoid of its logit) is at or above its "
-                        "threshold"}
+        extra = {
+            "multilabel": True,
+            "thresholds": dict(zip(class_names, thresholds)),
+            "how": "each label is predicted when its probability (sigmoid of its logit) is at or above its threshold",
+        }
     return {
         "file": path.name,
         "format": fmt,
@@ -198,9 +227,11 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
         "output": "logits" if model.logits else "probabilities",
         "input_name": INPUT_NAME,
         "input_shape": ["batch", 3, size, size],
-        "input": (f"float32 RGB in [0, 1], NCHW: resize the shorter side to {prep.resize_size} px (bilinear, "
-                  f"antialiased), centre-crop {size}x{size}, divide by 255. Do not normalise: the model "
-                  "subtracts mean and divides by std itself."),
+        "input": (
+            f"float32 RGB in [0, 1], NCHW: resize the shorter side to {prep.resize_size} px (bilinear, "
+            f"antialiased), centre-crop {size}x{size}, divide by 255. Do not normalise: the model "
+            "subtracts mean and divides by std itself."
+        ),
         "image_size": size,
         "resize_size": prep.resize_size,
         "mean": list(prep.mean),
@@ -216,16 +247,29 @@ def describe(path: Path, fmt: str, model: ExportedClassifier, prep: Preprocessin
 def _describe_calibration(model: ExportedClassifier, stored: float | None) -> dict:
     """``stored``: the checkpoint's temperature (None: it has none), recorded even where it is not applied."""
     if model.multilabel:
-        return {"temperature": 1.0, "applied": False, "how": "several labels per image: sigmoid probabilities, "
-                "not temperature-scaled"}
+        return {
+            "temperature": 1.0,
+            "applied": False,
+            "how": "several labels per image: sigmoid probabilities, not temperature-scaled",
+        }
     t = model.temperature
     if t == 1.0 and stored is not None and not model.logits:  # calibrate=false
-        return {"temperature": stored, "applied": False,
-                "how": f"calibrate=false: the probabilities are softmax(logits); the checkpoint's temperature "
-                       f"{stored:.6g} would calibrate them as softmax(logits / {stored:.6g})"}
+        return {
+            "temperature": stored,
+            "applied": False,
+            "how": f"calibrate=false: the probabilities are softmax(logits); the checkpoint's temperature "
+            f"{stored:.6g} would calibrate them as softmax(logits / {stored:.6g})",
+        }
     if model.logits:
-        return {"temperature": t, "applied": False,
-                "how": f"calibrated probabilities are softmax(logits / {t:.6g})" if t != 1.0 else "no temperature"}
-    return {"temperature": t, "applied": t != 1.0,
-            "how": f"the probabilities are softmax(logits / {t:.6g}), folded into the graph" if t != 1.0
-            else "no temperature: the probabilities are softmax(logits)"}
+        return {
+            "temperature": t,
+            "applied": False,
+            "how": f"calibrated probabilities are softmax(logits / {t:.6g})" if t != 1.0 else "no temperature",
+        }
+    return {
+        "temperature": t,
+        "applied": t != 1.0,
+        "how": f"the probabilities are softmax(logits / {t:.6g}), folded into the graph"
+        if t != 1.0
+        else "no temperature: the probabilities are softmax(logits)",
+    }

@@ -17,8 +17,7 @@ import torch
 
 from vggtune.core.errors import UserError
 from vggtune.data.transforms import unit_transform
-from vggtune.use.evaluation import (compute_metrics, compute_multilabel_metrics, images_from_folder,
-                                    images_from_run)
+from vggtune.use.evaluation import compute_metrics, compute_multilabel_metrics, images_from_folder, images_from_run
 from vggtune.use.inference import LoadedModel, find_images, image_batches
 
 Probabilities = Callable[[torch.Tensor], torch.Tensor]  # a batch in [0, 1] -> (batch, classes) probabilities
@@ -36,19 +35,25 @@ class HeldOut:
 
 def held_out(model: LoadedModel, root: str | None, subset: str) -> HeldOut:
     """The ``subset`` images of the checkpoint's run (``root`` null), or the class folders in ``root``."""
-    data = (images_from_run(model.path, model.class_names, subset, model.label_delim) if root is None else
-            images_from_folder(root, model.class_names, model.multilabel))
+    data = (
+        images_from_run(model.path, model.class_names, subset, model.label_delim)
+        if root is None
+        else images_from_folder(root, model.class_names, model.multilabel)
+    )
     if not data.items:
-        raise UserError(f"{data.source} holds no image of the checkpoint's classes: pass data.root=<a folder of "
-                        "class folders> with images of them")
+        raise UserError(
+            f"{data.source} holds no image of the checkpoint's classes: pass data.root=<a folder of "
+            "class folders> with images of them"
+        )
     images, kept, left_out = _load([p for p, _ in data.items], model)
     if not kept:
         raise UserError(f"none of the {len(data.items)} images of {data.source} could be read")
     return HeldOut(images, [data.items[i][1] for i in kept], data.source, left_out)
 
 
-def calibration_batches(model: LoadedModel, root: str | None, count: int, batch_size: int = 16,
-                        seed: int = 0) -> tuple[list[np.ndarray], str, list[Path]]:
+def calibration_batches(
+    model: LoadedModel, root: str | None, count: int, batch_size: int = 16, seed: int = 0
+) -> tuple[list[np.ndarray], str, list[Path]]:
     """Up to ``count`` training images (a seeded sample), prepared as the exported file takes them, in batches:
     the run's train split (``root`` null) or any images under ``root``. Returns (batches, source, paths)."""
     if root is None:
@@ -57,16 +62,17 @@ def calibration_batches(model: LoadedModel, root: str | None, count: int, batch_
     else:
         paths, source = find_images(root), f"the images in {root}"
     if not paths:
-        raise UserError(f"{source} holds no image to calibrate on: pass calibration_root=<a folder of training "
-                        "images>")
+        raise UserError(f"{source} holds no image to calibrate on: pass calibration_root=<a folder of training images>")
     paths = sorted(paths)
     random.Random(seed).shuffle(paths)
     paths = paths[:count]
     images, kept, _ = _load(paths, model)
     if not kept:
-        raise UserError(f"none of the {len(paths)} calibration images of {source} could be read: pass "
-                        "calibration_root=<a folder of training images>")
-    batches = [images[i:i + batch_size].numpy() for i in range(0, len(images), batch_size)]
+        raise UserError(
+            f"none of the {len(paths)} calibration images of {source} could be read: pass "
+            "calibration_root=<a folder of training images>"
+        )
+    batches = [images[i : i + batch_size].numpy() for i in range(0, len(images), batch_size)]
     return batches, source, [paths[i] for i in kept]
 
 
@@ -84,7 +90,7 @@ def _load(paths: list[Path], model: LoadedModel) -> tuple[torch.Tensor, list[int
 def in_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """``images`` in consecutive batches of ``batch_size`` (the last may be smaller)."""
     for i in range(0, len(images), batch_size):
-        yield images[i:i + batch_size]
+        yield images[i : i + batch_size]
 
 
 def probabilities(run: Probabilities, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
@@ -111,13 +117,20 @@ def decisions(probs: torch.Tensor, thresholds: list[float] | None) -> torch.Tens
     return (probs >= torch.tensor(thresholds)).long()
 
 
-def compare(reference: torch.Tensor, candidate: torch.Tensor, data: HeldOut, names: list[str],
-            thresholds: list[float] | None) -> dict:
+def compare(
+    reference: torch.Tensor, candidate: torch.Tensor, data: HeldOut, names: list[str], thresholds: list[float] | None
+) -> dict:
     """``candidate``'s probabilities beside the fp32 ``reference`` on the same images: how often they answer the
     same, each one's scores, and the candidate's loss in accuracy points."""
     ref, got = decisions(reference, thresholds), decisions(candidate, thresholds)
     same = (ref == got) if thresholds is None else (ref == got).all(dim=1)
     before, after = scores(reference, data, names, thresholds), scores(candidate, data, names, thresholds)
-    return {"images": len(data.targets), "source": data.source, "agreement": float(same.float().mean()),
-            "fp32": before, "quantized": after, "accuracy_drop_points": round(100 * (before["acc"] - after["acc"]), 4),
-            "max_abs_diff": float((reference - candidate).abs().max())}
+    return {
+        "images": len(data.targets),
+        "source": data.source,
+        "agreement": float(same.float().mean()),
+        "fp32": before,
+        "quantized": after,
+        "accuracy_drop_points": round(100 * (before["acc"] - after["acc"]), 4),
+        "max_abs_diff": float((reference - candidate).abs().max()),
+    }

@@ -7,9 +7,9 @@ the training data folder or config.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -70,15 +70,22 @@ class LoadedModel:
             if threshold is not None:
                 return head + f"threshold={threshold:g} (given), for every label"
             chosen = self.module.thresholds is not None and self.module.hparams.get("threshold") is None
-            return head + ("its own threshold, chosen on the validation images" if chosen else
-                           f"{self.thresholds()[0]:g}, for every label")
+            return head + (
+                "its own threshold, chosen on the validation images"
+                if chosen
+                else f"{self.thresholds()[0]:g}, for every label"
+            )
         c = self.module.calibration
         if not c:
-            return ("probabilities not calibrated: the checkpoint has no temperature (trained without validation "
-                    "images, or every validation image was right, which leaves nothing to fit)")
-        return (f"probabilities calibrated: logits divided by the temperature {c['temperature']:.3f}, fitted on "
-                f"{c['images']} validation images at epoch {c['epoch']} (their ECE {c['ece']:.3f} -> "
-                f"{c['ece_calibrated']:.3f})")
+            return (
+                "probabilities not calibrated: the checkpoint has no temperature (trained without validation "
+                "images, or every validation image was right, which leaves nothing to fit)"
+            )
+        return (
+            f"probabilities calibrated: logits divided by the temperature {c['temperature']:.3f}, fitted on "
+            f"{c['images']} validation images at epoch {c['epoch']} (their ECE {c['ece']:.3f} -> "
+            f"{c['ece_calibrated']:.3f})"
+        )
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -103,8 +110,9 @@ def load_model(ckpt: str | Path, device: str = "auto") -> LoadedModel:
     return LoadedModel(module, list(module.class_names), prep, dev, Path(str(ckpt)).expanduser())
 
 
-def load_pretrained(arch: str, weights: str = "imagenet", image_size: int | None = None,
-                    device: str = "auto") -> LoadedModel:
+def load_pretrained(
+    arch: str, weights: str = "imagenet", image_size: int | None = None, device: str = "auto"
+) -> LoadedModel:
     """torchvision's ImageNet VGG as it was trained (1000-class head, category names), in eval mode.
 
     ``weights`` is ``imagenet``, a state-dict file in torchvision's layout, or ``none`` (random
@@ -121,23 +129,30 @@ def load_pretrained(arch: str, weights: str = "imagenet", image_size: int | None
     return LoadedModel(module, categories, prep, dev, Path(str(weights)))
 
 
-def load_model_or_pretrained(ckpt: str | None, arch: str, weights: str = "imagenet", image_size: int | None = None,
-                             device: str = "auto") -> LoadedModel:
+def load_model_or_pretrained(
+    ckpt: str | None, arch: str, weights: str = "imagenet", image_size: int | None = None, device: str = "auto"
+) -> LoadedModel:
     """The checkpoint's classifier when ``ckpt`` is given, else torchvision's ImageNet VGG ``arch``.
 
     ``arch``, ``weights`` and ``image_size`` matter only without a checkpoint, which brings its own.
     """
     if not ckpt:
         if str(weights).lower() == "none":
-            log.warning("No ckpt given and model.weights=none: using a randomly initialised %s (its features "
-                        "mean nothing; pass ckpt= or model.weights=imagenet)", arch)
+            log.warning(
+                "No ckpt given and model.weights=none: using a randomly initialised %s (its features "
+                "mean nothing; pass ckpt= or model.weights=imagenet)",
+                arch,
+            )
         else:
             log.info("No ckpt given: using torchvision's ImageNet %s (model.weights=%s)", arch, weights)
         return load_pretrained(arch, weights, image_size, device)
     loaded = load_model(ckpt, device)
     if image_size is not None and image_size != loaded.preprocessing.image_size:
-        log.warning("data.image_size=%s ignored: the checkpoint was trained on %d px and keeps its preprocessing",
-                    image_size, loaded.preprocessing.image_size)
+        log.warning(
+            "data.image_size=%s ignored: the checkpoint was trained on %d px and keeps its preprocessing",
+            image_size,
+            loaded.preprocessing.image_size,
+        )
     return loaded
 
 
@@ -153,8 +168,13 @@ def find_images(input_path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     # Broken symlinks too (is_file() is False for them): they get a row saying they cannot be read.
-    files = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and not p.is_dir() and not any(
-        part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and not p.is_dir()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise UserError(f"input folder {path} holds no files")
     return files
@@ -185,15 +205,17 @@ def _collate(items):
     return x, [i for _, i in good], bad
 
 
-def image_batches(paths: list[Path], transform, batch_size: int = 64, num_workers: int = 0
-                  ) -> Iterator[tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]]:
+def image_batches(
+    paths: list[Path], transform, batch_size: int = 64, num_workers: int = 0
+) -> Iterator[tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]]:
     """Yield ``(images, indices, failures)``: a batch of the readable images and why the others failed.
 
     ``indices`` and the failure indices point into ``paths``; a batch with no readable image
     yields ``None`` for the images.
     """
-    loader = DataLoader(_PathDataset(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)
+    loader = DataLoader(
+        _PathDataset(paths, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
     yield from loader
 
 
@@ -247,8 +269,15 @@ def temperature_for(model: LoadedModel, calibrate: bool) -> float:
 
 
 @torch.inference_mode()
-def predict_probabilities(model: LoadedModel, paths: list[Path], batch_size: int = 32, num_workers: int = 0,
-                          desc: str = "Predicting", tta: str = "none", calibrate: bool = True) -> Predictions:
+def predict_probabilities(
+    model: LoadedModel,
+    paths: list[Path],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    desc: str = "Predicting",
+    tta: str = "none",
+    calibrate: bool = True,
+) -> Predictions:
     """The probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
 
     ``tta`` (:data:`~vggtune.data.transforms.TTA_MODES`) averages the probabilities of several views

@@ -88,12 +88,16 @@ def check_quantize(value: str, fmt: str) -> str:
         raise UserError("quantize=int8 writes an ONNX file (onnxruntime's static quantization): pass format=onnx")
     if value == "bf16":
         if fmt != "torchscript":
-            raise UserError("quantize=bf16 is for format=torchscript (onnxruntime's CPU provider has no bf16 "
-                            "convolutions); for a faster ONNX file use quantize=int8")
+            raise UserError(
+                "quantize=bf16 is for format=torchscript (onnxruntime's CPU provider has no bf16 "
+                "convolutions); for a faster ONNX file use quantize=int8"
+            )
         if not has_bf16():
-            raise UserError(f"quantize=bf16 needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}), and "
-                            f"this one ({cpu_name()}) has none: bf16 would be emulated, slower than fp32; use "
-                            "format=onnx quantize=int8")
+            raise UserError(
+                f"quantize=bf16 needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}), and "
+                f"this one ({cpu_name()}) has none: bf16 would be emulated, slower than fp32; use "
+                "format=onnx quantize=int8"
+            )
     return value
 
 
@@ -110,16 +114,22 @@ def float_tail(model_path: Path) -> list[str]:
 
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
     last = max((i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")), default=len(nodes) - 1)
-    return [n.name for n in nodes[last + 1:]]
+    return [n.name for n in nodes[last + 1 :]]
 
 
-def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: str = "minmax",
-                  input_name: str = "image") -> dict:
+def quantize_int8(
+    fp32: Path, out: Path, batches: Iterable[np.ndarray], method: str = "minmax", input_name: str = "image"
+) -> dict:
     """Write the int8 version of the fp32 ONNX file ``fp32`` to ``out``, calibrated on ``batches`` (float32
     NCHW arrays in [0, 1]). Returns the settings used, for the export's JSON."""
     from onnxruntime import __version__ as ort_version
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -140,17 +150,32 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray], method: 
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         excluded = float_tail(pre)
         with _quiet_quantizer():
-            quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=excluded,
-                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]))
+            quantize_static(
+                str(pre),
+                str(tmp),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+            )
         os.replace(tmp, out)
     finally:
         for path in (pre, tmp, pre.with_name(pre.name + ".data")):
             path.unlink(missing_ok=True)
-    return {"runtime": f"onnxruntime {ort_version}", "format": "QDQ", "weights": "int8, per channel",
-            "activations": "uint8, per tensor", "reduce_range": reduce_range, "calibration_method": method,
-            "float_nodes": excluded, "calibration_images": reader.images}
+    return {
+        "runtime": f"onnxruntime {ort_version}",
+        "format": "QDQ",
+        "weights": "int8, per channel",
+        "activations": "uint8, per tensor",
+        "reduce_range": reduce_range,
+        "calibration_method": method,
+        "float_nodes": excluded,
+        "calibration_images": reader.images,
+    }
 
 
 @contextmanager
