@@ -26,25 +26,37 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM = [
+    "chromium",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Time Series filtered to the epoch curves and the two validation images; outliers not clipped.
-TIMESERIES = ("/?smoothing=0&tagFilter=%5E(train%2Floss_epoch%7Cval%2Facc%7Cval%2Floss%7Cval%2Ff1"
-              "%7Cval%2Fconfusion_matrix%7Cval%2Fpredictions)%24#timeseries")
+TIMESERIES = (
+    "/?smoothing=0&tagFilter=%5E(train%2Floss_epoch%7Cval%2Facc%7Cval%2Floss%7Cval%2Ff1"
+    "%7Cval%2Fconfusion_matrix%7Cval%2Fpredictions)%24#timeseries"
+)
 SETTINGS = "localStorage.setItem('_tb_global_settings', JSON.stringify({ignoreOutliers: false})); location.reload()"
 CLOSE_PANE = "document.querySelector('button[aria-label=\"Close side pane\"]')?.click()"
 ACTUAL_SIZE = """(() => { const walk = r => r.querySelectorAll('*').forEach(e => {
     if (e.tagName === 'PAPER-CHECKBOX' && e.textContent.includes('actual')) e.click();
     if (e.shadowRoot) walk(e.shadowRoot); }); walk(document); })()"""
-SHOTS = [("tensorboard.png", TIMESERIES, (1500, 1000), [SETTINGS, CLOSE_PANE]),
-         ("tensorboard-images.png", "/#images", (1850, 1180), [ACTUAL_SIZE])]
+SHOTS = [
+    ("tensorboard.png", TIMESERIES, (1500, 1000), [SETTINGS, CLOSE_PANE]),
+    ("tensorboard-images.png", "/#images", (1850, 1180), [ACTUAL_SIZE]),
+]
 
 
-async def screenshot(devtools: str, url: str, out: Path, size: tuple[int, int], scripts: list[str],
-                     wait: float = 8.0) -> None:
+async def screenshot(
+    devtools: str, url: str, out: Path, size: tuple[int, int], scripts: list[str], wait: float = 8.0
+) -> None:
     """Open ``url`` in the page behind ``devtools``, run each script (waiting after each), save a PNG to ``out``."""
-    async with aiohttp.ClientSession(trust_env=False) as session, \
-            session.ws_connect(devtools, max_msg_size=0) as ws:
+    async with aiohttp.ClientSession(trust_env=False) as session, session.ws_connect(devtools, max_msg_size=0) as ws:
         counter = iter(range(1, 10**6))
 
         async def call(method: str, **params):
@@ -55,8 +67,9 @@ async def screenshot(devtools: str, url: str, out: Path, size: tuple[int, int], 
                 if data.get("id") == n:
                     return data.get("result", data)
 
-        await call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
-                   mobile=False)
+        await call(
+            "Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False
+        )
         await call("Page.navigate", url=url)
         await asyncio.sleep(wait)
         for script in scripts:
@@ -74,9 +87,17 @@ def main(base: str, out_dir: str) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     profile = tempfile.mkdtemp(prefix="chromium-")  # a new empty profile: no state from earlier runs
-    proc = subprocess.Popen([*CHROMIUM, f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-                             f"--remote-debugging-port={port}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *CHROMIUM,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-address=127.0.0.1",
+            f"--remote-debugging-port={port}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         for name, path, size, scripts in SHOTS:
