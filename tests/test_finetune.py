@@ -270,7 +270,7 @@ def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (run / "tensorboard").exists()  # logger=null, as the README's config table says
+    assert not (run / "tensorboard").exists()  # logger=null, as the config groups table in docs/configuration.md says
     assert "model.weights=none: nothing is pretrained, so every layer trains" in (run / "train.log").read_text()
     saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)
     finetune = saved["hyper_parameters"]["finetune"]

@@ -26,19 +26,20 @@ from omegaconf import OmegaConf
 from vggtune.use.quantize import has_bf16
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DOCS = sorted((README.parent / "docs").glob("*.md"))  # the documentation pages: their commands too
+DOCS = sorted((README.parent / "docs").rglob("*.md"))  # the documentation pages: their commands too
 
 
 def readme_commands() -> list[str]:
-    """Every line of a code block that starts with ``vggtune`` in the README and the docs pages, without its
-    trailing comment."""
+    """Every line of a code block that starts with ``vggtune`` in the README and the docs pages (docs/**/*.md),
+    without its trailing comment, each once."""
     # Every fence is paired with the next one, whatever its language, and only shell blocks are kept.
     text = "\n".join(page.read_text(encoding="utf-8") for page in [README, *DOCS])
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
     lines = [
         line.strip() for lang, block in blocks if lang in ("", "bash", "sh", "console") for line in block.splitlines()
     ]
-    return [re.sub(r"\s+#.*$", "", line) for line in lines if line.startswith("vggtune ")]
+    commands = [re.sub(r"\s+#.*$", "", line) for line in lines if line.startswith("vggtune ")]
+    return list(dict.fromkeys(commands))  # a command the README and a page both show runs once
 
 
 COMMANDS = readme_commands()

@@ -23,7 +23,7 @@ from vggtune.training.figures import row_normalised
 from vggtune.training.tensorboard import HPARAM_METRICS, EpochSpeed, flat_config, images_per_class_table
 from vggtune.training.tensorboard_images import ConfusionMatrixImage, PredictionGrid
 
-# Every scalar the README promises (the tiny run trains every group: finetune=full).
+# Every scalar docs/tensorboard.md promises (the tiny run trains every group: finetune=full).
 SCALARS = (
     "train/loss",
     "train/acc",
