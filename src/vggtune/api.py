@@ -58,9 +58,7 @@ def train(data: str | Path | None = None, /, *overrides: str, **options: Any) ->
     :class:`~vggtune.core.errors.UserError` with the command line's one line.
     """
     args = [*_data_overrides(data), *to_overrides(overrides, options)]
-    from vggtune.tasks.train import train as train_task
-
-    folder, summary = run_task("train", args, train_task)
+    folder, summary = run_task("train", args, "train")
     return Run(folder, dict(summary["metrics"]), summary)
 
 
@@ -164,10 +162,8 @@ class Model:
         ``data__subset="val"``). Returns the evaluation's :class:`Run`: ``metrics`` (``acc``, ``f1``, ...) and
         its folder with ``metrics.json``, ``per_class.csv``, ``confusion_matrix.png``, ``misclassified.csv``.
         """
-        from vggtune.tasks.eval import evaluate
-
         folder, summary = run_task(
-            "eval", [*self._task_args(), *_data_overrides(data), *to_overrides(overrides, options)], evaluate
+            "eval", [*self._task_args(), *_data_overrides(data), *to_overrides(overrides, options)], "evaluate"
         )
         return Run(folder, dict(summary["metrics"]), summary)
 
@@ -178,13 +174,11 @@ class Model:
         ``output`` None: ``model.onnx`` in the export's run folder. ``quantize="int8"`` and the other keys of
         ``vggtune export`` are keywords here, as for :func:`train`.
         """
-        from vggtune.tasks.export import export_checkpoint
-
         given = [] if output is None else [f"output={hydra_value(str(Path(str(output)).expanduser().absolute()))}"]
         folder, info = run_task(
             "export",
             [f"ckpt={hydra_value(str(self.path))}", *given, *to_overrides(overrides, options)],
-            export_checkpoint,
+            "export_checkpoint",
         )
         return Path(str(output)).expanduser().absolute() if output is not None else folder / info["file"]
 
@@ -195,12 +189,10 @@ class Model:
         Keywords are ``vggtune explain``'s keys (``top_k=5``, ``layer="block4"``). Returns an
         :class:`Explanation`; in a notebook, ``.figure()`` draws the overlays.
         """
-        from vggtune.tasks.explain import run
-
         with tempfile.TemporaryDirectory() as scratch:
             path = image_file(image, Path(scratch))
             args = [*self._task_args(), f"input={hydra_value(str(path))}", *to_overrides(overrides, options)]
-            _, rows = run_task("explain", args, run)
+            _, rows = run_task("explain", args, "run")
             return Explanation.from_rows(rows)
 
     def _task_args(self) -> list[str]:

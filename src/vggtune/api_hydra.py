@@ -11,10 +11,11 @@ without the run folder, its log and the ``hydra:`` values (``paths.run_dir``) th
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -24,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from vggtune.cli import CONFIG_MODULE, _discard_empty_run, _find_user_error, _quiet_lightning
+from vggtune.cli import CONFIG_MODULE, TASKS, _discard_empty_run, _find_user_error, _quiet_lightning
 from vggtune.core.errors import UserError
 from vggtune.preflight import prepare
 from vggtune.tasks.runs import restore_run_config
@@ -123,11 +124,14 @@ def hydra_session() -> Iterator[None]:
         root.setLevel(level)
 
 
-def run_task(task: str, overrides: list[str], function: Callable[[DictConfig], Any]) -> tuple[Path, Any]:
-    """Run ``function(cfg)`` as ``vggtune <task> <overrides>`` runs its task; return the run folder and its result.
+def run_task(task: str, overrides: list[str], function: str) -> tuple[Path, Any]:
+    """Run the task's ``function(cfg)`` as ``vggtune <task> <overrides>`` runs the task; return the run folder
+    and what the function returned.
 
     The command line's checks come first, and a UserError from them or from the task is raised here with its
     one line (the run folder of a run refused before it produced anything removed, as the command does).
+    The task's module is imported inside the run, as the command line does: Lightning, imported before
+    Hydra configures logging, would keep its messages out of the run's log.
     """
     args = prepare(task, list(overrides))
     if "-m" in args:
@@ -138,7 +142,7 @@ def run_task(task: str, overrides: list[str], function: Callable[[DictConfig], A
         _quiet_lightning()
         outcome["folder"] = Path(str(cfg.paths.run_dir)).absolute()
         try:
-            outcome["result"] = function(cfg)
+            outcome["result"] = getattr(importlib.import_module(TASKS[task][0]), function)(cfg)
         except BaseException as e:  # tidied here, where Hydra's run is set up; raised after it
             outcome["error"] = e
             if task == "train" and cfg.get("resume"):
