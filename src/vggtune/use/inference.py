@@ -190,8 +190,9 @@ class _PathDataset(Dataset):
 
     def __getitem__(self, index: int):
         path = self.paths[index]
-        if not isinstance(path, Path):  # an image in memory (the Python API): a PIL image or a (3, H, W) tensor
+        if isinstance(path, (Image.Image, torch.Tensor)):  # an image in memory (the Python API): PIL or (3, H, W)
             return self.transform(to_rgb(path) if isinstance(path, Image.Image) else path), index, ""
+        path = Path(path)
         if not is_image_name(path.name):
             return None, index, f"not an image file name ({path.suffix or 'no extension'})"
         try:
