@@ -15,7 +15,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # A subpackage may import from its own layer's package and from lower layers only. training, use and
 # inspect share a layer and do not import each other. The root package (``vggtune``: its version)
-# may be imported from anywhere; the command line (cli, preflight, __main__) sits on top.
+# may be imported from anywhere; the command line (cli, preflight, __main__) and the Python API (api,
+# api_hydra, api_inputs) sit on top. The root's ``vggtune.train`` and ``vggtune.load`` are the API's,
+# imported on first use by its module ``__getattr__`` (PEP 562): not an import of the root's, since
+# importing the root does not run it (test_the_root_package_loads_the_api_only_when_asked).
 LAYERS = {"core": 0, "model": 1, "data": 2, "training": 3, "use": 3, "inspect": 3, "serve": 4, "tasks": 5, "": 6}
 
 
@@ -32,7 +35,7 @@ def _modules() -> dict[str, Path]:
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """Every vggtune module ``path`` imports, at the top or inside a function (a lazy import is still one)."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_without_lazy_attributes(ast.parse(path.read_text()))):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("vggtune")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vggtune"):
@@ -40,6 +43,24 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
                 full = f"{node.module}.{alias.name}"
                 out.add(full if full in modules else node.module)
     return out
+
+
+def _without_lazy_attributes(tree: ast.Module) -> ast.Module:
+    """The module without its module-level ``__getattr__`` (PEP 562), which runs only when an attribute is asked for."""
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
+    return tree
+
+
+def _lazy_imports(path: Path) -> set[str]:
+    """What the module-level ``__getattr__`` of ``path`` imports."""
+    lazy = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
+    found = set()
+    for node in (n for f in lazy for n in ast.walk(f)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
 
 
 def _graph() -> dict[str, set[str]]:
@@ -90,6 +111,26 @@ def test_lower_layers_never_import_higher_ones():
 
 def test_the_root_package_imports_nothing_so_that_anything_may_import_it():
     assert _graph()["vggtune"] == set()
+
+
+def test_the_root_package_loads_the_api_only_when_asked():
+    """``vggtune.train`` and ``vggtune.load`` come from vggtune.api through the root's ``__getattr__``, its only
+    lazy import; importing vggtune loads none of vggtune's modules, nor torch, Hydra or Lightning."""
+    import subprocess
+    import sys
+
+    assert _lazy_imports(SRC / "vggtune" / "__init__.py") == {"vggtune.api"}
+    code = """
+import sys
+import vggtune
+heavy = ("torch", "hydra", "omegaconf", "lightning", "PIL")
+print(sorted(m for m in sys.modules if m.startswith("vggtune.") or m.split(".")[0] in heavy))
+import vggtune.api
+print(vggtune.train is vggtune.api.train, vggtune.load is vggtune.api.load, "train" in dir(vggtune))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["[]", "True True True"], (out.stdout, out.stderr[-2000:])
 
 
 def test_every_subpackage_says_what_lives_there_and_what_it_may_import():

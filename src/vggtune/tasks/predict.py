@@ -15,7 +15,7 @@ from vggtune.data.transforms import check_tta
 from vggtune.data.workers import resolve_workers
 from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
-from vggtune.use.inference import Predictions, find_images, load_model, predict_probabilities
+from vggtune.use.inference import LoadedModel, Predictions, find_images, load_model, predict_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +35,7 @@ def predict(cfg: DictConfig) -> Path:
     out = output_path(cfg.output, run_dir, "predictions.csv")
     paths = find_images(cfg.input)
     model = load_model(cfg.ckpt, cfg.device)
-    names = model.class_names
-    if threshold is not None and not model.multilabel:
-        log.warning(
-            "threshold=%g ignored: it is for several labels per image, and this model gives one class "
-            "per image (its top_k classes are listed)",
-            threshold,
-        )
-    if model.multilabel and cfg.top_k != 3:
-        log.warning(
-            "top_k=%s ignored: a multi-label model lists every label over its threshold and every label's probability",
-            cfg.top_k,
-        )
-    if top_k > len(names) and not model.multilabel:
-        log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
-        top_k = len(names)
+    top_k = fit_to_model(model, top_k, threshold, top_k_given=cfg.top_k != 3)
     log.info("Predicting %d file(s) under %s with %s", len(paths), cfg.input, rel(model.path))
 
     log.info(
@@ -60,42 +46,91 @@ def predict(cfg: DictConfig) -> Path:
     if tta != "none":
         log.info("tta=%s: each image's probabilities are the mean over its views", tta)
     pred = predict_probabilities(model, paths, batch_size, workers, tta=tta, calibrate=calibrate)
-    if not pred.indices:
-        reason = pred.failures[0]
-        raise UserError(
-            f"input {paths[0]} cannot be classified: {reason}"
-            if len(paths) == 1
-            else f"none of the {len(paths)} files under {cfg.input} is a readable image "
-            f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images"
-        )
+    check_readable(paths, pred, cfg.input)
+    header, rows = prediction_table([str(p.absolute()) for p in paths], pred, model, top_k, threshold)
+    write_csv(out, header, ([_cell(v) for v in row] for row in rows))
     if model.multilabel:
-        thresholds = model.thresholds(threshold or "auto")
-        header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
-        write_csv(out, header, _multilabel_rows(paths, pred, names, thresholds, model.label_delim))
         what = "one row per file: path, the labels over their thresholds, every label's probability, or the error"
-        report = _multilabel_report(paths, pred, names, thresholds, out)
+        report = _multilabel_report(paths, pred, model.class_names, model.thresholds(threshold or "auto"), out)
     else:
-        header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
-        write_csv(out, header, _rows(paths, pred, names, top_k))
         what = f"one row per file: path, top-{top_k} classes and probabilities, or the error"
-        report = _report(paths, pred, names, top_k, out)
+        report = _report(paths, pred, model.class_names, top_k, out)
     copied = keep_copy(out, run_dir, "predictions.csv")
     log.info(report)
     report_files(run_dir, {"predictions.csv": f"a copy of {rel(out)}" if copied else what})
     return out
 
 
-def _multilabel_rows(paths: list[Path], pred: Predictions, names: list[str], thresholds: list[float], delim: str):
-    """One row per path: the labels at or over their thresholds (most probable first) and every probability."""
+def fit_to_model(model: LoadedModel, top_k: int, threshold: float | None, top_k_given: bool = True) -> int:
+    """``top_k`` as this model can use it, with a warning for a setting the model makes moot (a threshold for a
+    one-class model, top_k for a multi-label one, more classes than it knows)."""
+    names = model.class_names
+    if threshold is not None and not model.multilabel:
+        log.warning(
+            "threshold=%g ignored: it is for several labels per image, and this model gives one class "
+            "per image (its top_k classes are listed)",
+            threshold,
+        )
+    if model.multilabel and top_k_given:
+        log.warning(
+            "top_k=%s ignored: a multi-label model lists every label over its threshold and every label's probability",
+            top_k,
+        )
+    if top_k > len(names) and not model.multilabel:
+        log.warning("top_k=%d but the model knows %d classes: listing all %d", top_k, len(names), len(names))
+        top_k = len(names)
+    return top_k
+
+
+def check_readable(paths: list, pred: Predictions, input_name) -> None:
+    """A UserError when none of ``paths`` could be classified (``input_name``: what the user passed)."""
+    if pred.indices:
+        return
+    reason = pred.failures[0]
+    raise UserError(
+        f"input {paths[0]} cannot be classified: {reason}"
+        if len(paths) == 1
+        else f"none of the {len(paths)} files under {input_name} is a readable image "
+        f"(the first, {paths[0]}: {reason}): pass an image file or a folder of images"
+    )
+
+
+def prediction_table(
+    inputs: list, pred: Predictions, model: LoadedModel, top_k: int, threshold: float | None = None
+) -> tuple[list[str], list[list]]:
+    """The columns and rows of ``vggtune predict``'s CSV, one row per input in order.
+
+    ``inputs`` fills the ``path`` column. Then the top-k classes and their probabilities (several labels
+    per image: the labels over their thresholds, most probable first, and every label's probability), and
+    ``error``: "" for a predicted input, else why it was not. Probabilities are floats; empty cells None.
+    """
+    names = model.class_names
+    if model.multilabel:
+        thresholds = model.thresholds(threshold or "auto")
+        header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
+        return header, list(_multilabel_rows(inputs, pred, names, thresholds, model.label_delim))
+    header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
+    return header, list(_rows(inputs, pred, names, top_k))
+
+
+def _cell(value) -> str:
+    """A CSV cell: probabilities with 6 decimals, nothing for None."""
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _multilabel_rows(inputs: list, pred: Predictions, names: list[str], thresholds: list[float], delim: str):
+    """One row per input: the labels at or over their thresholds (most probable first) and every probability."""
     row_of = dict(zip(pred.indices, range(len(pred.indices))))
     probs = pred.probs
-    for i, path in enumerate(paths):
+    for i, name in enumerate(inputs):
         if i in row_of:
             p = probs[row_of[i]].tolist()
             over = sorted((j for j in range(len(names)) if p[j] >= thresholds[j]), key=lambda j: -p[j])
-            yield [str(path.absolute()), delim.join(names[j] for j in over), *(f"{v:.6f}" for v in p), ""]
+            yield [name, delim.join(names[j] for j in over), *p, ""]
         else:
-            yield [str(path.absolute()), "", *([""] * len(names)), pred.failures[i]]
+            yield [name, None, *([None] * len(names)), pred.failures[i]]
 
 
 def _multilabel_report(
@@ -120,17 +155,17 @@ def _multilabel_report(
     return "\n".join(lines)
 
 
-def _rows(paths: list[Path], pred: Predictions, names: list[str], top_k: int):
-    """One row per path, in path order: its top-k classes, or its error."""
+def _rows(inputs: list, pred: Predictions, names: list[str], top_k: int):
+    """One row per input, in order: its top-k classes, or its error."""
     row_of = dict(zip(pred.indices, range(len(pred.indices))))
     probs, classes = pred.probs.topk(top_k, dim=1)
-    for i, path in enumerate(paths):
+    for i, name in enumerate(inputs):
         if i in row_of:
             r = row_of[i]
-            cells = [x for c, p in zip(classes[r].tolist(), probs[r].tolist()) for x in (names[c], f"{p:.6f}")]
-            yield [str(path.absolute()), *cells, ""]
+            cells = [x for c, p in zip(classes[r].tolist(), probs[r].tolist()) for x in (names[c], p)]
+            yield [name, *cells, ""]
         else:
-            yield [str(path.absolute()), *([""] * (2 * top_k)), pred.failures[i]]
+            yield [name, *([None] * (2 * top_k)), pred.failures[i]]
 
 
 def _report(paths: list[Path], pred: Predictions, names: list[str], top_k: int, out: Path) -> str:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vggtune.core.errors import UserError
-from vggtune.data.images import is_image_name, load_rgb
+from vggtune.data.images import is_image_name, load_rgb, to_rgb
 from vggtune.data.transforms import eval_transform, tta_transform
 from vggtune.model.arch import Preprocessing, imagenet_weights, preprocessing
 from vggtune.model.checkpoint import model_from_checkpoint
@@ -189,6 +190,9 @@ class _PathDataset(Dataset):
 
     def __getitem__(self, index: int):
         path = self.paths[index]
+        if isinstance(path, (Image.Image, torch.Tensor)):  # an image in memory (the Python API): PIL or (3, H, W)
+            return self.transform(to_rgb(path) if isinstance(path, Image.Image) else path), index, ""
+        path = Path(path)
         if not is_image_name(path.name):
             return None, index, f"not an image file name ({path.suffix or 'no extension'})"
         try:
@@ -279,6 +283,9 @@ def predict_probabilities(
     calibrate: bool = True,
 ) -> Predictions:
     """The probabilities of ``model`` for each readable image in ``paths``, in batches, with a progress bar.
+
+    ``paths`` may also hold images in memory (PIL images, or RGB tensors (3, H, W) of uint8 or of floats in
+    [0, 1]), which go through the same transform as the files.
 
     ``tta`` (:data:`~vggtune.data.transforms.TTA_MODES`) averages the probabilities of several views
     of each image; ``calibrate`` divides the logits by the checkpoint's temperature. The bar is shown
