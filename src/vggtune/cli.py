@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vggtune import __version__
-from vggtune.core.errors import UserError
+from vggtune.core.errors import RunComplete, UserError
 from vggtune.tasks.runs import restore_run_config
 from vggtune.training.sweep import SWEEP_ERROR_FILE, SweepSummary
 
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args = prepare(task, args)
+    except RunComplete as e:  # nothing to do is not a failure: a requeued job that already finished is done
+        print(e)
+        return
     except UserError as e:
         _fail(str(e))
     _run_hydra(task, args, debug)

@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vggtune.config_errors import compose_task, composition_error, config_groups, first_line, flat_items, missing_option
-from vggtune.core.errors import UserError
+from vggtune.core.errors import RunComplete, UserError
 from vggtune.data.discovery import MISSING_ROOT
-from vggtune.tasks.checks import check_lr_find, check_train
+from vggtune.tasks.checks import check_lr_find, check_train, complete_run
 from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
 
@@ -75,6 +75,8 @@ def prepare(task: str, args: list[str]) -> list[str]:
         check_train(cfg)
     if task == "lr_find":
         check_lr_find(cfg)
+    if task == "train" and (complete := complete_run(cfg)):
+        raise RunComplete(complete)  # before Hydra rewrites the run's .hydra/ or makes a new folder
     run_dir, explicit = _run_dir(cfg, parsed.overrides)
     if explicit:
         check_run_dir(run_dir, cfg.get("ckpt_path"))

@@ -17,6 +17,7 @@ from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.data.mixing import check_alphas
 from vggtune.model.arch import check_head
+from vggtune.model.resume import epochs_done
 from vggtune.model.weights import read_checkpoint
 from vggtune.training.tracker_checks import check_loggers
 
@@ -74,6 +75,27 @@ def check_train(cfg: DictConfig) -> None:
     check_loggers(cfg)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
+
+
+def complete_run(cfg: DictConfig) -> str | None:
+    """With ``ckpt_path`` of a run that has trained ``trainer.max_epochs`` epochs or more: the line that
+    says so and how to train on (Lightning would restore it, train nothing and validate nothing)."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    done, epochs = epochs_done(read_checkpoint(path, "ckpt_path")), int(cfg.trainer.max_epochs)
+    if done < epochs:
+        return None
+    more = f"trainer.max_epochs={max(done + 1, 2 * done)}"
+    if cfg.get("resume"):  # resume= brings back the run's own overrides: the command is complete as it is
+        where, train_on = f"{cfg.resume}", f"vggtune train resume={cfg.resume} {more}"
+    else:
+        where, train_on = f"{path}", f"the same command with {more}"
+    stands = f"complete at epoch {done} of {epochs}" if done == epochs else f"at epoch {done}, past {epochs}"
+    return (
+        f"The run in {where} is {stands} (trainer.max_epochs={epochs}): nothing to train. To train on, "
+        f"raise trainer.max_epochs: {train_on}"
+    )
 
 
 def check_threshold(value) -> float | None:

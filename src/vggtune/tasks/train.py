@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.model.weights import read_checkpoint
 from vggtune.tasks import demo
-from vggtune.tasks.checks import check_against_data, check_threshold, check_train
+from vggtune.tasks.checks import check_against_data, check_threshold, check_train, complete_run
 from vggtune.tasks.runs import commit_run_config, report_run, write_json, write_skipped
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
 from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
@@ -38,6 +39,8 @@ def train(cfg: DictConfig) -> dict:
     Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
     """
     check_train(cfg)  # again: sweep jobs get here without the command line's checks
+    if complete := complete_run(cfg):
+        return _complete_run(cfg, complete)
     resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
@@ -83,6 +86,16 @@ def train(cfg: DictConfig) -> dict:
     if scratch_cfg is not None:
         demo.report(summary, scratch, cfg.monitor, run_dir)
     return summary
+
+
+def _complete_run(cfg: DictConfig, message: str) -> dict:
+    """A run that has trained all its epochs: say so, and return its ``metrics.json`` (nothing is written)."""
+    log.info(message)
+    ckpt = Path(str(cfg.ckpt_path)).expanduser()
+    written = ckpt.parent.parent / "metrics.json"  # <run folder>/checkpoints/last.ckpt
+    if written.is_file():
+        return json.loads(written.read_text(encoding="utf-8"))
+    return {"metrics": {}, "monitor": cfg.monitor, "last_checkpoint": str(ckpt)}
 
 
 def resolve_recipe(cfg: DictConfig) -> None:
