@@ -177,3 +177,18 @@ def test_the_suggested_command_trains_a_finished_run_on(tmp_path, tiny_run):
     proc = run_cli_here(*command[1:], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_data_set_smaller_than_the_batch_trains_on_one_batch_of_it(tmp_path, tiny_data):
+    run = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("data.batch_size")]
+    proc = run_cli_here(
+        "train", f"data.root={tiny_data}", *tiny, "data.batch_size=64", f"hydra.run.dir={run}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = sum(json.loads((run / "metrics.json").read_text())["data"]["counts"]["train"].values())
+    said = f"data.batch_size=64 is more than the {n} training images: training on batches of {n}, one per epoch"
+    assert (run / "train.log").read_text().count(said) == 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1  # one optimizer step: the epoch was one batch

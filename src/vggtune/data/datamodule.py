@@ -39,6 +39,18 @@ def lone_last_image(images: int, batch_size: int) -> bool:
     return images > batch_size and images % batch_size == 1
 
 
+def batch_for_data(batch_size: int, n_train: int, world_size: int = 1, stream: bool = False) -> int:
+    """``batch_size``, or the training images one device gets in an epoch when that is fewer.
+
+    From files, each of ``world_size`` ranks gets ``ceil(n_train / world_size)`` images (torch's
+    DistributedSampler repeats a few to even them out), so that is one whole batch each. litdata
+    splits a stream without repeating and drops each rank's partial last batch under DDP, so a batch
+    of ``n_train // world_size`` is the largest that still trains.
+    """
+    share = n_train // world_size if stream else -(-n_train // world_size)
+    return max(1, min(batch_size, share))
+
+
 class ClassFolderDataModule(pl.LightningDataModule):
     """Images from ``root`` (class folders, or train/val[/test] folders of class folders), or the rows of
     the CSV file ``labels`` (see :mod:`vggtune.data.labels_csv`).
@@ -147,12 +159,6 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 f"data.balance={self.balance} balances single-label classes; with several labels per "
                 "image (data.label_delim) use data.balance=none"
             )
-        n_train = len(split.subsets["train"])
-        if self.batch_size > n_train:
-            raise UserError(
-                f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
-                f"use data.batch_size={max(1, n_train // 2)} or add images"
-            )
         return split
 
     @cached_property
@@ -258,6 +264,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has (or open the image caches prepare_data built)."""
         self._ensure_image_caches()
+        self._fit_batch_to_data()
         if self.datasets:
             return
         if self.stream:
@@ -270,6 +277,22 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 )
             else:
                 self.datasets[subset] = ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
+
+    def _fit_batch_to_data(self) -> None:
+        """Fewer training images (on each device) than ``batch_size``: one batch of all of them per epoch."""
+        n_train = len(self.split.subsets["train"])
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch = batch_for_data(self.batch_size, n_train, world, stream=bool(self.stream))
+        if batch < self.batch_size:
+            per_device = f" ({batch} on each of {world} devices)" if world > 1 else ""
+            log.info(
+                "data.batch_size=%d is more than the %d training images%s: training on batches of %d, one per epoch",
+                self.batch_size,
+                n_train,
+                per_device,
+                batch,
+            )
+            self.batch_size = batch
 
     def _use_stream(self) -> None:
         run = str(self.trainer.default_root_dir) if self.trainer is not None else ""
