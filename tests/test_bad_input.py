@@ -140,7 +140,7 @@ def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny
         ("callbacks.progress_bar.mode=fancy", ("callbacks.progress_bar.mode=fancy", "auto", "plain")),
         ("callbacks.progress_bar.every_n_steps=0", ("callbacks.progress_bar.every_n_steps", "1 or more")),
         ("callbacks.progress_bar.refresh_seconds=-1", ("callbacks.progress_bar.refresh_seconds", "0 or more")),
-        ("monitor=val/acc_top5", ("needs at least 5 classes", "has 3")),  # found once the data is read
+        ("monitor=val/acc_top5", ("needs at least 6 classes", "has 3")),  # found once the data is read
     ],
 )
 def test_values_that_would_fail_after_training_started_are_refused_first(work, tiny_data, override, needles):

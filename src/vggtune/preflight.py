@@ -28,7 +28,7 @@ from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
 
 log = logging.getLogger(__name__)
-# What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 5+ classes.
+# What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 6+ classes.
 # key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,

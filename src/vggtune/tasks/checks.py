@@ -133,9 +133,11 @@ def check_against_data(cfg: DictConfig, classes: list[str], multilabel: bool = F
             f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
             "class per image: use monitor=val/acc"
         )
-    if cfg.monitor == "val/acc_top5" and len(classes) < 5:
+    from vggtune.model.module import TOP5_MIN_CLASSES  # here: the command line's checks run before Lightning loads
+
+    if cfg.monitor == "val/acc_top5" and len(classes) < TOP5_MIN_CLASSES:
         raise UserError(
-            f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
+            f"monitor=val/acc_top5 needs at least {TOP5_MIN_CLASSES} classes (with fewer it is always 1), and {cfg.data.root} has {len(classes)}: "
             "use monitor=val/acc"
         )
     if cfg.ckpt_path:
