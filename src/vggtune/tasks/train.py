@@ -26,7 +26,8 @@ from vggtune.tasks import demo
 from vggtune.tasks.checks import check_against_data, check_threshold, check_train, complete_run
 from vggtune.tasks.runs import commit_run_config, report_run, write_json, write_skipped
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
-from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
+from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
+from vggtune.training.messages import tidy_lightning_messages
 from vggtune.training.tensorboard import EpochSpeed, tensorboard_callbacks
 from vggtune.training.trackers import build_loggers, finish_trackers, has_tensorboard, tracker_callbacks
 
