@@ -9,7 +9,8 @@ from conftest import make_class_folders
 from torch.utils.data import DistributedSampler
 
 from vggtune.core.errors import UserError
-from vggtune.data.datamodule import ClassFolderDataModule, batch_for_data, lone_last_image
+from vggtune.data.batching import batch_for_data, lone_last_image
+from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.discovery import discover, labelled_images
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.data.balance import loss_weights
+from vggtune.data.batching import batch_for_data, lone_last_image
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.exclude import apply_exclude
@@ -30,25 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BALANCE_MODES = ("none", "sampler", "loss")
-
-
-def lone_last_image(images: int, batch_size: int) -> bool:
-    """Whether an epoch's last training batch would hold one image, which BatchNorm cannot train on (the
-    pooled head's, or a _bn body's at 32 px: "Expected more than 1 value per channel"): that image then
-    sits out the epoch, from files and from a stream alike."""
-    return images > batch_size and images % batch_size == 1
-
-
-def batch_for_data(batch_size: int, n_train: int, world_size: int = 1, stream: bool = False) -> int:
-    """``batch_size``, or the training images one device gets in an epoch when that is fewer.
-
-    From files, each of ``world_size`` ranks gets ``ceil(n_train / world_size)`` images (torch's
-    DistributedSampler repeats a few to even them out), so that is one whole batch each. litdata
-    splits a stream without repeating and drops each rank's partial last batch under DDP, so a batch
-    of ``n_train // world_size`` is the largest that still trains.
-    """
-    share = n_train // world_size if stream else -(-n_train // world_size)
-    return max(1, min(batch_size, share))
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
