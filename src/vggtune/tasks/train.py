@@ -45,7 +45,6 @@ def train(cfg: DictConfig) -> dict:
     resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
-    demo.prepare(cfg)  # experiment=demo: its pretrained file, made once
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
@@ -76,16 +75,10 @@ def train(cfg: DictConfig) -> dict:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
     finish_trackers(trainer)
-    scratch_cfg = demo.scratch_config(cfg) if trainer.is_global_zero else None
-    if scratch_cfg is not None:
-        log.info("Demo: now the same network from random init, on the same images, for comparison")
-        scratch = train(scratch_cfg)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
-        if not demo.is_baseline(cfg):
+        if not demo.is_baseline(cfg):  # the demo's run from random init: its numbers are in the demo's line
             report_run(run_dir, summary)
-    if scratch_cfg is not None:
-        demo.report(summary, scratch, cfg.monitor, run_dir)
     return summary
 
 
@@ -350,5 +343,7 @@ def _final_metrics(trainer: pl.Trainer) -> dict:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """The ``vggtune train`` task: train, and return the monitored metric (what sweeps optimise)."""
-    return train(cfg)["metrics"].get(cfg.monitor)
+    """The ``vggtune train`` task: train (inside the demo's steps with ``experiment=demo``), and return the
+    monitored metric (what sweeps optimise)."""
+    summary = demo.around(train, cfg) if cfg.get("demo") else train(cfg)
+    return summary["metrics"].get(cfg.monitor)
