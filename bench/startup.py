@@ -88,10 +88,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--arch", default="vgg11_bn")
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--weights", default=None, help="a state-dict file (default: the recipe bench's pretrained one)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    weights = transfer.pretrain(WORK, "letters-a", args.arch, args.size)
+    # Start-up does not depend on the weights' values: any file of the architecture's shape times the same.
+    weights = Path(args.weights) if args.weights else transfer.pretrain(WORK, "letters-a", args.arch, args.size)
     data = transfer.write_split(WORK / "data-letters-b-20x160", "letters-b", 20, 160)  # 100 train, 800 val
     before = Path(tempfile.mkdtemp(dir=WORK, prefix="before-"))
     repo = Path(__file__).resolve().parent.parent
