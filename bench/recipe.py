@@ -44,7 +44,9 @@ import transfer  # noqa: E402
 WORK = Path(os.environ.get("BENCH_WORK", Path(tempfile.gettempdir()) / "vggtune-recipe"))
 
 
-def fastai_run(data: Path, weights: Path, arch: str, size: int, epochs: int, seed: int, aug: bool) -> dict:
+def fastai_run(
+    data: Path, weights: Path, arch: str, size: int, epochs: int, seed: int, aug: bool, bs: int = 64
+) -> dict:
     from fastai.vision import learner as fl
     from fastai.vision.all import ImageDataLoaders, Resize, accuracy, aug_transforms, imagenet_stats, set_seed
 
@@ -64,6 +66,7 @@ def fastai_run(data: Path, weights: Path, arch: str, size: int, epochs: int, see
         valid="val",
         item_tfms=Resize(size),
         seed=seed,
+        bs=bs,  # fastai's default is 64; --batch-size sets both tools'
         batch_tfms=aug_transforms() if aug else None,
     )
     learn = fl.vision_learner(dls, body, metrics=accuracy)
@@ -120,7 +123,8 @@ def command_run(spec: str, data: Path, weights: Path, args, seed: int) -> dict:
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         common = [str(data), str(weights), args.arch, str(args.size), str(args.epochs), str(seed)]
         if spec.startswith("fastai"):
-            cmd = [sys.executable, __file__, "--fastai-once", *common, "aug" if spec == "fastai-aug" else "noaug"]
+            aug = "aug" if spec == "fastai-aug" else "noaug"
+            cmd = [sys.executable, __file__, "--fastai-once", *common, aug, str(args.batch_size or 64)]
         else:
             overrides = [o for o in spec.partition(":")[2].split() if o]
             cmd = [
@@ -134,6 +138,7 @@ def command_run(spec: str, data: Path, weights: Path, args, seed: int) -> dict:
                 f"seed={seed}",
                 f"hydra.run.dir={tmp}/run",
                 f"data.cache_dir={WORK / 'cache'}",
+                *([f"data.batch_size={args.batch_size}"] if args.batch_size else []),
                 *overrides,
             ]
         t0 = time.perf_counter()
@@ -159,18 +164,29 @@ def run_one(spec: str, task: str, args, seed: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if spec in ("fastai", "fastai-aug"):
-            return fastai_run(data, weights, args.arch, args.size, args.epochs, seed, aug=spec == "fastai-aug")
+            bs = args.batch_size or 64
+            return fastai_run(data, weights, args.arch, args.size, args.epochs, seed, spec == "fastai-aug", bs)
         overrides = [o for o in spec.partition(":")[2].split() if o]
+        overrides += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
         with tempfile.TemporaryDirectory(dir=WORK) as run_dir:
             return vggtune_run(data, weights, args.arch, args.size, args.epochs, seed, overrides, Path(run_dir))
 
 
+def _cpu() -> dict:
+    """``lscpu``'s model name and flags, recorded with the figures (machines here change between sessions)."""
+    import subprocess
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return {k: fields.get(k, "").strip() for k in ("Model name", "CPU(s)", "Flags")}
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--fastai-once"]:  # a fresh process for --command: data weights arch size epochs seed aug
-        data, weights, arch, size, epochs, seed, aug = sys.argv[2:9]
+        data, weights, arch, size, epochs, seed, aug, bs = sys.argv[2:10]
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = fastai_run(Path(data), Path(weights), arch, int(size), int(epochs), int(seed), aug == "aug")
+            r = fastai_run(Path(data), Path(weights), arch, int(size), int(epochs), int(seed), aug == "aug", int(bs))
         print(r["acc"])
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -188,6 +204,12 @@ def main() -> None:
         action="store_true",
         help="time each tool's whole command in a fresh process (imports, writing its outputs)",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the same batch size for both tools (default: each its own, fastai 64 and vggtune 32)",
+    )
     p.add_argument("--out", default=None, help="write every run and the table as JSON here")
     args = p.parse_args()
     if args.final:
@@ -198,14 +220,14 @@ def main() -> None:
 
     rows, runs = [], []
     for task in args.tasks:
-        for spec in args.runs:
-            accs, times = [], []
-            for seed in args.seeds:
+        for seed in args.seeds:  # the tools take turns, so that a busier minute of the machine hits both
+            for spec in args.runs:
                 r = run_one(spec, task, args, seed)
-                accs.append(r["acc"])
-                times.append(r["fit_s"])
                 runs.append({"task": task, "run": spec, "seed": seed, **r})
                 print(f"  {task} {spec} seed {seed}: acc {r['acc']:.3f} fit {r['fit_s']:.1f} s", flush=True)
+        for spec in args.runs:
+            done = [r for r in runs if r["task"] == task and r["run"] == spec]
+            accs, times = [r["acc"] for r in done], [r["fit_s"] for r in done]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             rows.append(
                 {
@@ -215,7 +237,7 @@ def main() -> None:
                     "acc_sd": sd,
                     "fit_s_mean": statistics.mean(times),
                     "fit_s_sd": statistics.stdev(times) if len(times) > 1 else 0.0,
-                    "kept_mb": runs[-1].get("kept_mb"),
+                    "kept_mb": done[-1].get("kept_mb"),
                 }
             )
     print(
@@ -242,6 +264,7 @@ def main() -> None:
             "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"),
+            "cpu": _cpu(),
         }
         Path(args.out).write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
 

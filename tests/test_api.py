@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, make_class_folders, run_cli_here
+from conftest import TINY, copy_run, make_class_folders, run_cli_here
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -404,3 +404,14 @@ def test_the_pages_code_runs_as_written(tmp_path, monkeypatch, capsys):
     assert session["explained"].heatmaps.shape[0] == 2
     for ckpt in (tmp_path / "outputs").rglob("*.ckpt"):
         ckpt.unlink()
+
+
+def test_train_on_a_finished_run_returns_that_run_and_says_how_to_train_on(tmp_path, tiny_run, caplog):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    with caplog.at_level(logging.WARNING, logger="vggtune.api"):
+        run = vggtune.train(resume=str(run_dir))
+    assert run.folder == run_dir.resolve() and run.summary == json.loads((run_dir / "metrics.json").read_text())
+    assert f"raise trainer.max_epochs: vggtune train resume={run_dir} trainer.max_epochs=2" in caplog.text
+    assert {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    assert hydra_is_clear()

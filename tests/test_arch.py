@@ -162,3 +162,23 @@ def test_pooled_head_keeps_the_pretrained_convs_and_replaces_pool_and_classifier
 def test_unknown_head_is_refused():
     with pytest.raises(UserError, match="model.head must be one of vgg, pooled"):
         build_vgg("vgg11", num_classes=3, weights="none", head="fastai")
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+def test_the_pooled_head_from_random_init_has_torchvisions_conv_init_and_nothing_left_unset(arch):
+    # Its fc6-fc8 are never drawn (the head replaces them); the conv layers follow torchvision's VGG init:
+    # kaiming normal (fan_out, relu), zero biases, BatchNorm at weight 1, bias 0 and fresh statistics.
+    torch.manual_seed(0)
+    ours = build_vgg(arch, 5, "none", head="pooled")
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+    for m in ours.features.modules():
+        if isinstance(m, nn.Conv2d):
+            expected = (2 / (m.out_channels * m.kernel_size[0] * m.kernel_size[1])) ** 0.5
+            assert abs(float(m.weight.std()) - expected) < 0.1 * expected and not m.bias.any()
+        elif isinstance(m, nn.BatchNorm2d):
+            assert (m.weight == 1).all() and not m.bias.any() and m.num_batches_tracked == 0
+            assert not m.running_mean.any() and (m.running_var == 1).all()
+    torch.manual_seed(0)
+    again = build_vgg(arch, 5, "none", head="pooled")  # seeded: the same network again
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+    assert torch.isfinite(ours.eval()(torch.randn(2, 3, 32, 32))).all()

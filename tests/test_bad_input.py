@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, run_cli_here
+from conftest import TINY, assert_one_line_error, copy_run, make_class_folders, run_cli, run_cli_here
 
 
 @pytest.fixture()
@@ -143,7 +140,7 @@ def test_imagenet_weights_unavailable_offline_stops_with_the_ways_out(work, tiny
         ("callbacks.progress_bar.mode=fancy", ("callbacks.progress_bar.mode=fancy", "auto", "plain")),
         ("callbacks.progress_bar.every_n_steps=0", ("callbacks.progress_bar.every_n_steps", "1 or more")),
         ("callbacks.progress_bar.refresh_seconds=-1", ("callbacks.progress_bar.refresh_seconds", "0 or more")),
-        ("monitor=val/acc_top5", ("needs at least 5 classes", "has 3")),  # found once the data is read
+        ("monitor=val/acc_top5", ("needs at least 6 classes", "has 3")),  # found once the data is read
     ],
 )
 def test_values_that_would_fail_after_training_started_are_refused_first(work, tiny_data, override, needles):
@@ -177,29 +174,21 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_in_one_line(work, tiny_d
     assert_one_line_error(_train(work, f"data.root={tiny_data}", f"ckpt_path={ckpt}"), *needles)
 
 
-def _copy_run(run_dir, dest):
-    """A copy of a run folder whose checkpoints are hard links (no 0.5 GB copies)."""
-
-    def link_checkpoints(src, dst):
-        return os.link(src, dst) if src.endswith(".ckpt") else shutil.copy2(src, dst)
-
-    return Path(shutil.copytree(run_dir, dest, copy_function=link_checkpoints))
-
-
 def _hydra_files(run_dir):
     return {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
 
 
 def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_run, tiny_data):
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = copy_run(tiny_run, tmp_path / "run")
     before = _hydra_files(run)
     other = make_class_folders(tmp_path / "other", classes=4)  # the data has changed: a fourth class
 
     # Another model: refused before Hydra starts the job.
     proc = run_cli_here("train", f"resume={run}", "model=vgg13", cwd=tmp_path)
     assert_one_line_error(proc, "trained as vgg11", "model=vgg13")
-    # Other classes: found inside the job, after Hydra rewrote .hydra/, which is put back.
-    proc = run_cli_here("train", f"resume={run}", f"data.root={other}", cwd=tmp_path)
+    # Other classes: found inside the job, after Hydra rewrote .hydra/, which is put back. (One more epoch:
+    # the run is complete at trainer.max_epochs=1, which is said before any data is read.)
+    proc = run_cli_here("train", f"resume={run}", f"data.root={other}", "trainer.max_epochs=2", cwd=tmp_path)
     assert_one_line_error(proc, "trained on the classes", "leave data.root out")
 
     assert _hydra_files(run) == before, "a refused resume must not become part of the run's saved overrides"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from conftest import make_class_folders
+from torch.utils.data import DistributedSampler
 
 from vggtune.core.errors import UserError
+from vggtune.data.batching import batch_for_data, lone_last_image
+from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.discovery import discover, labelled_images
 
 
@@ -142,3 +147,28 @@ def test_a_sampler_started_part_way_gives_the_rest_of_that_epoch_once(balanced):
     again = make()
     again.set_epoch(4)
     assert list(later) == list(again) and len(later) == len(order)
+
+
+def test_a_batch_larger_than_the_training_set_becomes_one_batch_of_all_of_it(data, caplog):
+    dm = ClassFolderDataModule(data, val_split=0.25, test_split=0.0, image_size=32, batch_size=64, num_workers=0)
+    n = len(dm.split.subsets["train"])
+    with caplog.at_level(logging.INFO, logger="vggtune.data.datamodule"):
+        dm.setup("fit")
+    assert [len(y) for _, y in dm.train_dataloader()] == [n]  # every image, in one batch
+    said = [r.getMessage() for r in caplog.records if "data.batch_size=64" in r.getMessage()]
+    assert said == [
+        f"data.batch_size=64 is more than the {n} training images: training on batches of {n}, one per epoch"
+    ]
+    dm.setup("validate")  # Lightning calls setup per stage: said once
+    assert len([r for r in caplog.records if "data.batch_size=64" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_smaller_batch_is_each_devices_share_under_ddp(world):
+    # From files: as many as torch's DistributedSampler gives each rank, so each trains one whole batch.
+    share = len(DistributedSampler(range(21), num_replicas=world, rank=0))
+    assert batch_for_data(64, 21, world) == share
+    assert not lone_last_image(share, batch_for_data(64, 21, world))  # no image left out by drop_last
+    # A stream: litdata drops a rank's partial last batch under DDP, so no more than each rank's whole share.
+    assert batch_for_data(64, 21, world, stream=True) == 21 // world
+    assert batch_for_data(8, 21, world) == min(8, share)  # a batch that fits is kept

@@ -174,6 +174,7 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
     out = "".join(seen) + child.communicate(timeout=300)[0]
     assert child.returncode == 128 + sig, out[-3000:]
     assert f"resume={run}" in out
+    assert "GPU available" not in out and "to estimate number of stepping batches" not in out  # Lightning's chatter
     log = (run / "train.log").read_text()  # one line each, under vggtune's logger, no empty line before
     assert f"[vggtune.training.faults][WARNING] Interrupted by {sig.name} at epoch 1, step " in log
     assert f"[vggtune.training.faults][WARNING] Resume with: vggtune train resume={run}\n" in log
@@ -186,6 +187,7 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     for noise in ("not resumable", "weights_only"):  # Lightning's warnings that were not the user's to act on
         assert noise not in proc.stdout + proc.stderr
+    assert "Restoring states from the checkpoint path at" in proc.stdout + proc.stderr  # its useful lines stay
     resumed_steps = [line for line in proc.stdout.splitlines() if line.startswith("epoch 2/2 step ")]
     assert resumed_steps[0].startswith(f"epoch 2/2 step {done + 1}/6 ")  # goes on where it stopped
     _assert_same_run(run, uninterrupted)

@@ -216,3 +216,21 @@ for args in (["eval", "ckpt=/nowhere/best.ckpt"], ["train", "data.root=/tmp", "c
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:3] == ["IMPORTED []", "EXIT 2 []", "EXIT 2 []"], (out.stdout, out.stderr[-2000:])
     assert out.stderr.count("error: ckpt") == 2, out.stderr
+
+
+def test_printing_the_config_imports_no_torch():
+    """``vggtune train --cfg job`` (and Hydra's --help) compose and print: importing torch and torchvision
+    for the checks it never runs cost seconds (issue 28)."""
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, io, sys
+from vggtune import cli
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    cli.main(["train", "data.root=/tmp", "--cfg", "job"])
+print("PRINTED", "trainer:" in out.getvalue(), sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "PRINTED True []", (out.stdout, out.stderr[-2000:])

@@ -71,12 +71,12 @@ def _sklearn(logits: torch.Tensor, targets: torch.Tensor, n: int) -> dict[str, f
         "bal_acc": balanced_accuracy_score(y, pred),
         "loss": log_loss(y, scores, labels=list(range(n))),
     }
-    if n >= 5:
+    if n >= 6:
         expected["acc_top5"] = top_k_accuracy_score(y, scores, k=5, labels=list(range(n)))
     return expected
 
 
-@pytest.mark.parametrize("n", [3, 5, 10])
+@pytest.mark.parametrize("n", [3, 5, 6, 10])
 def test_logged_metrics_equal_scikit_learn_on_the_same_predictions(tmp_path, n):
     logits, targets = _scripted(n, seed=n)
     module = ScriptedClassifier(logits, n)
@@ -94,20 +94,22 @@ def test_logged_metrics_equal_scikit_learn_on_the_same_predictions(tmp_path, n):
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     expected = _sklearn(logits, targets, n)
-    if n >= 5:  # the two differ: a merge would show
+    if n >= 6:  # the two differ: a merge would show
         assert abs(expected["f1"] - expected["acc_top5"]) > 0.05
 
     for name, value in expected.items():
         assert logged[f"val/{name}"] == pytest.approx(value, abs=1e-5), name
     assert logged["val/acc_best"] == pytest.approx(expected["acc"], abs=1e-6)
     assert logged["train/acc"] == pytest.approx(expected["acc"], abs=1e-6)  # the same images, shuffle off
-    assert ("val/acc_top5" in logged) == (n >= 5)
+    assert ("val/acc_top5" in logged) == (n >= 6)  # with 5 classes it would always be 1
 
     tested = trainer.test(module, dataloaders=loader, verbose=False)[0]
+    assert ("test/acc_top5" in tested) == (n >= 6)
     for name, value in expected.items():
         assert tested[f"test/{name}"] == pytest.approx(value, abs=1e-5), name
 
     result = compute_metrics(logits.softmax(1), targets, module.class_names)  # what eval writes
+    assert ("acc_top5" in result.metrics) == (n >= 6)
     for name, value in expected.items():
         if name != "loss":
             assert result.metrics[name] == pytest.approx(value, abs=1e-6), name

@@ -5,8 +5,16 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
-from conftest import assert_one_line_error, linear_probe_from_a_weights_file, run_cli, run_cli_here
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    copy_run,
+    linear_probe_from_a_weights_file,
+    run_cli,
+    run_cli_here,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -122,3 +130,65 @@ def test_training_from_a_local_weights_file_starts_from_its_tensors(tmp_path, ti
         if not key.startswith("classifier.6."):
             assert torch.equal(trained[f"model.{key}"], value), key
     assert not torch.equal(trained["model.classifier.6.weight"], state["classifier.6.weight"][:3])
+
+
+def _files(run_dir):
+    return {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+
+
+def test_resuming_a_finished_run_says_it_is_complete_and_how_to_train_on(tmp_path, tiny_run, tiny_data):
+    run = copy_run(tiny_run, tmp_path / "run")
+    before = _files(run)
+    proc = run_cli_here("train", f"resume={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # nothing to do is not a failure (a requeued job is done)
+    assert "error" not in proc.stderr and "validation" not in proc.stdout + proc.stderr
+    assert f"The run in {run} is complete at epoch 1 of 1 (trainer.max_epochs=1)" in proc.stdout
+    assert f"To train on, raise trainer.max_epochs: vggtune train resume={run} trainer.max_epochs=2" in proc.stdout
+    assert _files(run) == before  # not even .hydra/ rewritten
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, f"ckpt_path={ckpt}", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"The run in {ckpt} is complete at epoch 1 of 1" in proc.stdout
+    assert "the same command with trainer.max_epochs=2" in proc.stdout
+    assert not any(elsewhere.iterdir())  # no new run folder for a run that trains nothing
+
+
+def test_train_called_on_a_finished_run_returns_its_metrics_and_writes_nothing(tmp_path, tiny_run, tiny_data):
+    from vggtune.config_errors import compose_task
+    from vggtune.tasks.train import train
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    before = _files(run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = compose_task("train", [f"data.root={tiny_data}", *TINY, f"ckpt_path={ckpt}", f"paths.run_dir={run}"])
+    assert train(cfg) == json.loads((run / "metrics.json").read_text())  # what a sweep or the Python API reads
+    assert _files(run) == before
+
+
+@pytest.mark.slow
+def test_the_suggested_command_trains_a_finished_run_on(tmp_path, tiny_run):
+    run = copy_run(tiny_run, tmp_path / "run")
+    said = run_cli_here("train", f"resume={run}", cwd=tmp_path).stdout
+    command = said.split("raise trainer.max_epochs: ")[1].split()
+    assert command[:2] == ["vggtune", "train"]
+    proc = run_cli_here(*command[1:], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_data_set_smaller_than_the_batch_trains_on_one_batch_of_it(tmp_path, tiny_data):
+    run = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("data.batch_size")]
+    proc = run_cli_here(
+        "train", f"data.root={tiny_data}", *tiny, "data.batch_size=64", f"hydra.run.dir={run}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = sum(json.loads((run / "metrics.json").read_text())["data"]["counts"]["train"].values())
+    said = f"data.batch_size=64 is more than the {n} training images: training on batches of {n}, one per epoch"
+    assert (run / "train.log").read_text().count(said) == 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1  # one optimizer step: the epoch was one batch

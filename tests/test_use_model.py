@@ -148,7 +148,7 @@ def test_eval_of_a_folder_without_any_class_the_model_knows_is_refused_with_clos
     assert "CHECKS -> checks" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_metrics_match_scikit_learn_and_top5_appears_with_five_or_more_classes():
+def test_metrics_match_scikit_learn_and_top5_appears_with_six_or_more_classes():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(60, 6, generator=generator)
     logits[:, 5] -= 100  # class 5 is never predicted: its precision is undefined

@@ -17,6 +17,8 @@ How keyword arguments become overrides: :func:`vggtune.api_hydra.to_overrides`.
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,10 @@ from typing import Any
 
 from vggtune.api_hydra import hydra_value, run_task, to_overrides
 from vggtune.api_inputs import as_table, image_file, images_of, input_name
-from vggtune.core.errors import UserError
+from vggtune.core.errors import RunComplete, UserError
 from vggtune.use.inference import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,14 @@ def train(data: str | Path | None = None, /, *overrides: str, **options: Any) ->
     :class:`~vggtune.core.errors.UserError` with the command line's one line.
     """
     args = [*_data_overrides(data), *to_overrides(overrides, options)]
-    folder, summary = run_task("train", args, "train")
+    try:
+        folder, summary = run_task("train", args, "train")
+    except RunComplete as done:  # resume= a finished run: it is the answer, as the command line says (exit 0)
+        summary_file = Path(done.run_dir) / "metrics.json"
+        if not summary_file.is_file():
+            raise UserError(f"{done} ({summary_file} is missing, so there is no run to return)") from None
+        log.warning("%s", done)
+        folder, summary = Path(done.run_dir), json.loads(summary_file.read_text())
     return Run(folder, dict(summary["metrics"]), summary)
 
 

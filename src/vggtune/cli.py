@@ -14,8 +14,9 @@ import hydra
 from omegaconf import DictConfig
 
 from vggtune import __version__
-from vggtune.core.errors import UserError
+from vggtune.core.errors import RunComplete, UserError
 from vggtune.tasks.runs import restore_run_config
+from vggtune.training.messages import tidy_lightning_messages
 from vggtune.training.sweep import SWEEP_ERROR_FILE, SweepSummary
 
 CONFIG_MODULE = "vggtune.conf"
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args = prepare(task, args)
+    except RunComplete as e:  # nothing to do is not a failure: a requeued job that already finished is done
+        print(e)
+        return
     except UserError as e:
         _fail(str(e))
     _run_hydra(task, args, debug)
@@ -203,11 +207,6 @@ def _call_task(task: str, cfg: DictConfig):
     return module.run(cfg)
 
 
-class _DropTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
-
-
 def _quiet_lightning() -> None:
     """Lightning adds its own console handler on import; Hydra's root handlers already print and log it."""
     logging.getLogger("lightning").handlers.clear()
@@ -219,8 +218,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     # data.stream: litdata's StreamingDataset has a length and splits its shards across workers itself.
     warnings.filterwarnings("ignore", message=r".*Your `IterableDataset` has `__len__` defined.*")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+    tidy_lightning_messages()  # every task: its device lines and tips
 
 
 def _find_user_error(e: BaseException) -> UserError | None:

@@ -21,14 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vggtune.config_errors import compose_task, composition_error, config_groups, first_line, flat_items, missing_option
-from vggtune.core.errors import UserError
+from vggtune.core.errors import RunComplete, UserError
 from vggtune.data.discovery import MISSING_ROOT
-from vggtune.tasks.checks import check_lr_find, check_train
+from vggtune.tasks.checks import check_lr_find, check_train, complete_run
 from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
 
 log = logging.getLogger(__name__)
-# What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 5+ classes.
+# What `vggtune train` logs at the end of each validation (vggtune.model.module); val/acc_top5 with 6+ classes.
 # key -> the fix to suggest when it has no value; (task, key) for a hint that only fits one task.
 _MISSING_HINTS = {
     "data.root": MISSING_ROOT,
@@ -75,6 +75,9 @@ def prepare(task: str, args: list[str]) -> list[str]:
         check_train(cfg)
     if task == "lr_find":
         check_lr_find(cfg)
+    if task == "train" and (complete := complete_run(cfg)):
+        ckpt_dir = Path(str(cfg.ckpt_path)).expanduser().resolve().parent  # <run>/checkpoints/last.ckpt
+        raise RunComplete(complete, ckpt_dir.parent)  # before Hydra rewrites the run's .hydra/ or makes a new folder
     run_dir, explicit = _run_dir(cfg, parsed.overrides)
     if explicit:
         check_run_dir(run_dir, cfg.get("ckpt_path"))

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.data.balance import loss_weights
+from vggtune.data.batching import batch_for_data, lone_last_image
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.exclude import apply_exclude
@@ -30,13 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BALANCE_MODES = ("none", "sampler", "loss")
-
-
-def lone_last_image(images: int, batch_size: int) -> bool:
-    """Whether an epoch's last training batch would hold one image, which BatchNorm cannot train on (the
-    pooled head's, or a _bn body's at 32 px: "Expected more than 1 value per channel"): that image then
-    sits out the epoch, from files and from a stream alike."""
-    return images > batch_size and images % batch_size == 1
 
 
 class ClassFolderDataModule(pl.LightningDataModule):
@@ -147,12 +141,6 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 f"data.balance={self.balance} balances single-label classes; with several labels per "
                 "image (data.label_delim) use data.balance=none"
             )
-        n_train = len(split.subsets["train"])
-        if self.batch_size > n_train:
-            raise UserError(
-                f"data.batch_size={self.batch_size} is larger than the {n_train} training images: "
-                f"use data.batch_size={max(1, n_train // 2)} or add images"
-            )
         return split
 
     @cached_property
@@ -258,6 +246,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of every subset the split has (or open the image caches prepare_data built)."""
         self._ensure_image_caches()
+        self._fit_batch_to_data()
         if self.datasets:
             return
         if self.stream:
@@ -270,6 +259,22 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 )
             else:
                 self.datasets[subset] = ImageListDataset(items, self.eval_transform, num_labels=self.num_labels)
+
+    def _fit_batch_to_data(self) -> None:
+        """Fewer training images (on each device) than ``batch_size``: one batch of all of them per epoch."""
+        n_train = len(self.split.subsets["train"])
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batch = batch_for_data(self.batch_size, n_train, world, stream=bool(self.stream))
+        if batch < self.batch_size:
+            per_device = f" ({batch} on each of {world} devices)" if world > 1 else ""
+            log.info(
+                "data.batch_size=%d is more than the %d training images%s: training on batches of %d, one per epoch",
+                self.batch_size,
+                n_train,
+                per_device,
+                batch,
+            )
+            self.batch_size = batch
 
     def _use_stream(self) -> None:
         run = str(self.trainer.default_root_dir) if self.trainer is not None else ""

@@ -41,8 +41,11 @@ class BalancedAccuracy(MulticlassStatScores):
         return (tp[present].float() / support[present]).mean() if present.any() else torch.tensor(0.0)
 
 
+TOP5_MIN_CLASSES = 6  # with 5 classes or fewer, every label is among the top 5: top-5 accuracy is always 1
+
+
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 accuracy, balanced accuracy (macro recall), macro F1 and (with at least 5 classes) top-5 accuracy.
+    """Top-1 accuracy, balanced accuracy (macro recall), macro F1 and (with 6 classes or more) top-5 accuracy.
 
     ``compute_groups=False``: torchmetrics' default merges metrics whose states are equal after
     the first ``update`` and computes them from one state from then on. Top-5 accuracy and macro
@@ -55,7 +58,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
         "bal_acc": BalancedAccuracy(num_classes),
         "f1": MulticlassF1Score(num_classes, average="macro"),
     }
-    if num_classes >= 5:
+    if num_classes >= TOP5_MIN_CLASSES:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 

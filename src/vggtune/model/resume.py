@@ -23,3 +23,11 @@ def batches_done_in_epoch(trainer) -> int:
     done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
     total = trainer.num_training_batches
     return done if 0 < done < total else 0
+
+
+def epochs_done(ckpt: dict) -> int:
+    """The epochs a training checkpoint has finished, counted as Lightning's fit loop counts them when it
+    decides that ``max_epochs`` is reached (``epoch_progress.current.processed``, raised before the
+    ``on_train_epoch_end`` hook that saves ``last.ckpt``); 0 for a checkpoint without loop state."""
+    progress = ((ckpt.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    return int((progress.get("current") or {}).get("processed", 0))

@@ -43,14 +43,32 @@ def build_vgg(
     """
     # torchvision refuses weights together with num_classes != 1000: build the ImageNet shape,
     # load, then swap the head.
-    model = torchvision.models.get_model(check_arch(arch), weights=None, dropout=dropout)
     pooled = check_head(head) == "pooled"
+    model = _imagenet_shaped(check_arch(arch), dropout, pooled)
     load_weights(model, arch, weights, convs_only=pooled)
     if pooled:
         model.avgpool = ConcatPool()
         model.classifier = pooled_classifier(num_classes, dropout)
     else:
         reset_classifier(model, num_classes)
+    return model
+
+
+def _imagenet_shaped(arch: str, dropout: float, pooled: bool) -> nn.Module:
+    """torchvision's VGG; for the pooled head, without drawing the fc6/fc7/fc8 weights that it replaces:
+    those are 120M of vgg16's 138M parameters, and drawing them was most of the seconds before a run's
+    first step on a CPU. Their layers stay on the meta device (shapes only) until the head replaces them."""
+    if not pooled:
+        return torchvision.models.get_model(arch, weights=None, dropout=dropout)
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None, dropout=dropout)
+    model.features = model.features.to_empty(device="cpu")
+    for m in model.features.modules():  # torchvision's own VGG init (torchvision/models/vgg.py, VGG.__init__)
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()  # weight 1, bias 0, and the running statistics to_empty left unset
     return model
 
 

@@ -15,9 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
-from vggtune.data.mixing import check_alphas
-from vggtune.model.arch import check_head
-from vggtune.model.weights import read_checkpoint
+from vggtune.model.resume import epochs_done
 from vggtune.training.tracker_checks import check_loggers
 
 log = logging.getLogger(__name__)
@@ -60,6 +58,10 @@ def check_train(cfg: DictConfig) -> None:
             f"scheduler.pct_start is the share of the run the learning rate rises for: a number above 0 "
             f"and below 1, got {pct!r}"
         )
+    # Here, not at the top: they import torch and torchvision (seconds), which `--cfg job` and --help never need.
+    from vggtune.data.mixing import check_alphas
+    from vggtune.model.arch import check_head
+
     check_head(str(cfg.model.get("head", "vgg")))
     smoothing = cfg.model.get("label_smoothing", 0.0)
     if not is_number(smoothing) or not 0 <= smoothing < 1:
@@ -74,6 +76,27 @@ def check_train(cfg: DictConfig) -> None:
     check_loggers(cfg)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
+
+
+def complete_run(cfg: DictConfig) -> str | None:
+    """With ``ckpt_path`` of a run that has trained ``trainer.max_epochs`` epochs or more: the line that
+    says so and how to train on (Lightning would restore it, train nothing and validate nothing)."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    done, epochs = epochs_done(_read_checkpoint(path, "ckpt_path")), int(cfg.trainer.max_epochs)
+    if done < epochs:
+        return None
+    more = f"trainer.max_epochs={max(done + 1, 2 * done)}"
+    if cfg.get("resume"):  # resume= brings back the run's own overrides: the command is complete as it is
+        where, train_on = f"{cfg.resume}", f"vggtune train resume={cfg.resume} {more}"
+    else:
+        where, train_on = f"{path}", f"the same command with {more}"
+    stands = f"complete at epoch {done} of {epochs}" if done == epochs else f"at epoch {done}, past {epochs}"
+    return (
+        f"The run in {where} is {stands} (trainer.max_epochs={epochs}): nothing to train. To train on, "
+        f"raise trainer.max_epochs: {train_on}"
+    )
 
 
 def check_threshold(value) -> float | None:
@@ -111,13 +134,15 @@ def check_against_data(cfg: DictConfig, classes: list[str], multilabel: bool = F
             f"monitor={cfg.monitor} is a multi-label metric (data.label_delim), and this data has one "
             "class per image: use monitor=val/acc"
         )
-    if cfg.monitor == "val/acc_top5" and len(classes) < 5:
+    from vggtune.model.module import TOP5_MIN_CLASSES  # here: the command line's checks run before Lightning loads
+
+    if cfg.monitor == "val/acc_top5" and len(classes) < TOP5_MIN_CLASSES:
         raise UserError(
-            f"monitor=val/acc_top5 needs at least 5 classes, and {cfg.data.root} has {len(classes)}: "
+            f"monitor=val/acc_top5 needs at least {TOP5_MIN_CLASSES} classes (with fewer it is always 1), and {cfg.data.root} has {len(classes)}: "
             "use monitor=val/acc"
         )
     if cfg.ckpt_path:
-        trained = (read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
+        trained = (_read_checkpoint(cfg.ckpt_path, "ckpt_path").get("hyper_parameters") or {}).get("class_names")
         if trained is not None and list(trained) != list(classes):
             raise UserError(
                 f"{cfg.ckpt_path} was trained on the classes {', '.join(trained)}, but "
@@ -157,7 +182,7 @@ def check_lr_find(cfg: DictConfig) -> None:
 def check_resume_checkpoint(path: Path, arch: str) -> None:
     """``ckpt_path`` must be a full training state written by ``vggtune train`` for the same model."""
     fix = "pass ckpt_path=<run folder>/checkpoints/last.ckpt, or resume=<run folder>"
-    ckpt = read_checkpoint(path, "ckpt_path", fix)
+    ckpt = _read_checkpoint(path, "ckpt_path", fix)
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise UserError(
             f"{path} holds model weights only (best.ckpt is saved that way), not a training state to "
@@ -169,3 +194,9 @@ def check_resume_checkpoint(path: Path, arch: str) -> None:
             f"{path} was trained as {trained}, but this run builds model={arch}: leave model= out to "
             f"continue that run (a different model needs a new run); nothing was changed"
         )
+
+
+def _read_checkpoint(path, key: str, *fix: str) -> dict:
+    from vggtune.model.weights import read_checkpoint  # torch: only for a run given a checkpoint
+
+    return read_checkpoint(path, key, *fix)

@@ -4,7 +4,9 @@ before the fine-tune, and train the same network from random init after it, to c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vggtune.model.finetune import FROM_SCRATCH
@@ -14,6 +16,21 @@ from vggtune.training.demo_weights import demo_weights
 log = logging.getLogger(__name__)
 
 SCRATCH_DIR = "from_scratch"
+
+
+def around(train: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
+    """``train(cfg)`` between the demo's steps: its pretrained file first (made once), then, on rank zero,
+    the same run from random init and one line comparing the two. Returns the fine-tune's summary.
+
+    ``train`` is passed in (:func:`vggtune.tasks.train.train`) so that the core task knows nothing of these steps.
+    """
+    prepare(cfg)
+    summary = train(cfg)
+    scratch_cfg = scratch_config(cfg) if rank_zero_only.rank == 0 else None
+    if scratch_cfg is not None:
+        log.info("Demo: now the same network from random init, on the same images, for comparison")
+        report(summary, train(scratch_cfg), cfg.monitor, cfg.paths.run_dir)
+    return summary
 
 
 def prepare(cfg: DictConfig) -> None:

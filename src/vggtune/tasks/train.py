@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,10 +23,11 @@ from vggtune.model.finetune import FROM_SCRATCH, FreezeSchedule, Schedule
 from vggtune.model.module import VGGClassifier
 from vggtune.model.weights import read_checkpoint
 from vggtune.tasks import demo
-from vggtune.tasks.checks import check_against_data, check_threshold, check_train
+from vggtune.tasks.checks import check_against_data, check_threshold, check_train, complete_run
 from vggtune.tasks.runs import commit_run_config, report_run, write_json, write_skipped
 from vggtune.training.callbacks import EpochSeed, ReplicaCheck
-from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss, tidy_lightning_messages
+from vggtune.training.faults import INTERRUPTED_CKPT, SaveOnInterrupt, StopOnNonFiniteLoss
+from vggtune.training.messages import tidy_lightning_messages
 from vggtune.training.tensorboard import EpochSpeed, tensorboard_callbacks
 from vggtune.training.trackers import build_loggers, finish_trackers, has_tensorboard, tracker_callbacks
 
@@ -38,10 +40,11 @@ def train(cfg: DictConfig) -> dict:
     Returns the ``metrics.json`` content, so sweeps and tests can call this directly.
     """
     check_train(cfg)  # again: sweep jobs get here without the command line's checks
+    if complete := complete_run(cfg):
+        return _complete_run(cfg, complete)
     resolve_recipe(cfg)
     run_dir = Path(cfg.paths.run_dir)
     schedule = Schedule(**cfg.finetune)
-    demo.prepare(cfg)  # experiment=demo: its pretrained file, made once
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: ClassFolderDataModule = instantiate(cfg.data, cache_images=_cache_images(cfg))
@@ -72,17 +75,21 @@ def train(cfg: DictConfig) -> dict:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         summary["metrics"].update({k: float(v) for k, v in (results[0] if results else {}).items()})
     finish_trackers(trainer)
-    scratch_cfg = demo.scratch_config(cfg) if trainer.is_global_zero else None
-    if scratch_cfg is not None:
-        log.info("Demo: now the same network from random init, on the same images, for comparison")
-        scratch = train(scratch_cfg)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", summary)
-        if not demo.is_baseline(cfg):
+        if not demo.is_baseline(cfg):  # the demo's run from random init: its numbers are in the demo's line
             report_run(run_dir, summary)
-    if scratch_cfg is not None:
-        demo.report(summary, scratch, cfg.monitor, run_dir)
     return summary
+
+
+def _complete_run(cfg: DictConfig, message: str) -> dict:
+    """A run that has trained all its epochs: say so, and return its ``metrics.json`` (nothing is written)."""
+    log.info(message)
+    ckpt = Path(str(cfg.ckpt_path)).expanduser()
+    written = ckpt.parent.parent / "metrics.json"  # <run folder>/checkpoints/last.ckpt
+    if written.is_file():
+        return json.loads(written.read_text(encoding="utf-8"))
+    return {"metrics": {}, "monitor": cfg.monitor, "last_checkpoint": str(ckpt)}
 
 
 def resolve_recipe(cfg: DictConfig) -> None:
@@ -336,5 +343,7 @@ def _final_metrics(trainer: pl.Trainer) -> dict:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """The ``vggtune train`` task: train, and return the monitored metric (what sweeps optimise)."""
-    return train(cfg)["metrics"].get(cfg.monitor)
+    """The ``vggtune train`` task: train (inside the demo's steps with ``experiment=demo``), and return the
+    monitored metric (what sweeps optimise)."""
+    summary = demo.around(train, cfg) if cfg.get("demo") else train(cfg)
+    return summary["metrics"].get(cfg.monitor)

@@ -66,23 +66,6 @@ class StopOnNonFiniteLoss(pl.Callback):
             )
 
 
-class _NoLeadingNewline(logging.Filter):
-    """Lightning starts some messages with a newline ("\nDetected KeyboardInterrupt, attempting graceful
-    shutdown ...", lightning/pytorch/trainer/call.py): an empty line in the log file, the text on the next."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = record.msg.lstrip("\n")
-        return True
-
-
-def tidy_lightning_messages() -> None:
-    """Install :class:`_NoLeadingNewline` on the logger Lightning's ``rank_zero_info`` writes to (once)."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _NoLeadingNewline) for f in logger.filters):
-        logger.addFilter(_NoLeadingNewline())
-
-
 class SaveOnInterrupt(pl.Callback):
     """On Ctrl-C (SIGINT) or SIGTERM, save ``checkpoints/interrupted.ckpt`` and say how to resume.
 

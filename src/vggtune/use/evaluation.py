@@ -223,7 +223,7 @@ class EvalResult:
 
 
 def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> EvalResult:
-    """Top-1 (and, with 5+ classes, top-5) accuracy, macro F1, per-class precision/recall/F1, confusion matrix.
+    """Top-1 (and, with 6+ classes, top-5) accuracy, macro F1, per-class precision/recall/F1, confusion matrix.
 
     Macro F1 averages over the classes that occur among the true or predicted labels. In the
     per-class rows, precision is None for a class never predicted and recall None for a class
