@@ -206,6 +206,8 @@ def main() -> None:
                 times.append(r["fit_s"])
                 runs.append({"task": task, "run": spec, "seed": seed, **r})
                 print(f"  {task} {spec} seed {seed}: acc {r['acc']:.3f} fit {r['fit_s']:.1f} s", flush=True)
+                if args.out:  # every run as it ends: a long sweep stopped part-way keeps what it measured
+                    Path(args.out).write_text(json.dumps({"meta": _meta(), "table": rows, "runs": runs}, indent=1))
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             rows.append(
                 {
@@ -236,14 +238,25 @@ def main() -> None:
             f"{r['fit_s_mean']:.1f} ± {r['fit_s_sd']:.1f} |{kept}"
         )
     if args.out:
-        meta = {
-            "argv": sys.argv[1:],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        Path(args.out).write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
+        Path(args.out).write_text(json.dumps({"meta": _meta(), "table": rows, "runs": runs}, indent=1))
+
+
+def _meta() -> dict:
+    import subprocess
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "argv": sys.argv[1:],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu": {
+            k.strip(): v.strip()
+            for k, _, v in (line.partition(":") for line in lscpu)
+            if k.strip() in ("Model name", "Flags")
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
+from vggtune.data.augment import Augment, LookDrawer
 from vggtune.data.balance import loss_weights
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
@@ -68,6 +69,13 @@ class ClassFolderDataModule(pl.LightningDataModule):
         cache_workers: int | str = "auto",
         crop_scale: float = DEFAULT_CROP_SCALE,
         flip: bool = True,
+        rotate: float = 0.0,
+        zoom: float = 1.0,
+        warp: float = 0.0,
+        affine_p: float = 0.75,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        lighting_p: float = 0.75,
         labels: str | None = None,
         path_column: str | None = None,
         label_column: str | None = None,
@@ -99,8 +107,12 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
         self.crop_scale, self.flip = crop_scale, flip
+        steps = dict(rotate=rotate, zoom=zoom, warp=warp, affine_p=affine_p, brightness=brightness, contrast=contrast)
+        steps["lighting_p"] = lighting_p
         self.mixup, self.cutmix = check_alphas(mixup, cutmix)
-        self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
+        self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip, **steps)
+        # what the image cache and the stream draw after their crop and flip (augment.LookDrawer)
+        self.look = LookDrawer(Augment(crop_scale, flip, **steps), self.preprocessing.image_size)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
         self.cache_workers = (
@@ -222,7 +234,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
             train = subset == "train" and self.augment == "light"
             labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
             self.datasets[subset] = CachedImageDataset(
-                path, labels, size, train, seed=self.seed if train else None, crop_scale=self.crop_scale, flip=self.flip
+                path, labels, size, train, self.seed if train else None, self.crop_scale, self.flip, self.look
             )
         self._on_device_transform = True
 
@@ -282,6 +294,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 crop_scale=self.crop_scale,
                 flip=self.flip,
+                look=self.look,
                 num_labels=self.num_labels,
                 cache_root=self.cache_dir,
                 run=run,

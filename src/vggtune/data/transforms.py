@@ -6,6 +6,7 @@ import torch
 from torchvision.transforms import v2
 
 from vggtune.core.errors import UserError
+from vggtune.data.augment import Augment
 from vggtune.model.arch import Preprocessing
 
 AUGMENT_LEVELS = ("none", "light", "strong")
@@ -73,36 +74,41 @@ def tta_transform(prep: Preprocessing, mode: str = "none"):
     return eval_transform(prep) if check_tta(mode) == "none" else _Views(prep, mode)
 
 
-def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True) -> None:
-    """Raise a UserError naming the key for a bad augmentation setting."""
+def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, **steps) -> Augment:
+    """The :class:`~vggtune.data.augment.Augment` of these settings, or a UserError naming the bad key."""
     if augment not in AUGMENT_LEVELS:
         raise UserError(f"data.augment must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}")
-    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not 0 < crop_scale <= 1:
-        raise UserError(
-            f"data.crop_scale is the smallest share of the image a training crop keeps: a number in "
-            f"(0, 1], e.g. data.crop_scale=0.35, got {crop_scale!r}"
-        )
-    if not isinstance(flip, bool):
-        raise UserError(f"data.flip must be true or false, got {flip!r}")
+    return Augment(crop_scale, flip, **steps).check()
 
 
 def train_transform(
-    prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True
+    prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, **steps
 ) -> v2.Compose:
     """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
 
-    ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, plus a
-    mirror flip unless ``flip=False`` (text, digits: anything a mirror changes); ``strong`` adds the
-    full crop range, TrivialAugment and random erasing (for small data sets trained long).
+    ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, a mirror
+    flip unless ``flip=False`` (text, digits: anything a mirror changes), then the rotation, zoom,
+    warp, brightness and contrast of ``steps`` (:class:`~vggtune.data.augment.Augment`'s keys; all
+    off by default); ``strong`` is the full crop range, the flip, TrivialAugment and random erasing
+    (for small data sets trained long).
     """
-    check_augment(augment, crop_scale, flip)
+    look = check_augment(augment, crop_scale, flip, **steps)
     if augment == "none":
         return eval_transform(prep)
     size = prep.image_size
     flips = [v2.RandomHorizontalFlip()] if flip else []
     if augment == "light":
+        fill = tuple(round(255 * m) for m in prep.mean)  # the normalised image's zero, as on the device
         return v2.Compose(
-            [v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True), *flips, *_to_normalized_tensor(prep)]
+            [
+                v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True),
+                *flips,
+                *look.geometry(fill),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                *look.lighting(),
+                v2.Normalize(prep.mean, prep.std),
+            ]
         )
     return v2.Compose(
         [
