@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from vggtune.core.errors import UserError
 from vggtune.data.augment import Augment, LookDrawer, apply_look, identity_look
 from vggtune.data.image_cache import CachedImageDataset, build_cache, device_transform
-from vggtune.data.transforms import train_transform
+from vggtune.data.transforms import check_augment, train_transform
 from vggtune.model.arch import preprocessing
 
 
@@ -30,7 +30,7 @@ def _left_darker(x: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("flip", [True, False])
 def test_flip_false_never_mirrors_and_true_sometimes_does(flip):
-    tf = train_transform(preprocessing("vgg11", 32), "light", crop_scale=0.9, flip=flip)
+    tf = train_transform(preprocessing("vgg11", 32), "crop", crop_scale=0.9, flip=flip)
     torch.manual_seed(0)
     mirrored = sum(not _left_darker(tf(_ramp())) for _ in range(40))
     assert (mirrored > 5) if flip else (mirrored == 0)
@@ -38,7 +38,7 @@ def test_flip_false_never_mirrors_and_true_sometimes_does(flip):
 
 @pytest.mark.parametrize("scale", [0.1, 0.8])
 def test_crop_scale_is_the_smallest_area_a_crop_keeps(scale):
-    tf = train_transform(preprocessing("vgg11", 32), "light", crop_scale=scale, flip=False)
+    tf = train_transform(preprocessing("vgg11", 32), "crop", crop_scale=scale, flip=False)
     torch.manual_seed(0)
     # On the ramp, a crop's mean-column spread (max - min over its width) is its width's share of the image.
     widths = [float(x[0].mean(0).max() - x[0].mean(0).min()) for x in (tf(_ramp()) for _ in range(60))]
@@ -63,6 +63,23 @@ def test_the_image_cache_follows_crop_scale_and_flip(tmp_path):
         assert (flips > 0) if flip else (flips == 0)
         side = prep.resize_size
         assert all((b[2] - b[0]) * (b[3] - b[1]) >= 0.9 * side * side - 2 * side for _, _, b, _, _ in items)
+
+
+def test_a_levels_keys_are_its_own_unless_given():
+    light, crop = check_augment("light"), check_augment("crop")
+    assert (light.crop_scale, light.rotate, light.zoom, light.warp, light.brightness, light.contrast) == (
+        1.0,
+        10,
+        1.1,
+        0.2,
+        0.2,
+        0.2,
+    )  # fastai's aug_transforms() defaults, without a crop
+    assert (crop.crop_scale, crop.rotate, crop.zoom, crop.warp, crop.brightness) == (0.35, 0, 1.0, 0, 0)
+    mine = check_augment("light", crop_scale=0.8, flip=False, rotate=0, contrast=0.1)
+    assert (mine.crop_scale, mine.flip, mine.rotate, mine.zoom, mine.contrast) == (0.8, False, 0, 1.1, 0.1)
+    tf = train_transform(preprocessing("vgg11", 32), "light")
+    assert {type(t).__name__ for t in tf.transforms} >= {"RandomApply", "RandomPerspective", "RandomHorizontalFlip"}
 
 
 @pytest.mark.parametrize(
@@ -159,7 +176,7 @@ def test_pil_path_and_image_cache_draw_the_same_crop_scales_angles_and_flips(tmp
     rotation left off 0.41, crop_scale 0.75 instead of 0.35 0.68.
     """
     n, prep = 300, preprocessing("vgg11", 32)
-    steps = {"crop_scale": 0.35, "rotate": 10, "zoom": 1.1}
+    steps = {"crop_scale": 0.35, "rotate": 10, "zoom": 1.1, "warp": 0, "brightness": 0, "contrast": 0}
     pil = train_transform(prep, "light", **steps)
     torch.manual_seed(0)
     from_pil = [_crop_area_and_angle(pil(_coordinates()), prep) for _ in range(n)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torchvision.transforms import v2
 
@@ -9,9 +11,17 @@ from vggtune.core.errors import UserError
 from vggtune.data.augment import Augment
 from vggtune.model.arch import Preprocessing
 
-AUGMENT_LEVELS = ("none", "light", "strong")
+AUGMENT_LEVELS = ("none", "light", "crop", "strong")
+DEVICE_LEVELS = ("light", "crop")  # the augmenting levels the image cache and the stream apply on the device
 TTA_MODES = ("none", "flip", "five_crop")
 DEFAULT_CROP_SCALE = 0.35
+# Each level's values for the keys left at null (measured beside fastai: bench/README.md, "Augmentation").
+# light: fastai's aug_transforms() set (flip, rotation, zoom, warp, brightness, contrast; p 0.75), no crop;
+# crop: the earlier light, a random resized crop keeping 35% of the area or more, and the flip.
+LEVELS = {
+    "light": Augment(crop_scale=1.0, rotate=10, zoom=1.1, warp=0.2, brightness=0.2, contrast=0.2),
+    "crop": Augment(crop_scale=DEFAULT_CROP_SCALE),
+}
 
 
 def _to_normalized_tensor(prep: Preprocessing) -> list:
@@ -74,34 +84,36 @@ def tta_transform(prep: Preprocessing, mode: str = "none"):
     return eval_transform(prep) if check_tta(mode) == "none" else _Views(prep, mode)
 
 
-def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, **steps) -> Augment:
-    """The :class:`~vggtune.data.augment.Augment` of these settings, or a UserError naming the bad key."""
+def check_augment(augment: str, crop_scale: float | None = None, flip: bool = True, **steps) -> Augment:
+    """The :class:`~vggtune.data.augment.Augment` of a level with the keys given (not None) in place of
+    its own values, or a UserError naming the bad key."""
     if augment not in AUGMENT_LEVELS:
         raise UserError(f"data.augment must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}")
-    return Augment(crop_scale, flip, **steps).check()
+    given = {k: v for k, v in {"crop_scale": crop_scale, **steps}.items() if v is not None}
+    return replace(LEVELS.get(augment, Augment()), flip=flip, **given).check()
 
 
 def train_transform(
-    prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True, **steps
+    prep: Preprocessing, augment: str = "light", crop_scale: float | None = None, flip: bool = True, **steps
 ) -> v2.Compose:
-    """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
+    """Training transform for an augmentation level: ``none``, ``light``, ``crop`` or ``strong``.
 
-    ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, a mirror
-    flip unless ``flip=False`` (text, digits: anything a mirror changes), then the rotation, zoom,
-    warp, brightness and contrast of ``steps`` (:class:`~vggtune.data.augment.Augment`'s keys; all
-    off by default); ``strong`` is the full crop range, the flip, TrivialAugment and random erasing
-    (for small data sets trained long).
+    ``light`` and ``crop`` are a random resized crop keeping at least ``crop_scale`` of the image's
+    area, a mirror flip unless ``flip=False`` (text, digits: anything a mirror changes), then the
+    rotation, zoom, warp, brightness and contrast of ``steps`` (:class:`~vggtune.data.augment.Augment`'s
+    keys), each key None taking the level's value (:data:`LEVELS`); ``strong`` is the full crop
+    range, the flip, TrivialAugment and random erasing (for small data sets trained long).
     """
     look = check_augment(augment, crop_scale, flip, **steps)
     if augment == "none":
         return eval_transform(prep)
     size = prep.image_size
     flips = [v2.RandomHorizontalFlip()] if flip else []
-    if augment == "light":
+    if augment in DEVICE_LEVELS:
         fill = tuple(round(255 * m) for m in prep.mean)  # the normalised image's zero, as on the device
         return v2.Compose(
             [
-                v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True),
+                v2.RandomResizedCrop(size, scale=(look.crop_scale, 1.0), antialias=True),
                 *flips,
                 *look.geometry(fill),
                 v2.ToImage(),
