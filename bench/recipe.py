@@ -225,6 +225,8 @@ def main() -> None:
                 r = run_one(spec, task, args, seed)
                 runs.append({"task": task, "run": spec, "seed": seed, **r})
                 print(f"  {task} {spec} seed {seed}: acc {r['acc']:.3f} fit {r['fit_s']:.1f} s", flush=True)
+                if args.out:  # every run as it ends: a long sweep stopped part-way keeps what it measured
+                    Path(args.out).write_text(json.dumps({"meta": _meta(), "table": rows, "runs": runs}, indent=1))
         for spec in args.runs:
             done = [r for r in runs if r["task"] == task and r["run"] == spec]
             accs, times = [r["acc"] for r in done], [r["fit_s"] for r in done]
@@ -258,15 +260,18 @@ def main() -> None:
             f"{r['fit_s_mean']:.1f} ± {r['fit_s_sd']:.1f} |{kept}"
         )
     if args.out:
-        meta = {
-            "argv": sys.argv[1:],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"),
-            "cpu": _cpu(),
-        }
-        Path(args.out).write_text(json.dumps({"meta": meta, "table": rows, "runs": runs}, indent=1))
+        Path(args.out).write_text(json.dumps({"meta": _meta(), "table": rows, "runs": runs}, indent=1))
+
+
+def _meta() -> dict:
+    return {
+        "argv": sys.argv[1:],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu": _cpu(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 if __name__ == "__main__":

@@ -62,9 +62,9 @@ def test_a_training_crop_is_a_bilinear_resized_crop_of_the_square(data, tmp_path
     prep = preprocessing("vgg11", 32)
     paths = sorted(data.rglob("img_*"))[:4]
     ds = CachedImageDataset(build_cache(paths, prep, tmp_path), [0, 1, 0, 1], prep.resize_size, train=True, seed=3)
-    images, labels, boxes, flips = next(iter(DataLoader(ds, batch_size=4)))
+    images, labels, boxes, flips, looks = next(iter(DataLoader(ds, batch_size=4)))
     boxes = torch.tensor([[2.0, 3.0, 22.0, 23.0]] * 4)  # 20 px crops upscaled to 32: one sample per pixel
-    x, _ = device_transform((images, labels, boxes, flips), prep, train=True)
+    x, _ = device_transform((images, labels, boxes, flips, looks), prep, train=True)
     square = images.permute(0, 3, 1, 2).float()
     ref = F.resized_crop(square, 3, 2, 20, 20, [32, 32], antialias=False)
     ref = torch.where(flips.view(-1, 1, 1, 1), ref.flip(-1), ref)

@@ -14,6 +14,7 @@ from conftest import TINY, assert_one_line_error, make_class_folders, run_cli, r
 from PIL import Image
 from test_faults import _assert_same_run, _start, _wait_for
 
+from vggtune.data.augment import Augment, LookDrawer, identity_look
 from vggtune.data.datamodule import ClassFolderDataModule
 from vggtune.data.image_cache import CachedImageDataset, _square, build_cache
 from vggtune.data.images import load_rgb
@@ -68,9 +69,9 @@ def test_prepare_writes_the_split_train_makes_as_squares_of_the_resize_size(stre
     # The pixels are the image cache's: the centre square of the resize size, uint8.
     shards = Stream(str(stream / "shards")).dataset("train", shuffle=False, augment=False, seed=7)
     for i in range(len(shards)):
-        image, label, box, flip = shards[i]
+        image, label, box, flip, look = shards[i]
         path, want = expected.subsets["train"][i]
-        assert label == want and not flip and box.tolist() == [0, 0, 37, 37]
+        assert label == want and not flip and box.tolist() == [0, 0, 37, 37] and torch.equal(look, identity_look())
         assert torch.equal(image, torch.from_numpy(np.array(_square(prep.resize_size)(load_rgb(path)))))
     assert [p.rsplit("/", 1)[-1] for p, _ in info["skipped"]] == ["broken.png"]
     assert "broken.png" in (stream / "run" / "skipped_images.txt").read_text()
@@ -109,9 +110,12 @@ def test_jpeg_shards_hold_the_squares_as_jpegs_and_an_undecodable_file_is_listed
         assert torch.equal(image, torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))))
 
 
-def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
+def test_training_crops_flips_and_looks_are_the_image_caches(stream, data, tmp_path):
     prep = preprocessing("vgg11", 32)
-    shards = Stream(str(stream / "shards")).dataset("train", shuffle=True, augment=True, seed=7, crop_scale=0.35)
+    look = LookDrawer(Augment(rotate=10, zoom=1.1, warp=0.2, brightness=0.2, contrast=0.2), prep.image_size)
+    shards = Stream(str(stream / "shards")).dataset(
+        "train", shuffle=True, augment=True, seed=7, crop_scale=0.35, look=look
+    )
     items = ClassFolderDataModule(str(data), seed=7, image_size=32, arch="vgg11", batch_size=1).split.subsets["train"]
     cached = CachedImageDataset(
         build_cache([p for p, _ in items], prep, tmp_path),
@@ -120,6 +124,7 @@ def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
         train=True,
         seed=7,
         crop_scale=0.35,
+        look=look,
     )
     files = {
         path: i
@@ -129,11 +134,14 @@ def test_training_crops_and_flips_are_the_image_caches(stream, data, tmp_path):
     }
     assert len(files) == len(items)
     seen = []
-    for image, label, box, flip in shards:  # one pass: litdata's epoch 1, the cache's epoch 0
+    moved = 0
+    for image, label, box, flip, drawn in shards:  # one pass: litdata's epoch 1, the cache's epoch 0
         index = next(i for i in range(len(cached)) if torch.equal(cached[i][0], image))
-        c_image, c_label, c_box, c_flip = cached[index]
-        assert (label, box.tolist(), flip) == (c_label, c_box.tolist(), c_flip)
+        c_image, c_label, c_box, c_flip, c_drawn = cached[index]
+        assert (label, box.tolist(), flip, drawn.tolist()) == (c_label, c_box.tolist(), c_flip, c_drawn.tolist())
+        moved += not torch.equal(drawn, identity_look())
         seen.append(index)
+    assert moved > 0  # the rotation, warp and lighting were drawn, not left off
     assert sorted(seen) == list(range(len(items))) and seen != sorted(seen)  # all of them, shuffled
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
+from vggtune.data.augment import LookDrawer
 from vggtune.data.balance import loss_weights
 from vggtune.data.batching import batch_for_data, lone_last_image
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
@@ -21,7 +22,7 @@ from vggtune.data.feature_cache import cache_key, cached_datasets
 from vggtune.data.image_cache import CachedImageDataset, cache_path, device_transform, ensure_cache, usable_cores
 from vggtune.data.mixing import BatchMixer, check_alphas
 from vggtune.data.optional import import_stream
-from vggtune.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+from vggtune.data.transforms import DEVICE_LEVELS, check_augment, eval_transform, train_transform
 from vggtune.data.workers import leave_signals_to_main, resolve_workers
 from vggtune.model.arch import Preprocessing, frozen_trunk, preprocessing
 from vggtune.model.resume import batches_done_in_epoch
@@ -60,8 +61,15 @@ class ClassFolderDataModule(pl.LightningDataModule):
         cache_images: bool | str = False,
         cache_dir: str = "~/.cache/vggtune",
         cache_workers: int | str = "auto",
-        crop_scale: float = DEFAULT_CROP_SCALE,
+        crop_scale: float | None = None,
         flip: bool = True,
+        rotate: float | None = None,
+        zoom: float | None = None,
+        warp: float | None = None,
+        affine_p: float | None = None,
+        brightness: float | None = None,
+        contrast: float | None = None,
+        lighting_p: float | None = None,
         labels: str | None = None,
         path_column: str | None = None,
         label_column: str | None = None,
@@ -92,9 +100,14 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
-        self.crop_scale, self.flip = crop_scale, flip
+        steps = dict(rotate=rotate, zoom=zoom, warp=warp, affine_p=affine_p, brightness=brightness, contrast=contrast)
+        steps["lighting_p"] = lighting_p
         self.mixup, self.cutmix = check_alphas(mixup, cutmix)
-        self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip)
+        self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip, **steps)
+        look = check_augment(augment, crop_scale, flip, **steps)  # the level's values where a key is null
+        self.crop_scale, self.flip, self.on_device = look.crop_scale, look.flip, augment in DEVICE_LEVELS
+        # what the image cache and the stream draw after their crop and flip
+        self.look = LookDrawer(look, self.preprocessing.image_size)
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
         self.cache_workers = (
@@ -151,7 +164,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         source.check_fits(self.preprocessing, self.arch)
         if self.augment == "strong":
             raise UserError(
-                "data.stream supports data.augment=light or none (its crops and flips run on the "
+                "data.stream supports data.augment=light, crop or none (its crops and flips run on the "
                 "device, as with data.cache_images); train from data.root for data.augment=strong"
             )
         return source
@@ -199,7 +212,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
             return  # the stream already holds the squares, and its batches take the same on-device step
         if self.augment == "strong":
             raise UserError(
-                "data.cache_images=true supports data.augment=light or none (its crops and flips run "
+                "data.cache_images=true supports data.augment=light, crop or none (its crops and flips run "
                 "on the device); use data.cache_images=false for data.augment=strong"
             )
         size = self.preprocessing.resize_size
@@ -207,10 +220,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
             paths = [p for p, _ in items]
             path = cache_path(paths, self.preprocessing, self.cache_dir)
             self._image_caches[subset] = paths
-            train = subset == "train" and self.augment == "light"
+            train = subset == "train" and self.on_device
             labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
             self.datasets[subset] = CachedImageDataset(
-                path, labels, size, train, seed=self.seed if train else None, crop_scale=self.crop_scale, flip=self.flip
+                path, labels, size, train, self.seed if train else None, self.crop_scale, self.flip, self.look
             )
         self._on_device_transform = True
 
@@ -236,7 +249,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         training, MixUp or CutMix (data.mixup, data.cutmix) with the targets as class shares."""
         training = self.trainer is not None and self.trainer.training
         if self._on_device_transform:
-            batch = device_transform(batch, self.preprocessing, train=training and self.augment == "light")
+            batch = device_transform(batch, self.preprocessing, train=training and self.on_device)
         return self.mixer(*batch) if training and self.mixer is not None else batch
 
     @cached_property
@@ -283,10 +296,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
             self.datasets[subset] = self.stream_source.dataset(
                 subset,
                 shuffle=train,
-                augment=train and self.augment == "light",
+                augment=train and self.on_device,
                 seed=self.seed,
                 crop_scale=self.crop_scale,
                 flip=self.flip,
+                look=self.look,
                 num_labels=self.num_labels,
                 cache_root=self.cache_dir,
                 run=run,

@@ -47,6 +47,7 @@ from torchvision.transforms import v2
 
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_path, remove_partial_files
+from vggtune.data.augment import LookDrawer, apply_look, identity_look
 from vggtune.data.datasets import SeededDataset
 from vggtune.data.images import load_rgb
 from vggtune.data.transforms import DEFAULT_CROP_SCALE
@@ -277,7 +278,9 @@ class _Progress:
 
 
 class CachedImageDataset(SeededDataset):
-    """Items of a cache file: (uint8 HWC square, label, crop box x1 y1 x2 y2, flip)."""
+    """Items of a cache file: (uint8 HWC square, label, crop box x1 y1 x2 y2, flip, look), where ``look``
+    is the row of the rotation, zoom, warp and lighting that ``look`` draws after the crop and flip
+    (:class:`~vggtune.data.augment.LookDrawer`; none: the identity)."""
 
     def __init__(
         self,
@@ -288,10 +291,12 @@ class CachedImageDataset(SeededDataset):
         seed: int | None = None,
         crop_scale: float = DEFAULT_CROP_SCALE,
         flip: bool = True,
+        look: LookDrawer | None = None,
     ):
         super().__init__(seed)
         self.path, self.labels, self.size, self.train = path, labels, size, train
         self.scale, self.flip = (crop_scale, 1.0), flip  # as transforms.train_transform(augment="light")
+        self.look = look
         self._array: np.memmap | None = None  # opened lazily, in each worker
 
     def __len__(self) -> int:
@@ -303,24 +308,25 @@ class CachedImageDataset(SeededDataset):
                 self.path, dtype=np.uint8, mode="r", shape=(len(self.labels), self.size, self.size, 3)
             )
         image = torch.from_numpy(np.array(self._array[index]))
-        box, flip = self.crop_and_flip(index, image)
-        return image, self.labels[index], box, flip
+        return image, self.labels[index], *self.crop_and_flip(index, image)
 
-    def crop_and_flip(self, index: int, image: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Item ``index``'s crop box (x1 y1 x2 y2) in its HWC square ``image`` and whether to mirror it,
-        drawn from (seed, epoch, index) in training; the whole square, unmirrored, otherwise."""
-        box, flip = torch.tensor([0.0, 0.0, self.size, self.size]), False
+    def crop_and_flip(self, index: int, image: torch.Tensor) -> tuple[torch.Tensor, bool, torch.Tensor]:
+        """Item ``index``'s crop box (x1 y1 x2 y2) in its HWC square ``image``, whether to mirror it and
+        its look row, drawn from (seed, epoch, index) in training; the whole square as it is otherwise."""
+        box, flip, look = torch.tensor([0.0, 0.0, self.size, self.size]), False, identity_look()
         if self.train:
-            with self.seeded(index):
+            with self.seeded(index):  # in the PIL path's order: crop, flip, geometry, lighting
                 top, left, h, w = T.RandomResizedCrop.get_params(image.permute(2, 0, 1), self.scale, RATIO)
                 flip = bool(torch.rand(()) < 0.5) and self.flip
+                if self.look is not None:
+                    look = self.look()
             box = torch.tensor([left, top, left + w, top + h], dtype=torch.float32)
-        return box, flip
+        return box, flip, look
 
 
 def device_transform(batch, prep: Preprocessing, train: bool):
-    """(uint8 NHWC squares, labels, boxes, flips) on any device -> (normalised NCHW crops, labels)."""
-    images, labels, boxes, flips = batch
+    """(uint8 NHWC squares, labels, boxes, flips, looks) on any device -> (normalised NCHW crops, labels)."""
+    images, labels, boxes, flips, looks = batch
     x = images.permute(0, 3, 1, 2).float()
     if train:
         index = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
@@ -336,5 +342,7 @@ def device_transform(batch, prep: Preprocessing, train: bool):
     else:
         x = v2.functional.center_crop(x, [prep.image_size, prep.image_size])
     mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255
+    if train:
+        x = apply_look(x, looks, mean)
     std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255
     return (x - mean) / std, labels

@@ -23,6 +23,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from PIL import Image
 
 from vggtune.core.errors import UserError
+from vggtune.data.augment import LookDrawer
 from vggtune.data.discovery import DataSplit
 from vggtune.data.image_cache import CachedImageDataset
 from vggtune.data.scan import BadImage
@@ -91,12 +92,13 @@ class Stream:
         seed: int,
         crop_scale: float = DEFAULT_CROP_SCALE,
         flip: bool = True,
+        look: LookDrawer | None = None,
         num_labels: int | None = None,
         cache_root: str = "~/.cache/vggtune",
         run: str = "",
         with_index: bool = False,
     ) -> StreamedImages:
-        """The subset's images; ``shuffle``: by (seed, epoch); ``augment``: seeded crops and flips.
+        """The subset's images; ``shuffle``: by (seed, epoch); ``augment``: seeded crops, flips and ``look``.
 
         From object storage, the shards are downloaded into a cache folder of this run's (``run``):
         litdata #398, #452 report hangs from cache folders left by other runs.
@@ -115,6 +117,7 @@ class Stream:
             seed,
             crop_scale,
             flip,
+            look,
             num_labels,
             self.info["image_format"],
             cache,
@@ -125,7 +128,7 @@ class Stream:
 
 
 class StreamedImages(StreamingDataset):
-    """Items (uint8 HWC square, label, crop box, flip), as :class:`CachedImageDataset` gives them; with
+    """Items (uint8 HWC square, label, crop box, flip, look), as :class:`CachedImageDataset` gives them; with
     ``with_index``, the image's position in its subset after them."""
 
     with_index = False
@@ -139,6 +142,7 @@ class StreamedImages(StreamingDataset):
         seed: int,
         crop_scale: float,
         flip: bool,
+        look: LookDrawer | None,
         num_labels: int | None,
         image_format: str,
         cache_dir: str | None,
@@ -147,9 +151,7 @@ class StreamedImages(StreamingDataset):
         super().__init__(url, cache_dir=cache_dir, shuffle=shuffle, seed=seed, storage_options=storage_options or None)
         self.num_labels, self.image_format = num_labels, image_format
         # Only its seeded crop-and-flip drawing is used: the squares come from the shards.
-        self.crops = CachedImageDataset(
-            Path(url), [], size, augment, seed=seed if augment else None, crop_scale=crop_scale, flip=flip
-        )
+        self.crops = CachedImageDataset(Path(url), [], size, augment, seed if augment else None, crop_scale, flip, look)
 
     def __getitem__(self, index):
         sample = super().__getitem__(index)
@@ -158,11 +160,11 @@ class StreamedImages(StreamingDataset):
         else:
             image = torch.from_numpy(np.array(sample["image"]))
         self.crops.set_epoch(self.current_epoch - 1)  # litdata counts epochs from 1, Lightning from 0
-        box, flip = self.crops.crop_and_flip(int(sample["index"]), image)
+        drawn = self.crops.crop_and_flip(int(sample["index"]), image)
         label = sample["label"]
         if self.num_labels is not None:
             label = torch.from_numpy(np.asarray(label, dtype=np.float32))
-        return (image, label, box, flip, int(sample["index"])) if self.with_index else (image, label, box, flip)
+        return (image, label, *drawn, int(sample["index"])) if self.with_index else (image, label, *drawn)
 
 
 class StreamLoader(StreamingDataLoader):

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torchvision.transforms import v2
 
 from vggtune.core.errors import UserError
+from vggtune.data.augment import Augment
 from vggtune.model.arch import Preprocessing
 
-AUGMENT_LEVELS = ("none", "light", "strong")
+AUGMENT_LEVELS = ("none", "light", "crop", "strong")
+DEVICE_LEVELS = ("light", "crop")  # the augmenting levels the image cache and the stream apply on the device
 TTA_MODES = ("none", "flip", "five_crop")
 DEFAULT_CROP_SCALE = 0.35
+# Each level's values for the keys left at null (measured beside fastai: bench/README.md, "Augmentation").
+# light: fastai's aug_transforms() set (flip, rotation, zoom, warp, brightness, contrast; p 0.75), no crop;
+# crop: the earlier light, a random resized crop keeping 35% of the area or more, and the flip.
+LEVELS = {
+    "light": Augment(crop_scale=1.0, rotate=10, zoom=1.1, warp=0.2, brightness=0.2, contrast=0.2),
+    "crop": Augment(crop_scale=DEFAULT_CROP_SCALE),
+}
 
 
 def _to_normalized_tensor(prep: Preprocessing) -> list:
@@ -73,36 +84,43 @@ def tta_transform(prep: Preprocessing, mode: str = "none"):
     return eval_transform(prep) if check_tta(mode) == "none" else _Views(prep, mode)
 
 
-def check_augment(augment: str, crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True) -> None:
-    """Raise a UserError naming the key for a bad augmentation setting."""
+def check_augment(augment: str, crop_scale: float | None = None, flip: bool = True, **steps) -> Augment:
+    """The :class:`~vggtune.data.augment.Augment` of a level with the keys given (not None) in place of
+    its own values, or a UserError naming the bad key."""
     if augment not in AUGMENT_LEVELS:
         raise UserError(f"data.augment must be one of {', '.join(AUGMENT_LEVELS)}, got {augment!r}")
-    if isinstance(crop_scale, bool) or not isinstance(crop_scale, (int, float)) or not 0 < crop_scale <= 1:
-        raise UserError(
-            f"data.crop_scale is the smallest share of the image a training crop keeps: a number in "
-            f"(0, 1], e.g. data.crop_scale=0.35, got {crop_scale!r}"
-        )
-    if not isinstance(flip, bool):
-        raise UserError(f"data.flip must be true or false, got {flip!r}")
+    given = {k: v for k, v in {"crop_scale": crop_scale, **steps}.items() if v is not None}
+    return replace(LEVELS.get(augment, Augment()), flip=flip, **given).check()
 
 
 def train_transform(
-    prep: Preprocessing, augment: str = "light", crop_scale: float = DEFAULT_CROP_SCALE, flip: bool = True
+    prep: Preprocessing, augment: str = "light", crop_scale: float | None = None, flip: bool = True, **steps
 ) -> v2.Compose:
-    """Training transform for an augmentation level: ``none``, ``light`` or ``strong``.
+    """Training transform for an augmentation level: ``none``, ``light``, ``crop`` or ``strong``.
 
-    ``light`` is a random resized crop keeping at least ``crop_scale`` of the image's area, plus a
-    mirror flip unless ``flip=False`` (text, digits: anything a mirror changes); ``strong`` adds the
-    full crop range, TrivialAugment and random erasing (for small data sets trained long).
+    ``light`` and ``crop`` are a random resized crop keeping at least ``crop_scale`` of the image's
+    area, a mirror flip unless ``flip=False`` (text, digits: anything a mirror changes), then the
+    rotation, zoom, warp, brightness and contrast of ``steps`` (:class:`~vggtune.data.augment.Augment`'s
+    keys), each key None taking the level's value (:data:`LEVELS`); ``strong`` is the full crop
+    range, the flip, TrivialAugment and random erasing (for small data sets trained long).
     """
-    check_augment(augment, crop_scale, flip)
+    look = check_augment(augment, crop_scale, flip, **steps)
     if augment == "none":
         return eval_transform(prep)
     size = prep.image_size
     flips = [v2.RandomHorizontalFlip()] if flip else []
-    if augment == "light":
+    if augment in DEVICE_LEVELS:
+        fill = tuple(round(255 * m) for m in prep.mean)  # the normalised image's zero, as on the device
         return v2.Compose(
-            [v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True), *flips, *_to_normalized_tensor(prep)]
+            [
+                v2.RandomResizedCrop(size, scale=(look.crop_scale, 1.0), antialias=True),
+                *flips,
+                *look.geometry(fill),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                *look.lighting(),
+                v2.Normalize(prep.mean, prep.std),
+            ]
         )
     return v2.Compose(
         [

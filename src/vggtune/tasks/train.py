@@ -167,7 +167,7 @@ def _cache_images(cfg: DictConfig) -> bool:
     value = cfg.data.get("cache_images", False)
     if value != "auto":
         return bool(value)
-    use = _uses_gpu(cfg) and cfg.data.augment in ("light", "none") and not cfg.data.cache_features
+    use = _uses_gpu(cfg) and cfg.data.augment in ("light", "crop", "none") and not cfg.data.cache_features
     if _uses_gpu(cfg) and not use:
         log.info("data.cache_images=auto: not caching images (data.augment=%s or features cached)", cfg.data.augment)
     return use

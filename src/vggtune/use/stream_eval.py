@@ -26,7 +26,7 @@ def subset_batches(
     """
     position = {index: i for i, (index, _, _) in enumerate(source.info["subsets"][subset]["files"])}
     dataset = source.dataset(subset, shuffle=False, augment=False, seed=0, with_index=True)
-    for images, _, _, _, index in import_stream().StreamLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+    for images, *_, index in import_stream().StreamLoader(dataset, batch_size=batch_size, num_workers=num_workers):
         x = torch.stack([views(image.permute(2, 0, 1)) for image in images])
         yield (x.unsqueeze(1) if x.ndim == 4 else x), [position[int(i)] for i in index]
 
