@@ -122,7 +122,6 @@ def test_slurm_launcher_resources_follow_the_trainer_unless_set():
         assert cfg.hydra.launcher.gpus_per_node == 4
 
 
-@pytest.mark.slow
 def test_failed_jobs_are_in_the_summary_with_their_reason_and_the_sweep_exits_non_zero(tmp_path, tiny_data):
     proc = run_cli_here(
         "train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=-1,0.001", "data.batch_size=0", cwd=tmp_path
@@ -139,7 +138,6 @@ def test_failed_jobs_are_in_the_summary_with_their_reason_and_the_sweep_exits_no
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_an_unexpected_error_in_one_job_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
     import vggtune.tasks.train
 
