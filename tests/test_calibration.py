@@ -208,7 +208,7 @@ def test_eval_reports_the_ece_before_and_after_the_checkpoints_temperature(calib
     assert f"-> {cal['ece_calibrated']:.4f} with the temperature {t:.3f}" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("calibrate", [True, False])
+@pytest.mark.parametrize("calibrate", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_predict_divides_the_logits_by_the_temperature_unless_told_not_to(calibrated, tmp_path, calibrate):
     ckpt, t, paths, _ = calibrated
     folder = tmp_path / "in"
@@ -242,6 +242,7 @@ def test_predict_divides_the_logits_by_the_temperature_unless_told_not_to(calibr
     assert ("divided by the temperature" in proc.stdout + proc.stderr) == calibrate
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 def test_the_exported_softmax_has_the_temperature_folded_in(calibrated, tmp_path):
     from vggtune.tasks.export import export_checkpoint

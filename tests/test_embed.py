@@ -134,6 +134,7 @@ def test_without_checkpoint_embeds_with_the_imagenet_network(tmp_path):
     assert {r["predicted"] for r in _rows(run_dir / "embeddings.csv")} <= categories
 
 
+@pytest.mark.slow
 def test_pretrained_network_keeps_the_weights_files_head(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.vgg11().eval()
