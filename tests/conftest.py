@@ -212,6 +212,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     return errors[0]
 
 
+def pytest_collection_finish(session):
+    """Move everything imported so far (torch, Lightning, every test module: about half a million objects) out
+    of the collector's sight: :func:`_free_models`' full collection after each test then looks at what that
+    test made only (measured: 0.4-0.6 s of CPU per test before, under a millisecond after)."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _free_models():
     """Collect each test's models now: a Trainer and its module keep each other alive in reference
@@ -224,6 +232,35 @@ def _free_models():
 def tiny_data(tmp_path_factory) -> Path:
     """Three class folders of ten 40 px images each (shared, read-only)."""
     return make_class_folders(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_data) -> Path:
+    """A checkpoint of ``tiny_data``'s classes written by Lightning from a seeded, untrained model: what a run's
+    ``best.ckpt`` holds (hyperparameters, preprocessing, the ``vggtune`` marker) without a training run.
+
+    For the quick tier: tests that need *a* checkpoint (eval, predict, export, explain, settings checks)
+    compare against this model's own outputs, so it need not have learned anything. Tests of what a
+    training run writes read :func:`tiny_run` instead (one in-process training per worker, ~7 s of CPU)."""
+    import lightning.pytorch as pl
+    import torch
+
+    from vggtune.model.arch import preprocessing
+    from vggtune.model.checkpoint import AtomicCheckpointIO
+    from vggtune.model.module import VGGClassifier
+
+    classes = sorted(d.name for d in tiny_data.iterdir() if d.is_dir())
+    torch.manual_seed(0)
+    module = VGGClassifier(
+        "vgg11", classes, weights="none", head="pooled", preprocessing=preprocessing("vgg11", 32).to_dict()
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, plugins=[AtomicCheckpointIO()]
+    )
+    trainer.strategy.connect(module)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ def test_local_weights_file_fills_every_backbone_tensor(tmp_path):
     assert got["classifier.6.weight"].shape == (5, 4096)
 
 
+@pytest.mark.slow
 def test_imagenet_weights_come_from_torchvision_cache_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
@@ -104,6 +105,7 @@ def test_split_at_fc7_is_the_model_cut_after_fc7s_relu():
     assert torch.allclose(fc7, seen["fc7"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_load_weights_with_head_keeps_the_imagenet_classifier(tmp_path):
     state = _saved_vgg(tmp_path / "w.pth")
     model = torchvision.models.vgg11()
@@ -115,6 +117,7 @@ def test_load_weights_with_head_keeps_the_imagenet_classifier(tmp_path):
         load_weights(torchvision.models.vgg11(), "vgg11", str(tmp_path / "five.pth"), head=True)
 
 
+@pytest.mark.slow
 def test_a_file_of_conv_layers_only_serves_the_pooled_head_and_the_vgg_head_says_what_it_lacks(tmp_path):
     convs = {k: v for k, v in _saved_vgg(tmp_path / "w.pth", arch="vgg11_bn").items() if k.startswith("features.")}
     torch.save(convs, tmp_path / "convs.pth")
@@ -129,6 +132,7 @@ def test_a_file_of_conv_layers_only_serves_the_pooled_head_and_the_vgg_head_says
         build_vgg("vgg11_bn", num_classes=3, weights=str(tmp_path / "broken.pth"), head="pooled")
 
 
+@pytest.mark.slow
 def test_pooled_head_keeps_the_pretrained_convs_and_replaces_pool_and_classifier(tmp_path):
     state = _saved_vgg(tmp_path / "w.pth", arch="vgg11_bn")
     model = build_vgg("vgg11_bn", num_classes=4, weights=str(tmp_path / "w.pth"), dropout=0.5, head="pooled")

@@ -78,6 +78,7 @@ def audit_run(planted, tmp_path_factory):
     return work / "run", proc
 
 
+@pytest.mark.slow
 def test_the_planted_wrong_label_is_found_with_the_right_suggestion(audit_run, planted):
     run_dir, proc = audit_run
     _, wrong, _, _ = planted
@@ -95,6 +96,7 @@ def test_the_planted_wrong_label_is_found_with_the_right_suggestion(audit_run, p
     assert "5 folds, a linear head of 30 epochs" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_planted_copies_across_subsets_are_found_as_leaks(audit_run, planted):
     run_dir, _ = audit_run
     _, _, exact, resized = planted
@@ -181,13 +183,12 @@ def test_a_class_with_fewer_images_than_folds_is_one_line(tmp_path):
     assert_one_line_error(proc, "fewer than audit.folds=5", "lower audit.folds")
 
 
-@pytest.mark.slow
-def test_a_checkpoint_of_other_classes_is_one_line(tiny_run, tmp_path):
+def test_a_checkpoint_of_other_classes_is_one_line(tiny_ckpt, tmp_path):
     data = make_class_folders(tmp_path / "other", classes=2, per_class=10, seed=1)
     (data / "checks").rename(data / "cats")
     proc = run_cli_here(
         "audit",
-        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        f"ckpt={tiny_ckpt}",
         f"data.root={data}",
         "data.num_workers=0",
         "device=cpu",
@@ -200,6 +201,7 @@ def test_a_checkpoint_of_other_classes_is_one_line(tiny_run, tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (Debian) to run the report test")
 def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(audit_run, planted, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
@@ -239,6 +241,7 @@ def test_a_stream_is_refused_with_one_line(tmp_path):
     assert_one_line_error(proc, "data.stream", "data.root=")
 
 
+@pytest.mark.slow
 def test_several_labels_per_image_go_through_cleanlabs_multilabel_functions(tmp_path):
     root = make_colour_folders(tmp_path / "data", per_class=10)
     rows = [[p.relative_to(root).as_posix(), p.parent.name] for p in sorted(root.rglob("*.png"))]

@@ -44,6 +44,7 @@ def _reasons(run_dir):
     return dict(line.split("\t") for line in lines)
 
 
+@pytest.mark.slow
 def test_bad_files_are_left_out_and_listed_and_valid_odd_ones_are_used(tmp_path):
     data = make_class_folders(tmp_path / "d", classes=2, per_class=6)
     _messy_folder(data / "checks")

@@ -131,6 +131,7 @@ def _minority_recall(root, balance: str) -> float:
     return float((pred[val_y == 1] == 1).float().mean())
 
 
+@pytest.mark.slow
 def test_on_a_ten_to_one_task_either_option_raises_the_minority_recall(unbalanced):
     plain = _minority_recall(unbalanced, "none")
     sampler, loss = _minority_recall(unbalanced, "sampler"), _minority_recall(unbalanced, "loss")
@@ -140,6 +141,7 @@ def test_on_a_ten_to_one_task_either_option_raises_the_minority_recall(unbalance
     assert sampler > plain + 0.2 and loss > plain + 0.2, (plain, sampler, loss)
 
 
+@pytest.mark.slow
 def test_a_balanced_run_logs_counts_weights_the_loss_and_reports_balanced_accuracy(tmp_path, unbalanced):
     run_dir = tmp_path / "run"
     proc = run_cli_here(

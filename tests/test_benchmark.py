@@ -126,8 +126,8 @@ def test_backend_auto_serves_what_the_benchmark_recommends_and_refuses_a_stale_o
         record.write_text(saved)
 
 
-def test_backend_and_precision_mistakes_are_one_line(tiny_run, tmp_path, monkeypatch):
-    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+def test_backend_and_precision_mistakes_are_one_line(tiny_ckpt, tmp_path, monkeypatch):
+    ckpt = tiny_ckpt
     with pytest.raises(UserError, match=r"vggtune benchmark ckpt=.* has not run for this checkpoint"):
         choose(_settings(ckpt=str(ckpt)))
     with pytest.raises(UserError, match="chooses among the formats of a checkpoint"):
@@ -148,8 +148,8 @@ def test_backend_and_precision_mistakes_are_one_line(tiny_run, tmp_path, monkeyp
     assert_one_line_error(proc, "has not run for this checkpoint", "vggtune benchmark")
 
 
-def test_bad_benchmark_settings_are_one_line(tiny_run, tmp_path):
-    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+def test_bad_benchmark_settings_are_one_line(tiny_ckpt, tmp_path):
+    ckpt = tiny_ckpt
     for overrides, needle in [
         (["formats=[onnx_fp16]"], "unknown format 'onnx_fp16'"),
         (["max_accuracy_drop=-2"], "max_accuracy_drop"),
@@ -203,11 +203,11 @@ def test_serve_backend_auto_over_http_says_what_it_runs_and_answers_as_that_file
 
 
 @pytest.mark.skipif(not quantize.has_bf16(), reason="this CPU has no bf16 instructions")
-def test_precision_bf16_runs_the_checkpoint_in_bfloat16_close_to_fp32(tiny_run, tiny_data):
+def test_precision_bf16_runs_the_checkpoint_in_bfloat16_close_to_fp32(tiny_ckpt, tiny_data):
     from vggtune.data.images import load_rgb
     from vggtune.serve.backends import load_backend
 
-    ckpt = str(tiny_run / "checkpoints" / "best.ckpt")
+    ckpt = str(tiny_ckpt)
     fp32, bf16 = load_backend(ckpt, None, "cpu"), load_backend(ckpt, None, "cpu", precision="bf16")
     assert {p.dtype for p in bf16.loaded.module.model.parameters()} == {torch.bfloat16}
     assert bf16.info()["precision"] == "bf16" and fp32.info()["precision"] == "fp32" and not bf16.can_explain

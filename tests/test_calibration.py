@@ -116,7 +116,7 @@ def test_training_fits_the_temperature_on_the_validation_logits_and_checkpoints_
     assert fresh.temperature == pytest.approx(expected_t, rel=1e-3)
 
 
-def test_a_model_right_on_every_validation_image_keeps_no_temperature(tmp_path, tiny_run):
+def test_a_model_right_on_every_validation_image_keeps_no_temperature(tmp_path):
     targets = torch.arange(3).repeat_interleave(4)
     module = ScriptedClassifier(8.0 * torch.eye(3)[targets], 3)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -125,6 +125,9 @@ def test_a_model_right_on_every_validation_image_keeps_no_temperature(tmp_path, 
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     assert "calibration" not in checkpoint["vggtune"]
+
+
+def test_a_runs_metrics_json_names_the_temperature_of_its_best_checkpoint(tiny_run):
     # A real run's metrics.json says which temperature its best checkpoint holds (not the last epoch's).
     summary = json.loads((tiny_run / "metrics.json").read_text())
     stored = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["vggtune"]
@@ -144,10 +147,10 @@ def test_a_validation_on_its_own_fits_the_temperature_too():
 
 
 @pytest.fixture(scope="module")
-def calibrated(tiny_run, tiny_data, tmp_path_factory) -> tuple[Path, float, list[Path], torch.Tensor]:
-    """The tiny run's checkpoint made over-confident (its last layer scaled until the top probability is
+def calibrated(tiny_ckpt, tiny_data, tmp_path_factory) -> tuple[Path, float, list[Path], torch.Tensor]:
+    """The tiny (untrained) checkpoint made over-confident (its last layer scaled until the top probability is
     about 1) with a temperature fitted here on all 30 images: (checkpoint, temperature, images, classes)."""
-    source = tiny_run / "checkpoints" / "best.ckpt"
+    source = tiny_ckpt
     model = load_model(source, "cpu")
     paths = sorted(tiny_data.rglob("*.*"))
     targets = torch.tensor([model.class_names.index(p.parent.name) for p in paths])
@@ -205,7 +208,7 @@ def test_eval_reports_the_ece_before_and_after_the_checkpoints_temperature(calib
     assert f"-> {cal['ece_calibrated']:.4f} with the temperature {t:.3f}" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("calibrate", [True, False])
+@pytest.mark.parametrize("calibrate", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_predict_divides_the_logits_by_the_temperature_unless_told_not_to(calibrated, tmp_path, calibrate):
     ckpt, t, paths, _ = calibrated
     folder = tmp_path / "in"
@@ -239,6 +242,7 @@ def test_predict_divides_the_logits_by_the_temperature_unless_told_not_to(calibr
     assert ("divided by the temperature" in proc.stdout + proc.stderr) == calibrate
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 def test_the_exported_softmax_has_the_temperature_folded_in(calibrated, tmp_path):
     from vggtune.tasks.export import export_checkpoint

@@ -22,6 +22,7 @@ class _RunsCode:
         return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned.txt"
     evil = tmp_path / "evil.ckpt"

@@ -100,6 +100,7 @@ def test_labelled_images_keeps_every_image_unsplit_and_allows_one_class(tmp_path
     assert set(labelled_images(presplit).subsets) == {"train", "val"}
 
 
+@pytest.mark.slow
 def test_a_last_training_batch_of_one_image_is_left_out_so_batchnorm_can_train(tmp_path):
     """9 training images in batches of 4 would end each epoch on a batch of one, which BatchNorm cannot
     train on ("Expected more than 1 value per channel"): the loader drops it, a different image each epoch."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY, make_class_folders, run_cli
 from test_tensorboard import IMAGES, load_events
 
 
+@pytest.mark.slow
 def test_ddp_cpu_through_an_unfreeze_keeps_replicas_identical_and_writes_one_run(tmp_path):
     # With the image cache: built on local rank 0 (prepare_data), read by both ranks.
     data = make_class_folders(tmp_path / "d", classes=2, per_class=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 from conftest import run_cli_here
 
@@ -25,6 +26,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 def test_the_demo_pretrains_once_fine_tunes_and_compares_with_random_init(tmp_path):
     proc = run_cli_here("train", "experiment=demo", *SMALL, "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,6 +49,7 @@ def _rows(path):
         return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
+@pytest.mark.slow
 def test_one_fc7_vector_and_one_csv_row_per_image(embed_run, tiny_run, tiny_data):
     run_dir, _ = embed_run
     vectors = np.load(run_dir / "embeddings.npy")
@@ -62,6 +63,7 @@ def test_one_fc7_vector_and_one_csv_row_per_image(embed_run, tiny_run, tiny_data
     assert (vectors < 0).any() and (vectors > 0).any()
 
 
+@pytest.mark.slow
 def test_vectors_and_predictions_are_the_checkpoints_fc7_and_argmax(embed_run, tiny_run, tiny_data):
     run_dir, _ = embed_run
     vectors = np.load(run_dir / "embeddings.npy")
@@ -77,6 +79,7 @@ def test_vectors_and_predictions_are_the_checkpoints_fc7_and_argmax(embed_run, t
         assert rows[k]["predicted"] == module.class_names[int(logits.argmax())]
 
 
+@pytest.mark.slow
 def test_both_maps_and_the_projector_files(embed_run, tiny_run):
     run_dir, _ = embed_run
     n = len(np.load(run_dir / "embeddings.npy"))
@@ -98,6 +101,7 @@ def test_both_maps_and_the_projector_files(embed_run, tiny_run):
         assert sprite.size[0] > 0
 
 
+@pytest.mark.slow
 def test_silhouette_by_class_is_printed_and_saved(embed_run):
     run_dir, proc = embed_run
     summary = json.loads((run_dir / "embed.json").read_text())
@@ -130,6 +134,7 @@ def test_without_checkpoint_embeds_with_the_imagenet_network(tmp_path):
     assert {r["predicted"] for r in _rows(run_dir / "embeddings.csv")} <= categories
 
 
+@pytest.mark.slow
 def test_pretrained_network_keeps_the_weights_files_head(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.vgg11().eval()
@@ -146,6 +151,7 @@ def test_missing_data_folder_gives_one_line(tmp_path):
     assert "experiment=demo" not in err  # that hint is for train
 
 
+@pytest.mark.slow
 def test_embed_over_a_stream_gives_its_files_vectors_and_a_size_it_does_not_hold_is_one_line(
     embed_run, tiny_run, tiny_data, tmp_path
 ):

@@ -18,8 +18,8 @@ WIDTH, HEIGHT = 60, 40  # not square: the heatmap must come back at the image's 
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_run):
-    return tiny_run / "checkpoints" / "best.ckpt"
+def ckpt(tiny_ckpt):
+    return tiny_ckpt  # untrained (conftest): Grad-CAM explains whatever the network computes
 
 
 @pytest.fixture(scope="module")

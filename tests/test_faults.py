@@ -116,6 +116,7 @@ def _assert_same_run(resumed: Path, whole: Path) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted):
     # logged under vggtune's own logger name, not Lightning's
     assert (
@@ -138,6 +139,7 @@ def test_sigkill_then_resume_on_the_default_recipe_equals_an_uninterrupted_run(t
     assert len(list((killed / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_path, data):
     run = tmp_path / "run"
     child = _start(tmp_path, f"data.root={data}", *RUN, f"hydra.run.dir={run}")
@@ -151,6 +153,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_readable(tmp_pa
     assert ckpt["epoch"] == 0 and ckpt["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, recipe, uninterrupted, sig):
     # As a terminal sends Ctrl-C and SLURM pre-empts a job: to every process of the group, the
@@ -195,6 +198,7 @@ def test_ctrl_c_or_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp
     assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # spent once the run went past it
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
     dm = ClassFolderDataModule(
         data, val_split=0.2, test_split=0.0, image_size=32, batch_size=4, num_workers=0, arch="vgg11"

@@ -61,6 +61,7 @@ def _train(data, cache_dir, train_fc, epochs=2):
     return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_fc", [False, True], ids=["head-only", "fc6-fc7-and-head"])
 def test_training_from_cached_features_matches_computing_them_every_step(data, tmp_path, train_fc):
     plain, plain_metrics = _train(data, None, train_fc)
@@ -85,6 +86,7 @@ def _cache_files(cache_dir):
     return sorted(p.name for p in cache_dir.glob("features-*.pt"))
 
 
+@pytest.mark.slow
 def test_the_cache_is_reused_and_invalidated_when_an_input_changes(tmp_path, caplog):
     data = make_class_folders(tmp_path / "d", classes=2, per_class=5)
     cache = tmp_path / "cache"

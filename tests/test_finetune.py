@@ -100,6 +100,7 @@ def _changed(a, b, keys) -> list[bool]:
     return [not torch.equal(a[k], b[k]) for k in keys if a[k].is_floating_point()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optim", [SGD, ADAMW], ids=["sgd-momentum-wd", "adamw-wd"])
 def test_frozen_groups_stay_bit_identical_until_unfrozen(data, optim):
     dm = _datamodule(data)
@@ -118,6 +119,7 @@ def test_frozen_groups_stay_bit_identical_until_unfrozen(data, optim):
     assert [pg["name"] for pg in optimizer.param_groups] == list(GROUPS)
 
 
+@pytest.mark.slow
 def test_linear_probe_creates_no_optimizer_state_for_the_backbone(data):
     dm = _datamodule(data)
     module = _module(dm, optim=ADAMW, name="linear_probe", train_fc=False)
@@ -130,6 +132,7 @@ def test_linear_probe_creates_no_optimizer_state_for_the_backbone(data):
     assert snaps.dropout_training and not any(any(m.values()) for m in snaps.dropout_training)
 
 
+@pytest.mark.slow
 def test_dropout_of_trained_groups_stays_on(data):
     dm = _datamodule(data)
     snaps = Snapshots()
@@ -137,6 +140,7 @@ def test_dropout_of_trained_groups_stays_on(data):
     assert all(all(m.values()) for m in snaps.dropout_training)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["linear_probe", "freeze_unfreeze"])
 def test_frozen_batchnorm_runs_in_eval_mode_in_every_epoch(data, schedule):
     dm = _datamodule(data, "vgg11_bn")
@@ -157,6 +161,7 @@ def test_frozen_batchnorm_runs_in_eval_mode_in_every_epoch(data, schedule):
     assert len(snaps.bn_training) >= 4 and not any(any(modes.values()) for modes in snaps.bn_training)
 
 
+@pytest.mark.slow
 def test_bn_train_option_lets_batchnorm_statistics_move(data):
     dm = _datamodule(data, "vgg11_bn")
     module = _module(dm, "vgg11_bn", name="linear_probe", bn="train")
@@ -166,6 +171,7 @@ def test_bn_train_option_lets_batchnorm_statistics_move(data):
     assert all(_changed(snaps.states[0], snaps.states[1], stats))
 
 
+@pytest.mark.slow
 def test_discriminative_learning_rates_keep_their_ratios_through_the_schedule(data):
     dm = _datamodule(data)
     module = _module(dm, name="freeze_unfreeze", unfreeze_at_epoch=1, lr_decay=0.5)
@@ -187,6 +193,7 @@ def test_backbone_lr_ratio_overrides_the_decay():
     assert s.lr_factor("head") == 1.0 and s.lr_factor("fc") == s.lr_factor("block1") == 0.1
 
 
+@pytest.mark.slow
 def test_resume_after_the_unfreeze_gives_the_same_state_as_an_uninterrupted_run(data, tmp_path):
     def run(epochs_before_stop, ckpt_path=None, ckpt_dir=None):
         dm = _datamodule(data)
@@ -252,6 +259,7 @@ def test_which_groups_train_when(name, epoch, expected):
     assert s.trainable_groups(epoch) == expected
 
 
+@pytest.mark.slow
 def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_path, tiny_data):
     # model.weights=none with the default schedule (freeze_unfreeze, lr_decay 0.5) would freeze random
     # layers for an epoch and give block1 1/64 of the LR: the run switches to from-scratch settings.
@@ -277,6 +285,7 @@ def test_random_init_without_a_finetune_choice_trains_every_layer_at_one_lr(tmp_
     assert (finetune["name"], finetune["lr_decay"], finetune["bn"]) == ("full", 1.0, "train")
 
 
+@pytest.mark.slow
 def test_pooled_head_trains_its_new_hidden_layer_even_in_a_linear_probe(tmp_path, tiny_data):
     state, run_dir, proc = linear_probe_from_a_weights_file(tmp_path, tiny_data, "model.head=pooled", "logger=null")
     assert proc.returncode == 0, proc.stderr[-3000:]

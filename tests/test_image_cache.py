@@ -259,6 +259,7 @@ def _pss_of_this_process_tree() -> int | None:
     return total if _this_process_and_children() == pids else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's /proc/PID/smaps_rollup")
 def test_building_a_cache_larger_than_a_chunk_keeps_memory_to_a_few_chunks(data, tmp_path):
     paths = sorted(data.rglob("img_*")) * 250  # 2,500 entries (the same files: decoding is what is measured)

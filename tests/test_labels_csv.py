@@ -136,6 +136,7 @@ def test_labelled_images_reads_every_row_for_embed(images, tmp_path):
     assert list(split.subsets) == ["all"] and len(split.subsets["all"]) == 30
 
 
+@pytest.mark.slow
 def test_train_and_eval_from_a_csv_without_data_root(images, tmp_path):
     """The command a user types: ``vggtune train data.labels=labels.csv`` (paths relative to the CSV's folder)."""
     flat, labels = images

@@ -190,6 +190,7 @@ def test_a_checkpoint_written_before_the_layout_change_loads_with_its_scheduler_
     path.unlink()
 
 
+@pytest.mark.slow
 def test_the_command_line_checks_do_not_import_lightning():
     """Lightning gives its loggers handlers of their own (and stops them propagating) when it is
     imported before logging is configured: imported by the checks that run before Hydra sets up the

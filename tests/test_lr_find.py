@@ -8,6 +8,7 @@ import pytest
 from conftest import TINY, assert_one_line_error, run_cli_here
 
 
+@pytest.mark.slow
 def test_lr_find_sweeps_the_range_writes_the_plot_and_prints_the_train_command(tmp_path, tiny_data):
     run_dir = tmp_path / "lrf"
     proc = run_cli_here(

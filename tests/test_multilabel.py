@@ -239,6 +239,7 @@ def sigmoid_by_hand(model, paths) -> torch.Tensor:
         return model.module(torch.stack([model.transform(load_rgb(p)) for p in paths])).sigmoid()
 
 
+@pytest.mark.slow
 def test_training_monitors_map_and_keeps_thresholds_and_labels_in_the_run(ml_run):
     summary = json.loads((ml_run / "metrics.json").read_text())
     assert summary["monitor"] == "val/map" and "val/map" in summary["metrics"] and "test/map" in summary["metrics"]
@@ -249,6 +250,7 @@ def test_training_monitors_map_and_keeps_thresholds_and_labels_in_the_run(ml_run
     assert {r["subset"] for r in rows} == {"train", "val", "test"} and any(" " in r["class"] for r in rows)
 
 
+@pytest.mark.slow
 def test_eval_of_the_runs_test_split_agrees_with_scikit_learn_at_the_checkpoints_thresholds(ml_run, grids, tmp_path):
     proc = run_cli_here(
         "eval",
@@ -283,6 +285,7 @@ def test_eval_of_the_runs_test_split_agrees_with_scikit_learn_at_the_checkpoints
     assert {r["path"] for r in csv.DictReader(open(tmp_path / "ev" / "misclassified.csv"))} == wrong
 
 
+@pytest.mark.slow
 def test_predict_lists_the_labels_over_their_thresholds_and_every_probability(ml_run, grids, tmp_path):
     ckpt = ml_run / "checkpoints" / "best.ckpt"
     images = sorted((grids / "images").iterdir())[:6]
@@ -310,6 +313,7 @@ def test_predict_lists_the_labels_over_their_thresholds_and_every_probability(ml
         assert set(row["labels"].split()) == over
 
 
+@pytest.mark.slow
 def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_run, grids, tmp_path):
     from omegaconf import OmegaConf
 
@@ -343,6 +347,7 @@ def test_the_export_gives_sigmoid_probabilities_and_its_json_the_thresholds(ml_r
     torch.testing.assert_close(torch.from_numpy(got), sigmoid_by_hand(model, paths), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_int8_export_keeps_the_thresholds_and_is_judged_by_label_sets(ml_run, tmp_path):
     from vggtune.use import export, heldout
 
@@ -378,6 +383,7 @@ def test_an_int8_export_keeps_the_thresholds_and_is_judged_by_label_sets(ml_run,
     assert "map" in check["quantized"] and 0 <= check["agreement"] <= 1
 
 
+@pytest.mark.slow
 def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_run):
     from tensorboard.plugins.hparams import metadata as hparams_metadata
     from test_tensorboard import load_events
@@ -390,6 +396,7 @@ def test_tensorboard_shows_per_label_scores_instead_of_the_confusion_matrix(ml_r
     assert columns == ["val/acc", "val/f1", "val/loss", "val/map"]  # the monitored metric has a column
 
 
+@pytest.mark.slow
 def test_embed_colours_by_the_first_label_and_lists_all_of_them(ml_run, grids, tmp_path):
     proc = run_cli_here(
         "embed",
@@ -437,6 +444,7 @@ def test_best_thresholds_cut_between_scores_and_leave_labels_without_positives_a
     assert ml.best_thresholds(probs, targets) == pytest.approx([0.55, 0.5])
 
 
+@pytest.mark.slow
 def test_explain_draws_the_most_probable_labels_with_their_sigmoids(ml_run, grids, tmp_path):
     ckpt = ml_run / "checkpoints" / "best.ckpt"
     image = sorted((grids / "images").iterdir())[0]

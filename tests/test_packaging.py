@@ -25,6 +25,7 @@ def test_every_subpackage_and_config_group_is_a_listed_package():
     assert groups | subpackages <= listed, sorted((groups | subpackages) - listed)
 
 
+@pytest.mark.slow
 def test_the_wheel_builds_quietly_and_its_command_composes_a_config_outside_the_repo(tmp_path):
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -61,6 +61,7 @@ def _run_on_a_terminal(args: list[str], cwd, timeout: float = 300) -> str:
     return out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_bar_moves_within_an_epoch_and_log_lines_stay_out_of_it(tmp_path, tiny_data):
     out = _run_on_a_terminal(
         [
@@ -86,6 +87,7 @@ def test_on_a_terminal_the_bar_moves_within_an_epoch_and_log_lines_stay_out_of_i
     assert not re.search(r"^epoch \d+/\d+ (step|done)", out, re.MULTILINE), "plain lines belong off a terminal"
 
 
+@pytest.mark.slow
 def test_off_a_terminal_plain_lines_report_steps_and_epochs_without_carriage_returns(tmp_path, tiny_data):
     # In the test process, stdout captured in a buffer: not a terminal, as a pipe or a file is not.
     proc = run_cli_here(

@@ -105,6 +105,7 @@ def test_a_download_uses_the_proxies_of_the_moment_and_caches_no_opener(no_proxi
         assert urllib.request._opener is mine
 
 
+@pytest.mark.slow
 def test_a_command_run_in_the_test_process_leaves_its_state_as_it_was(tmp_path, tiny_data):
     """run_cli_here puts back what a run changes process-wide (a failed ImageNet download under a dead proxy
     is the one that broke the MLflow test); a refused run and a finished one both."""

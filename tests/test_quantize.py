@@ -77,6 +77,7 @@ def test_int8_export_is_calibrated_on_train_images_and_judged_on_val_beside_fp32
     assert "answers as fp32 on" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_a_quantized_file_that_loses_too_much_is_refused_in_one_line_and_kept(tiny_run, tmp_path, monkeypatch):
     real = heldout.compare
 
@@ -150,11 +151,11 @@ def test_bf16_torchscript_holds_bf16_weights_and_is_judged_beside_fp32(tiny_run,
     assert q["check"]["max_abs_diff"] == pytest.approx(float((before - after).abs().max()), abs=1e-4)
 
 
-def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path, tiny_run):
+def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path, tiny_ckpt):
     monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     proc = run_cli_here(
         "export",
-        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        f"ckpt={tiny_ckpt}",
         "format=torchscript",
         "quantize=bf16",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -175,10 +176,10 @@ def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path, tiny_run):
         (["quantize=int8", "calibration_images=0"], ["calibration_images"]),
     ],
 )
-def test_bad_quantize_settings_are_one_line(tiny_run, tmp_path, overrides, needles):
+def test_bad_quantize_settings_are_one_line(tiny_ckpt, tmp_path, overrides, needles):
     proc = run_cli_here(
         "export",
-        f"ckpt={tiny_run / 'checkpoints' / 'best.ckpt'}",
+        f"ckpt={tiny_ckpt}",
         *overrides,
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,

@@ -85,6 +85,7 @@ def _same(got, typed: str) -> bool:
         return str(got) == typed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_readme_command_works_as_written(command, home, checkpoint, tmp_path):
     args = shlex.split(command)[1:]

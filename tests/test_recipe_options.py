@@ -99,6 +99,7 @@ def test_one_cycle_rises_to_each_groups_own_lr_then_anneals_and_cycles_beta1():
     assert betas[0] == pytest.approx(0.95) and min(betas) == pytest.approx(0.85)
 
 
+@pytest.mark.slow
 def test_ema_and_early_stopping_through_the_command_line(tmp_path, tiny_data):
     run = tmp_path / "run"
     proc = run_cli_here(

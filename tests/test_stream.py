@@ -215,6 +215,7 @@ def whole(tmp_path_factory, data, s3_server):
     return work / "run"
 
 
+@pytest.mark.slow
 def test_s3_and_a_kill_9_resumed_local_run_train_as_one_uninterrupted_run(tmp_path, stream, whole, s3_server):
     # One test, so that xdist builds the S3 run once. What prepare wrote to S3, and what train read:
     env, client = s3_server
@@ -255,6 +256,7 @@ def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, st
     assert_one_line_error(proc, "format=png is not a stream format")
 
 
+@pytest.mark.slow
 def test_eval_over_a_streams_test_subset_equals_eval_over_its_files(tmp_path, tiny_data, tiny_run):
     # The stream of the tiny run's own data, split as it was (the same keys): its test subset is the run's.
     proc = run_cli_here(
@@ -293,6 +295,7 @@ def _steps(run) -> int:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
 
 
+@pytest.mark.slow
 def test_a_last_batch_of_one_image_sits_out_as_it_does_from_files(tmp_path, stream):
     # 10 training images in batches of 3: three steps; the tenth image would be a batch that the default
     # head's BatchNorm cannot train on ("Expected more than 1 value per channel"), so it sits out the epoch.
@@ -311,6 +314,7 @@ def test_a_last_batch_of_one_image_sits_out_as_it_does_from_files(tmp_path, stre
     assert _steps(run) == 3
 
 
+@pytest.mark.slow
 def test_ddp_ranks_split_the_stream_and_keep_identical_replicas(tmp_path, stream):
     # Two ranks (gloo on the CPU): each streams its half of the 10 training images, 5 in batches of 2, and
     # litdata drops the partial last batch (the ranks must take as many steps): 2 steps, not the 5 of one process.

@@ -62,9 +62,9 @@ def vgg11():
 @pytest.mark.parametrize(
     "schedule, trainable",
     [
-        ("linear_probe", ("head",)),
+        pytest.param("linear_probe", ("head",), marks=pytest.mark.slow),
         ("freeze_unfreeze", ("head", "fc")),
-        ("gradual", ("head",)),
+        pytest.param("gradual", ("head",), marks=pytest.mark.slow),
         ("full", ("head", "fc", "block5", "block4", "block3", "block2", "block1")),
     ],
 )

@@ -29,6 +29,7 @@ def _summary(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_job_multirun_has_two_job_folders_and_a_sorted_summary(tmp_path, tiny_data):
     proc = run_cli_here("train", "-m", f"data.root={tiny_data}", *SWEEP, "optim.lr=0.1,0.0001", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +51,7 @@ def test_sweep_with_ddp_relaunching_is_refused_before_anything_starts(tmp_path, 
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_ddp_spawn_inside_a_sweep_job_trains_on_two_ranks(tmp_path, tiny_data):
     args = [a for a in SWEEP if not a.startswith("trainer=")]
     proc = run_cli(
@@ -69,6 +71,7 @@ def test_ddp_spawn_inside_a_sweep_job_trains_on_two_ranks(tmp_path, tiny_data):
     assert len(_summary(sweep)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
     reason="hydra-optuna-sweeper not installed: pip install 'vggtune[sweep]'",
@@ -91,6 +94,7 @@ def test_two_trial_optuna_search(tmp_path, tiny_data):
     assert best.best_value == pytest.approx(max(float(r["val/acc"]) for r in rows))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
     reason="hydra-submitit-launcher not installed: pip install 'vggtune[slurm]'",

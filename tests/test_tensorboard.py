@@ -125,6 +125,7 @@ def test_hparams_session_has_the_config_and_the_metrics(events, tiny_run):
     assert end.status == api_pb2.STATUS_SUCCESS
 
 
+@pytest.mark.slow
 def test_images_every_n_epochs_0_writes_no_images_but_the_rest(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     proc = run_cli_here(

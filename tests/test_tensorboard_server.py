@@ -21,6 +21,8 @@ from test_tensorboard import IMAGES, SCALARS
 
 from vggtune.training.tensorboard import HPARAM_METRICS
 
+pytestmark = pytest.mark.slow  # a real TensorBoard server on the tiny run
+
 RUN = "tensorboard"  # the run's name: its event folder, relative to --logdir
 # No proxy: a loopback request must never leave the machine, whatever http_proxy says.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

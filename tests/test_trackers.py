@@ -66,6 +66,7 @@ def wandb_env(tmp_path) -> dict:
     return {f"WANDB_{name}_DIR": str(tmp_path / f"wandb-{name.lower()}") for name in ("DATA", "CACHE", "CONFIG")}
 
 
+@pytest.mark.slow
 def test_tensorboard_csv_and_wandb_in_one_run_and_after_a_resume(tmp_path, tiny_data, wandb_env):
     run = tmp_path / "run"
     proc = run_cli_here(
@@ -186,6 +187,7 @@ def mlflow_server(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_mlflow_run_on_a_real_server_and_its_resume(tmp_path, tiny_data, mlflow_server):
     from mlflow.tracking import MlflowClient
 

@@ -114,11 +114,13 @@ def test_a_tilde_in_path_valued_keys_means_the_home_folder(tmp_path):
     assert_one_line_error(training, str(home / "pictures"))  # found and read: it holds no class folders
 
 
+@pytest.mark.slow
 def test_help_lists_tasks(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "train" in proc.stdout
 
 
+@pytest.mark.slow
 def test_training_from_a_local_weights_file_starts_from_its_tensors(tmp_path, tiny_data):
     # model.head=vgg: every tensor but the last layer comes from the file (the pooled head takes the convs only,
     # tests/test_finetune.py)

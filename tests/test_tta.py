@@ -20,8 +20,8 @@ from vggtune.use.inference import Predictions, load_model
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run):
-    return load_model(tiny_run / "checkpoints" / "best.ckpt", "cpu")
+def model(tiny_ckpt):
+    return load_model(tiny_ckpt, "cpu")  # untrained (conftest): the views are checked against this model
 
 
 def views_by_hand(model, path, mode: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`vggtune eval`, `predict` and `export` on the tiny trained run, and checkpoints that load safely.
+"""`vggtune eval`, `predict` and `export` on a tiny checkpoint, and checkpoints that load safely.
 
 Every expected value is computed here by running the checkpoint's model directly on the same
 image files (and by scikit-learn for the metrics), never copied from an earlier run.
@@ -31,8 +31,9 @@ FAST = ["device=cpu"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_run) -> Path:
-    return tiny_run / "checkpoints" / "best.ckpt"
+def ckpt(tiny_ckpt) -> Path:
+    """An untrained checkpoint (conftest): every expected value is the model's own output."""
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,9 @@ def corrupt_copy(src: Path, dst: Path) -> Path:
 # --- eval ---------------------------------------------------------------------------------------
 
 
-def test_eval_on_the_runs_test_split_writes_every_file_and_agrees_with_the_model(tiny_run, ckpt, model, tmp_path):
+def test_eval_on_the_runs_test_split_writes_every_file_and_agrees_with_the_model(tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"  # eval finds the run's split beside its checkpoint
+    model = load_model(ckpt, "cpu")
     run_dir = tmp_path / "ev"
     proc = run_cli_here("eval", f"ckpt={ckpt}", "data.num_workers=0", *FAST, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
