@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import VGG
 
 from vggtune.core.errors import UserError
 from vggtune.core.proxies import proxies_as_now
@@ -31,9 +32,7 @@ from vggtune.model.arch import (
 )
 
 
-def build_vgg(
-    arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5, head: str = "vgg"
-) -> nn.Module:
+def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5, head: str = "vgg") -> VGG:
     """torchvision's VGG with pretrained weights loaded and a head for ``num_classes``.
 
     ``weights`` is ``imagenet`` (torchvision's weights API and cache), ``none`` (random
@@ -55,7 +54,7 @@ def build_vgg(
 
 
 def load_weights(
-    model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False, convs_only: bool = False
+    model: VGG, arch: str, weights: str = "imagenet", head: bool = False, convs_only: bool = False
 ) -> None:
     """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
 
