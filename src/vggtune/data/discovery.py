@@ -82,7 +82,7 @@ def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]
 
 
 def discover(
-    root: str | Path,
+    root: str | Path | None,
     val_split: float = 0.2,
     test_split: float = 0.1,
     seed: int = 42,
@@ -123,7 +123,7 @@ def discover(
 
 
 def labelled_images(
-    root: str | Path,
+    root: str | Path | None,
     verify: str = "header",
     on_bad_image: str = "skip",
     labels: str | Path | None = None,
