@@ -223,7 +223,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).addFilter(_DropTips())
 
 
-def _find_user_error(e: BaseException) -> UserError | None:
+def _find_user_error(e: BaseException | None) -> UserError | None:
     """The UserError behind ``e``, also when Hydra's instantiate wrapped it."""
     seen = set()
     while e is not None and id(e) not in seen:

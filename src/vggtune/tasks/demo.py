@@ -4,6 +4,7 @@ before the fine-tune, and train the same network from random init after it, to c
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -21,7 +22,11 @@ def prepare(cfg: DictConfig) -> None:
     pretrain = (cfg.get("demo") or {}).get("pretrain")
     if pretrain:
         demo_weights(
-            cfg.model.weights, cfg.model.arch, cfg.data.image_size, seed=cfg.seed, **OmegaConf.to_container(pretrain)
+            cfg.model.weights,
+            cfg.model.arch,
+            cfg.data.image_size,
+            seed=cfg.seed,
+            **cast(dict, OmegaConf.to_container(pretrain)),
         )
 
 

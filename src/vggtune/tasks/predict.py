@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig
@@ -71,7 +72,8 @@ def predict(cfg: DictConfig) -> Path:
     if model.multilabel:
         thresholds = model.thresholds(threshold or "auto")
         header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
-        write_csv(out, header, _multilabel_rows(paths, pred, names, thresholds, model.label_delim))
+        delim = cast(str, model.label_delim)  # a multi-label model has one
+        write_csv(out, header, _multilabel_rows(paths, pred, names, thresholds, delim))
         what = "one row per file: path, the labels over their thresholds, every label's probability, or the error"
         report = _multilabel_report(paths, pred, names, thresholds, out)
     else:
