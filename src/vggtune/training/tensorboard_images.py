@@ -21,6 +21,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
 
 if TYPE_CHECKING:  # the callbacks' module; a LightningModule's own attributes type as Tensor | Module
+    from lightning.pytorch.utilities.parsing import AttributeDict
+
     from vggtune.model.module import VGGClassifier
 from vggtune.training.figures import (
     confusion_matrix_figure,
@@ -213,7 +215,7 @@ class PredictionGrid(_ValidationImage):
             best = {k: v.flatten(0, 1) for k, v in cast(dict, pl_module.all_gather(best)).items()}  # dict in, dict out
         best = {k: v.cpu() for k, v in _top(best, self.n_images).items()}
         keep = best["score"] >= 0
-        prep = pl_module.hparams["preprocessing"]  # undo the checkpoint's own normalisation
+        prep = cast("AttributeDict", pl_module.hparams).preprocessing  # undo the checkpoint's own normalisation
         mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
         images = (best["image"][keep] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
