@@ -157,12 +157,12 @@ class Model:
         batch_size = check_positive_int("batch_size", batch_size)
         workers = resolve_workers(num_workers, "num_workers")
         tta, calibrate = check_tta(tta), check_bool("calibrate", calibrate)
-        threshold = check_threshold(threshold)
+        cut = check_threshold(threshold)
         items = images_of(inputs)
-        top_k = fit_to_model(self.loaded, top_k, threshold, top_k_given=top_k != 3)
+        top_k = fit_to_model(self.loaded, top_k, cut, top_k_given=top_k != 3)
         pred = predict_probabilities(self.loaded, items, batch_size, workers, tta=tta, calibrate=calibrate)
         check_readable(items, pred, inputs)
-        header, rows = prediction_table([input_name(item) for item in items], pred, self.loaded, top_k, threshold)
+        header, rows = prediction_table([input_name(item) for item in items], pred, self.loaded, top_k, cut)
         return as_table(header, rows, as_frame)
 
     def evaluate(self, data: str | Path | None = None, /, *overrides: str, **options: Any) -> Run:

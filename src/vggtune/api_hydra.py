@@ -151,7 +151,9 @@ def run_task(task: str, overrides: list[str], function: str) -> tuple[Path, Any]
                 _discard_empty_run()
 
     with hydra_session():
-        GlobalHydra.instance().hydra.run(config_name=task, task_function=job, overrides=args)
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None  # hydra_session() initialised it
+        hydra.run(config_name=task, task_function=job, overrides=args)
     error = outcome.get("error")
     if error is None:
         return outcome["folder"], outcome["result"]

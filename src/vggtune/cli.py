@@ -221,7 +221,7 @@ def _quiet_lightning() -> None:
     tidy_lightning_messages()  # every task: its device lines and tips
 
 
-def _find_user_error(e: BaseException) -> UserError | None:
+def _find_user_error(e: BaseException | None) -> UserError | None:
     """The UserError behind ``e``, also when Hydra's instantiate wrapped it."""
     seen = set()
     while e is not None and id(e) not in seen:

@@ -9,6 +9,7 @@ import difflib
 import functools
 import re
 from importlib import resources
+from typing import cast
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -61,7 +62,7 @@ def composition_error(task: str, e: BaseException, overrides: list[str]) -> str:
     m = re.search(r"Could not override '([^']+)'", str(e))
     if m:
         key = m.group(1)
-        known = list(flat_items(OmegaConf.to_container(compose_task(task, []), resolve=False)))
+        known = list(flat_items(cast(dict, OmegaConf.to_container(compose_task(task, []), resolve=False))))
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         group = key.split(".", 1)[0]
         if hint == [key] and group in config_groups():  # a key of the default option, which this run replaced

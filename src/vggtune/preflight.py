@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import cast
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -111,7 +112,7 @@ def _drop_null_group(arg: str) -> str:
 def _check_sweep(task: str, overrides: list[str]) -> list[str]:
     """Compose each launch-relevant variant of a sweep; refuse DDP re-launching; tie SLURM resources."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [o.input_line for o in parsed if o.input_line is not None and not o.is_sweep_override()]
     relevant = [
         o
         for o in parsed
@@ -192,7 +193,7 @@ def _root_for_stream(task: str, cfg: DictConfig) -> str | None:
 
 
 def _check_missing(cfg: DictConfig, task: str) -> None:
-    flat = flat_items(OmegaConf.to_container(cfg, resolve=False))
+    flat = flat_items(cast(dict, OmegaConf.to_container(cfg, resolve=False)))
     missing = sorted(k for k, v in flat.items() if v == "???" and not k.startswith("hydra."))
     if missing:
         key = missing[0]

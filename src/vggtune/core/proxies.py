@@ -24,7 +24,7 @@ def fresh_opener() -> urllib.request.OpenerDirector:
 def proxies_as_now() -> Iterator[None]:
     """Within the block, ``urlopen`` (torch.hub's download) uses the environment's proxies as they are now,
     and leaves no opener cached behind it. An opener the user installed (``install_opener``) is kept."""
-    installed = urllib.request._opener  # noqa: SLF001 - the only way to see what urlopen has cached
+    installed = urllib.request._opener  # type: ignore[attr-defined]  # private (not in typeshed): the only way to see what urlopen has cached
     if installed is not None:
         yield
         return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sized
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import lightning.pytorch as pl
 import torch
@@ -200,7 +201,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
         }
         key = cache_key(self.arch, weights_id, self.preprocessing, train_fc, self.split.subsets, head)
         trunk, _ = frozen_trunk(model, train_fc)
-        self.datasets = cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
+        self.datasets = dict(
+            cached_datasets(self.cache_dir, key, trunk, images, self.batch_size, self.num_workers, device)
+        )
 
     def use_image_cache(self) -> None:
         """Read pre-resized images from a one-time cache and crop, flip and normalise them on the device.
@@ -221,7 +224,10 @@ class ClassFolderDataModule(pl.LightningDataModule):
             path = cache_path(paths, self.preprocessing, self.cache_dir)
             self._image_caches[subset] = paths
             train = subset == "train" and self.on_device
-            labels = [label if self.num_labels is None else multi_hot(label, self.num_labels) for _, label in items]
+            labels = [
+                label if self.num_labels is None else multi_hot(cast(tuple, label), self.num_labels)
+                for _, label in items
+            ]
             self.datasets[subset] = CachedImageDataset(
                 path, labels, size, train, self.seed if train else None, self.crop_scale, self.flip, self.look
             )
@@ -237,7 +243,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # Each once per process: Lightning calls prepare_data and setup again for each stage.
         for subset in [s for s in self._image_caches if s not in self._caches_ready]:
             ensure_cache(
-                self.datasets[subset].path,
+                cast(CachedImageDataset, self.datasets[subset]).path,
                 self._image_caches[subset],
                 self.preprocessing.resize_size,
                 self.cache_workers,
@@ -311,7 +317,11 @@ class ClassFolderDataModule(pl.LightningDataModule):
         # New workers each epoch (not persistent): they take the epoch the loader sets (litdata's shuffle and
         # the crops' seeds), which persistent workers' copies of the dataset would not see.
         # None leaves litdata's own choice: under DDP it drops every partial last batch.
-        drop_last = True if subset == "train" and lone_last_image(len(self.datasets[subset]), self.batch_size) else None
+        drop_last = (
+            True
+            if subset == "train" and lone_last_image(len(cast(Sized, self.datasets[subset])), self.batch_size)
+            else None
+        )
         loader = import_stream().StreamLoader(
             self.datasets[subset],
             batch_size=self.batch_size,
@@ -335,6 +345,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         dataset = self.datasets["train"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler: EpochSampler
         if self.balance == "sampler":
             labels = [label for _, label in self.split.subsets["train"]]
             sampler = BalancedSampler(dataset, labels, num_replicas=replicas, rank=rank, seed=self.seed)
@@ -367,7 +378,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
         if trainer is None:
             return {}
         state = {
-            "epoch": trainer.fit_loop.epoch_progress.current.processed,
+            # a _ProcessedTracker, which Lightning 2.6 declares as its base class (without ``processed``)
+            "epoch": trainer.fit_loop.epoch_progress.current.processed,  # type: ignore[attr-defined]
             "batches_done": batches_done_in_epoch(trainer),
         }
         if self._stream_loader is not None and state["batches_done"]:
@@ -384,7 +396,7 @@ class ClassFolderDataModule(pl.LightningDataModule):
         """Validation batches, in split order."""
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list:
         """Test batches; empty when the split has no test subset."""
         return self._loader("test") if "test" in self.datasets else []
 

@@ -4,9 +4,10 @@ and the training loader that resumes part-way through one."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
@@ -61,7 +62,11 @@ class ImageListDataset(SeededDataset):
     (multi-label), (image tensor, multi-hot float target) for (path, tuple of class indices) pairs."""
 
     def __init__(
-        self, items: list[tuple[Path, int]], transform, seed: int | None = None, num_labels: int | None = None
+        self,
+        items: list[tuple[Path, int | tuple[int, ...]]],
+        transform,
+        seed: int | None = None,
+        num_labels: int | None = None,
     ):
         super().__init__(seed)
         self.items = items
@@ -80,10 +85,9 @@ class ImageListDataset(SeededDataset):
                 f"could not decode {path} during training ({type(e).__name__}: {e}); "
                 "run with data.verify=full to find such files before training starts"
             ) from None
-        if self.num_labels is not None:
-            label = multi_hot(label, self.num_labels)
+        target = label if self.num_labels is None else multi_hot(cast(tuple, label), self.num_labels)
         with self.seeded(index):
-            return self.transform(image), label
+            return self.transform(image), target
 
 
 class EpochSampler(DistributedSampler):
@@ -123,10 +127,17 @@ class BalancedSampler(EpochSampler):
     under DDP the ranks see different images, and a resumed run replays its epochs exactly.
     """
 
-    def __init__(self, dataset: Dataset, labels: list[int], num_replicas: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        labels: Sequence[int | tuple[int, ...]],
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if len(labels) != len(dataset):
-            raise ValueError(f"{len(labels)} labels for {len(dataset)} items")
+        if len(labels) != len(cast(Sized, dataset)):
+            raise ValueError(f"{len(labels)} labels for {len(cast(Sized, dataset))} items")
         counts = Counter(labels)
         self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
 

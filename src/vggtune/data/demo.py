@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -111,8 +112,8 @@ def draw_letter(letter: str, size: int, rng: np.random.Generator) -> Image.Image
     ImageDraw.Draw(img).text(
         (x, y), letter, fill=fg, font=font, anchor="mm", stroke_width=int(rng.integers(0, 6)), stroke_fill=fg
     )
-    img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=bg)
-    img = img.resize((size, size), Image.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    img = img.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=bg)
+    img = img.resize((size, size), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     pixels = np.asarray(img, np.float32) + rng.normal(0, 12, (size, size))
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB")
 
@@ -234,11 +235,12 @@ class DemoDataModule(ClassFolderDataModule):
         super().__init__(root=root, **kwargs)
         if family not in FAMILIES:
             raise UserError(f"data.family={family} is not a demo family: choose one of {', '.join(FAMILIES)}")
-        self.demo = dict(per_class=per_class, size=source_size, classes=classes, family=family)
+        self.demo: dict[str, Any] = dict(per_class=per_class, size=source_size, classes=classes, family=family)
 
     def prepare_data(self) -> None:
         """Generate the data set if it is missing (safe to call from several processes)."""
-        if not Path(self.root).expanduser().exists():
+        root = Path(cast(str, self.root)).expanduser()  # given to __init__
+        if not root.exists():
             names = FAMILIES[self.demo["family"]][0][: self.demo["classes"]]
             log.info(
                 "Generating the demo data set (%s: %s x %s images) into %s",
@@ -247,7 +249,7 @@ class DemoDataModule(ClassFolderDataModule):
                 self.demo["per_class"],
                 self.root,
             )
-            make_demo_dataset(Path(self.root).expanduser(), **self.demo)
+            make_demo_dataset(root, **self.demo)
         super().prepare_data()  # the image cache, when one is used
 
 
@@ -267,16 +269,17 @@ class MultilabelDemoDataModule(ClassFolderDataModule):
         super().__init__(root=root, **kwargs)
         if family not in FAMILIES:
             raise UserError(f"data.family={family} is not a demo family: choose one of {', '.join(FAMILIES)}")
-        self.demo = dict(images=images, size=source_size, family=family)
+        self.demo: dict[str, Any] = dict(images=images, size=source_size, family=family)
 
     def prepare_data(self) -> None:
         """Generate the data set if it is missing (safe to call from several processes)."""
-        if not Path(self.root).expanduser().exists():
+        root = Path(cast(str, self.root)).expanduser()  # given to __init__
+        if not root.exists():
             log.info(
                 "Generating the multi-label demo data set (%d grids of 1 to 3 %s) into %s",
                 self.demo["images"],
                 self.demo["family"],
                 self.root,
             )
-            make_multilabel_dataset(Path(self.root).expanduser(), **self.demo)
+            make_multilabel_dataset(root, **self.demo)
         super().prepare_data()  # the image cache, when one is used

@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 from vggtune.core.errors import UserError
 from vggtune.data.images import IMAGE_EXTENSIONS, list_images
@@ -21,6 +22,8 @@ from vggtune.data.labels_csv import LabelledRow, check_classes, check_delim, rea
 from vggtune.data.scan import BadImage, scan_images
 
 log = logging.getLogger(__name__)
+Item = tuple[Path, int | tuple[int, ...]]  # an image and its class index (multi-label: a tuple of them)
+_T = TypeVar("_T")
 
 SUBSETS = ("train", "val", "test")
 MISSING_ROOT = (
@@ -51,15 +54,15 @@ class DataSplit:
         """Images per class for each subset (multi-label: images that have the label)."""
         out = {}
         for subset, items in self.subsets.items():
-            n = Counter(i for _, label in items for i in (label if self.multilabel else (label,)))
+            n = Counter(i for _, label in items for i in (label if isinstance(label, tuple) else (label,)))
             out[subset] = {name: n[i] for i, name in enumerate(self.classes)}
         return out
 
     def label_text(self, label: int | tuple[int, ...]) -> str:
         """A label as a split file and a CSV write it: the class name, or the names joined by the delimiter."""
-        if self.multilabel:
-            return self.label_delim.join(self.classes[i] for i in label)
-        return self.classes[label]
+        if self.label_delim is not None:  # multi-label: the labels are tuples
+            return self.label_delim.join(self.classes[i] for i in cast(tuple, label))
+        return self.classes[cast(int, label)]
 
     def write_csv(self, path: Path) -> None:
         """One row per image: path relative to the data root, class name (or names), subset."""
@@ -79,7 +82,7 @@ def read_split_csv(path: Path, root: Path, subset: str) -> list[tuple[Path, str]
 
 
 def discover(
-    root: str | Path,
+    root: str | Path | None,
     val_split: float = 0.2,
     test_split: float = 0.1,
     seed: int = 42,
@@ -109,7 +112,7 @@ def discover(
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image)
-    subsets = {s: [] for s in SUBSETS}
+    subsets: dict[str, list[Item]] = {s: [] for s in SUBSETS}
     for label, name in enumerate(classes):
         rng = random.Random(f"{seed}/{name}")
         for subset, paths in zip(SUBSETS, _split_one_class(name, files[name], val_split, test_split, rng)):
@@ -120,7 +123,7 @@ def discover(
 
 
 def labelled_images(
-    root: str | Path,
+    root: str | Path | None,
     verify: str = "header",
     on_bad_image: str = "skip",
     labels: str | Path | None = None,
@@ -144,7 +147,7 @@ def labelled_images(
     if (root / "train").is_dir() and (root / "val").is_dir():
         return _discover_presplit(root, verify, on_bad_image)
     classes, files, skipped = _class_files(root, verify, on_bad_image, min_classes=1)
-    items = [(p, label) for label, name in enumerate(classes) for p in files[name]]
+    items: list[Item] = [(p, label) for label, name in enumerate(classes) for p in files[name]]
     return DataSplit(root, classes, {"all": items}, "class_folders", skipped)
 
 
@@ -260,7 +263,7 @@ def _split_rows(
     if rows and rows[0].subset is not None:
         out: dict[str, list[LabelledRow]] = {}
         for r in rows:
-            out.setdefault(r.subset, []).append(r)
+            out.setdefault(cast(str, r.subset), []).append(r)  # every row has a subset when the first has
         return out
     if not stratify:
         train, val, test = _split_one_class("(all rows)", rows, val_split, test_split, random.Random(f"{seed}/all"))
@@ -276,7 +279,9 @@ def _split_rows(
     return out
 
 
-def _split_one_class(name: str, paths: list[Path], val_frac: float, test_frac: float, rng: random.Random):
+def _split_one_class(
+    name: str, paths: list[_T], val_frac: float, test_frac: float, rng: random.Random
+) -> tuple[list[_T], list[_T], list[_T]]:
     paths = list(paths)
     rng.shuffle(paths)
     n = len(paths)
@@ -295,7 +300,8 @@ def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
     classes = class_folders(root / "train")
     if len(classes) < 2:
         raise UserError(f"{root / 'train'} needs at least two class folders, found {len(classes)}")
-    subsets, skipped = {}, []
+    subsets: dict[str, list[Item]] = {}
+    skipped: list[BadImage] = []
     for subset in present:
         names = class_folders(root / subset)
         if names != classes:
@@ -304,7 +310,7 @@ def _discover_presplit(root: Path, verify: str, on_bad_image: str) -> DataSplit:
                 f"{root / subset} does not hold the same class folders as {root / 'train'} "
                 f"(missing: {missing or 'none'}, extra: {extra or 'none'}): make them match"
             )
-        items = []
+        items: list[Item] = []
         for label, name in enumerate(classes):
             good, bad = scan_images(list_images(root / subset / name), verify, on_bad_image)
             skipped += bad

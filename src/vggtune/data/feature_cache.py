@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def cache_key(
     weights: str,
     prep: Preprocessing,
     train_fc: bool,
-    subsets: dict[str, list[tuple[Path, int]]],
+    subsets: dict[str, list[tuple[Path, int | tuple[int, ...]]]],
     head: str = "vgg",
 ) -> str:
     """A hash of everything the cached outputs depend on."""
@@ -92,7 +93,7 @@ def cached_datasets(
     cache_dir: str | Path,
     key: str,
     trunk: nn.Module,
-    datasets: dict[str, Dataset],
+    datasets: Mapping[str, Dataset],
     batch_size: int,
     num_workers: int,
     device: torch.device,

@@ -180,7 +180,7 @@ def _decode_chunk(job: tuple[str, list[str], int, int]) -> tuple[int, str | None
             return 0, f"{name} ({type(e).__name__}: {e})"
     with open(tmp, "r+b") as f:
         f.seek(offset)
-        f.write(memoryview(rows).cast("B"))
+        f.write(rows.data.cast("B"))
     return len(chunk), None
 
 
@@ -194,6 +194,7 @@ def _jobs_runner(workers: int, pool: str):
     if workers <= 1:
         yield map
         return
+    executor: ThreadPoolExecutor | ProcessPoolExecutor
     if pool == "thread":
         executor = ThreadPoolExecutor(workers)
     else:
@@ -285,7 +286,7 @@ class CachedImageDataset(SeededDataset):
     def __init__(
         self,
         path: Path,
-        labels: list[int],
+        labels: list,  # class indices, or multi-hot targets (multi-label)
         size: int,
         train: bool,
         seed: int | None = None,

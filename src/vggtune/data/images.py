@@ -21,7 +21,7 @@ def list_images(folder: Path) -> list[Path]:
 
     Folder symlinks are not followed (a symlink loop cannot trap the walk); file symlinks are kept.
     """
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in filenames if is_image_name(f))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def resolve_csv_path(value: str | Path, root: Path | None) -> Path:
 
 
 def _columns(
-    csv_path: Path, fields: list[str], path_column: str | None, label_column: str | None, split_column: str | None
+    csv_path: Path, fields: Sequence[str], path_column: str | None, label_column: str | None, split_column: str | None
 ) -> Columns:
     if not fields:
         raise UserError(f"{csv_path} is empty: it needs a header row naming a path column and a label column")
@@ -202,6 +203,7 @@ def _columns(
     label = pick(label_column, LABEL_COLUMNS, "label_column", True)
     if path == label:
         raise UserError(f"data.path_column and data.label_column are both {path}: name two different columns")
+    assert path is not None and label is not None  # pick raises for a required column it does not find
     return Columns(path, label, pick(split_column, SPLIT_COLUMNS, "split_column", False))
 
 

@@ -63,7 +63,7 @@ def _sample(item: tuple, prep: Preprocessing, image_format: str, quality: int, f
     if image_format == "jpeg":
         buffer = io.BytesIO()
         square.save(buffer, format="JPEG", quality=quality)
-        image = buffer.getvalue()
+        image: bytes | np.ndarray = buffer.getvalue()
     else:
         image = np.asarray(square)
     yield {"index": index, "image": image, "label": label}

@@ -13,6 +13,7 @@ test makes validation look better than it is) or carry different labels (one of 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ def exact_pairs(digests: list[str]) -> list[Pair]:
 
 
 def near_pairs(
-    vectors: np.ndarray, threshold: float, skip: set[tuple[int, int]] = frozenset(), block: int = 1024
+    vectors: np.ndarray, threshold: float, skip: AbstractSet[tuple[int, int]] = frozenset(), block: int = 1024
 ) -> list[Pair]:
     """Pairs whose vectors have a cosine similarity of at least ``threshold``, most similar first; ``skip``
     holds (a, b) pairs already known (the exact ones). Blocks of ``block`` rows bound the memory to

@@ -111,6 +111,9 @@ def in_sample(
 class _Standardise(nn.Module):
     """(x - mean) / std with the training fold's statistics, so one learning rate suits any backbone's scale."""
 
+    mean: torch.Tensor  # buffers (register_buffer): declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean)

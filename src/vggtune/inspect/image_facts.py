@@ -63,7 +63,7 @@ def read_facts(path: Path) -> ImageFacts:
         grey = to_rgb(im).convert("L")
     small = grey.copy()
     small.thumbnail((64, 64))
-    tiny = np.asarray(grey.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel()
+    tiny = np.asarray(grey.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     tiny -= tiny.mean()  # the image's own brightness says nothing about which image it is
     return ImageFacts(
         hashlib.sha256(data).hexdigest(), width, height, float(np.asarray(small, dtype=np.float32).std()), tiny

@@ -8,10 +8,12 @@ builder), so the LightningModule, the freeze schedules and the tasks never index
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import VGG
 
 from vggtune.core.errors import UserError
 
@@ -103,12 +105,12 @@ def pooled_classifier(num_classes: int, dropout: float = 0.5, channels: int = 51
     )
 
 
-def reset_classifier(model: nn.Module, num_classes: int) -> None:
+def reset_classifier(model: VGG, num_classes: int) -> None:
     """Replace the head (``classifier[6]``) with a fresh linear layer of ``num_classes`` outputs."""
     model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
 
 
-def layer_groups(model: nn.Module) -> dict[str, nn.Module]:
+def layer_groups(model: VGG) -> dict[str, nn.Module]:
     """The model split into :data:`GROUPS`: head, fc6/fc7, and five conv blocks cut after each max-pool."""
     groups = {"head": model.classifier[6], "fc": model.classifier[:6]}
     start, block = 0, 1
@@ -119,16 +121,16 @@ def layer_groups(model: nn.Module) -> dict[str, nn.Module]:
     return {name: groups[name] for name in GROUPS}
 
 
-def feature_layers(model: nn.Module) -> dict[str, nn.Module]:
+def feature_layers(model: VGG) -> dict[str, nn.Module]:
     """Named layers a user can point at (``block1`` ... ``block5``): each block's last conv layer."""
-    convs = {}
+    convs: dict[str, nn.Module] = {}
     for name in BLOCKS:
-        conv = [m for m in layer_groups(model)[name] if isinstance(m, nn.Conv2d)]
+        conv = [m for m in cast(nn.Sequential, layer_groups(model)[name]) if isinstance(m, nn.Conv2d)]
         convs[name] = conv[-1]
     return convs
 
 
-def split_at_fc7(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def split_at_fc7(model: VGG) -> tuple[nn.Module, nn.Module]:
     """``(to_fc7, rest)``: image -> fc7 output after its ReLU (4096 values), and fc7 -> logits.
 
     ``rest(to_fc7(x))`` is ``model(x)``; both parts share the model's layers (nothing is copied).
@@ -138,7 +140,7 @@ def split_at_fc7(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return to_fc7, model.classifier[5:]
 
 
-def frozen_trunk(model: nn.Module, train_fc: bool) -> tuple[nn.Module, nn.Module]:
+def frozen_trunk(model: VGG, train_fc: bool) -> tuple[nn.Module, nn.Module]:
     """``(trunk, rest)`` of a VGG whose lower layers are frozen: ``rest(trunk(x)) == model(x)`` in eval mode.
 
     The trunk ends after the conv blocks (``train_fc``: fc6/fc7 still train) or after fc7.

@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 def averaged_state_dict(trainer: pl.Trainer | None) -> dict[str, torch.Tensor] | None:
     """The module's state dict as the weight-averaging callback holds it, or None without one."""
-    for callback in trainer.callbacks if trainer is not None else []:
+    # Trainer.callbacks: set by Lightning's CallbackConnector, not declared on the class (Lightning 2.6)
+    for callback in trainer.callbacks if trainer is not None else []:  # type: ignore[attr-defined]
         average = getattr(callback, "_average_model", None) if isinstance(callback, WeightAveraging) else None
         if average is not None:
             return {

@@ -49,7 +49,9 @@ def model_from_checkpoint(path: str | os.PathLike):
     hparams.update(weights="none", compile=False)
     scheduler = hparams.get("scheduler")
     target = str(scheduler.get("_target_", "")) if isinstance(scheduler, dict) else ""
-    if target.startswith(_OLD_SCHEDULERS):  # written before the 0.2 layout moved the module
+    if isinstance(scheduler, dict) and target.startswith(
+        _OLD_SCHEDULERS
+    ):  # written before the 0.2 layout moved the module
         moved = "vggtune.model.schedulers." + target.removeprefix(_OLD_SCHEDULERS)
         hparams["scheduler"] = {**scheduler, "_target_": moved}
     model = VGGClassifier(**hparams)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Protocol, cast
 
 import lightning.pytorch as pl
 import torch
@@ -35,6 +36,19 @@ SCHEDULES = ("linear_probe", "freeze_unfreeze", "gradual", "full")
 BN_MODES = ("frozen", "train")
 # How a network from random init trains by default: every layer from the first step at one learning rate.
 FROM_SCRATCH = {"name": "full", "unfreeze_at_epoch": 0, "lr_decay": 1.0, "backbone_lr_ratio": None, "bn": "train"}
+
+
+class Tunable(Protocol):
+    """What a freeze schedule reads and sets on its LightningModule (VGGClassifier, which this module cannot
+    import: it imports this one). A callback gets a ``pl.LightningModule``, whose attributes the type checker
+    sees as ``Tensor | Module`` (nn.Module's ``__getattr__``): ``cast(Tunable, pl_module)`` names them."""
+
+    model: nn.Module
+    schedule: Schedule
+    frozen_eval: list[nn.Module]
+    training: bool
+
+    def train(self, mode: bool = True) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,7 @@ def param_groups(model: nn.Module, schedule: Schedule, base_lr: float) -> list[d
     ]
 
 
-def apply_schedule(pl_module: pl.LightningModule, schedule: Schedule, epoch: int) -> int:
+def apply_schedule(pl_module: Tunable, schedule: Schedule, epoch: int) -> int:
     """Set ``requires_grad`` and inference modes for ``epoch``; return the number of trainable parameters.
 
     A frozen group is a fixed feature extractor, so it runs as at inference: its BatchNorm
@@ -146,7 +160,8 @@ class FreezeSchedule(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Before the strategy wraps the model: DDP sees the epoch-0 frozen set.
         if stage == "fit":
-            apply_schedule(pl_module, pl_module.schedule, 0)
+            module = cast(Tunable, pl_module)
+            apply_schedule(module, module.schedule, 0)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The model is wrapped now: remember which tensors DDP reduces itself.
@@ -159,13 +174,13 @@ class FreezeSchedule(pl.Callback):
         self._apply(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        n = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
+        n = sum(p.numel() for p in cast(Tunable, pl_module).model.parameters() if p.requires_grad)
         pl_module.log("trainable_params", float(n), on_step=False, on_epoch=True, sync_dist=True)
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        n = apply_schedule(pl_module, pl_module.schedule, epoch)
-        groups = pl_module.schedule.trainable_groups(epoch)
+        epoch, module = trainer.current_epoch, cast(Tunable, pl_module)
+        n = apply_schedule(module, module.schedule, epoch)
+        groups = module.schedule.trainable_groups(epoch)
         if groups != self._current:
             if trainer.is_global_zero:
                 log.info(

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassStatScores
 
@@ -53,7 +53,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     the top-5 accuracy for the whole run (the trap in shared/NOTES.md). Three metrics per step
     cost nothing next to a VGG forward.
     """
-    metrics = {
+    metrics: dict[str, Metric | MetricCollection] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "bal_acc": BalancedAccuracy(num_classes),
         "f1": MulticlassF1Score(num_classes, average="macro"),
@@ -76,6 +76,8 @@ class VGGClassifier(pl.LightningModule):
     cells joined by it; ``threshold`` is then the cut for every label, or None to choose one per label
     on each validation epoch. ``label_smoothing`` applies to the training loss only.
     """
+
+    class_weights: torch.Tensor | None  # a buffer (register_buffer below): declared for the type checker
 
     def __init__(
         self,
@@ -244,7 +246,7 @@ class VGGClassifier(pl.LightningModule):
         self.val_logits.reset()
         self.val_targets.reset()
         if self.multilabel:
-            if self.hparams.threshold is None:
+            if self.hparams["threshold"] is None:
                 self.thresholds = ml.best_thresholds(logits.sigmoid(), targets)
                 self.log("val/f1_tuned", ml.tuned_f1(logits.sigmoid(), targets, self.thresholds))
             return
@@ -269,12 +271,12 @@ class VGGClassifier(pl.LightningModule):
         return self.probabilities(self(x))
 
     def configure_optimizers(self):
-        optim = dict(self.hparams.optim or DEFAULT_OPTIM)
+        optim = dict(self.hparams["optim"] or DEFAULT_OPTIM)
         groups = param_groups(self.model, self.schedule, float(optim["lr"]))
         optimizer = instantiate(optim)(groups)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        sched = instantiate(dict(self.hparams.scheduler or DEFAULT_SCHEDULER))(
+        sched = instantiate(dict(self.hparams["scheduler"] or DEFAULT_SCHEDULER))(
             optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch
         )
         return {"optimizer": optimizer, "lr_scheduler": {**sched, "name": "lr"}}

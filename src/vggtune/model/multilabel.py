@@ -9,7 +9,7 @@ validation images (kept in the checkpoint, used by eval, predict and the export'
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelExactMatch, MultilabelF1Score
 
 DEFAULT_THRESHOLD = 0.5
@@ -20,7 +20,7 @@ def multilabel_metrics(num_labels: int, prefix: str, threshold: float = DEFAULT_
 
     ``compute_groups=False`` for the reason given in :func:`vggtune.model.module.classification_metrics`.
     """
-    metrics = {
+    metrics: dict[str, Metric | MetricCollection] = {
         "acc": MultilabelExactMatch(num_labels, threshold=threshold),
         "map": MultilabelAveragePrecision(num_labels, average="macro"),
         "f1": MultilabelF1Score(num_labels, threshold=threshold, average="macro"),

@@ -7,6 +7,7 @@ learning rates of the freeze schedules keep their ratios throughout.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau, StepLR
@@ -83,7 +84,7 @@ def plateau(
     patience: int = 2,
 ) -> dict:
     """Multiply every group's LR by ``factor`` when ``monitor`` stops improving for ``patience`` epochs."""
-    mode = "min" if monitor.endswith("loss") else "max"
+    mode: Literal["min", "max"] = "min" if monitor.endswith("loss") else "max"
     return {
         "scheduler": ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience),
         "interval": "epoch",

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import VGG
 
 from vggtune.core.errors import UserError
 from vggtune.core.proxies import proxies_as_now
@@ -31,9 +32,7 @@ from vggtune.model.arch import (
 )
 
 
-def build_vgg(
-    arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5, head: str = "vgg"
-) -> nn.Module:
+def build_vgg(arch: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.5, head: str = "vgg") -> VGG:
     """torchvision's VGG with pretrained weights loaded and a head for ``num_classes``.
 
     ``weights`` is ``imagenet`` (torchvision's weights API and cache), ``none`` (random
@@ -66,14 +65,15 @@ def _imagenet_shaped(arch: str, dropout: float, pooled: bool) -> nn.Module:
     for m in model.features.modules():  # torchvision's own VGG init (torchvision/models/vgg.py, VGG.__init__)
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:  # VGG's convs all have one
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()  # weight 1, bias 0, and the running statistics to_empty left unset
     return model
 
 
 def load_weights(
-    model: nn.Module, arch: str, weights: str = "imagenet", head: bool = False, convs_only: bool = False
+    model: VGG, arch: str, weights: str = "imagenet", head: bool = False, convs_only: bool = False
 ) -> None:
     """Load ``weights`` (``imagenet``, ``none`` or a state-dict file) into an ImageNet-shaped VGG.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
+from typing import cast
 
 import litserve as ls
 import torch
@@ -48,6 +49,7 @@ class ClassifierAPI(ls.LitAPI):
         self.names = self.backend.class_names
 
     def decode_request(self, request: dict) -> Decoded | RequestError:
+        assert self.backend is not None  # setup() loaded it
         # A bad request is returned, not raised: LitServe answers an exception raised while it decodes a
         # batch with that error for every request in the batch, and the good ones must still be answered.
         try:
@@ -64,11 +66,13 @@ class ClassifierAPI(ls.LitAPI):
         return inputs  # requests hold different numbers of images: predict stacks them itself
 
     def predict(self, x):
+        assert self.backend is not None
         requests = x if isinstance(x, list) else [x]
         good = [r for r in requests if isinstance(r, Decoded)]
         if good:
             probs = self.backend.probabilities(torch.stack([v for r in good for v in r.views]))
-        out, start = [], 0
+        out: list[RequestError | list[dict]] = []
+        start = 0
         for r in requests:
             if isinstance(r, RequestError):
                 out.append(r)
@@ -81,6 +85,7 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
     def _answer(self, p: torch.Tensor, request: Decoded, i: int) -> dict:
+        assert self.backend is not None
         top = p.topk(request.top_k)
         answer = {
             "top": [
@@ -90,9 +95,8 @@ class ClassifierAPI(ls.LitAPI):
             "probabilities": {n: float(v) for n, v in zip(self.names, p.tolist())},
         }
         if self.backend.multilabel:
-            answer["labels"] = [
-                self.names[c] for c in p.argsort(descending=True).tolist() if p[c] >= self.backend.thresholds[c]
-            ]
+            thresholds = cast(list, self.backend.thresholds)  # a multi-label backend has them
+            answer["labels"] = [self.names[c] for c in p.argsort(descending=True).tolist() if p[c] >= thresholds[c]]
         if request.explain:
             overlay = self.backend.heatmap(request.images[i], request.views[i][0], int(top.indices[0]))
             buf = io.BytesIO()

@@ -69,6 +69,10 @@ class Backend:
         """Grad-CAM needs the network's gradients: the checkpoint backend only."""
         return False
 
+    def heatmap(self, image: Image.Image, view: torch.Tensor, target: int) -> Image.Image:
+        """The Grad-CAM overlay of class ``target`` on ``image``; only where :attr:`can_explain`."""
+        raise NotImplementedError
+
     def info(self) -> dict:
         """What ``GET /info`` reports about the model."""
         prep = self.preprocessing

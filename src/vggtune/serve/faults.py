@@ -70,7 +70,7 @@ class Watchdog:
     def start(self) -> None:
         """Start watching in this process's event loop (once; the HTTP adapter calls it for each request)."""
         if self._task is None:
-            self._deaths = list(self.counters.worker_deaths)
+            self._deaths = self.counters.worker_deaths[:]  # a list
             self._task = asyncio.get_running_loop().create_task(self._run(), name="vggtune-watchdog")
 
     async def _run(self) -> None:
@@ -83,7 +83,7 @@ class Watchdog:
 
     def sweep(self, now: float) -> None:
         """One look at the requests waiting for an answer: fail those of dead workers and those queued too long."""
-        deaths = list(self.counters.worker_deaths)
+        deaths = self.counters.worker_deaths[:]
         dead = {w for w, (before, after) in enumerate(zip(self._deaths, deaths)) if after > before}
         self._deaths = deaths
         seen = {}

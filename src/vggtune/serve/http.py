@@ -19,6 +19,7 @@ import math
 import multiprocessing as mp
 import threading
 import time
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, Request
@@ -73,7 +74,7 @@ class Counters:
             "requests_in_flight": self.in_flight.value,
             "requests_served": self.served.value,
             "requests_refused": self.refused.value,
-            "worker_restarts": sum(self.worker_deaths),
+            "worker_restarts": sum(self.worker_deaths[:]),
             "draining": self.draining.is_set(),
         }
 
@@ -235,7 +236,13 @@ def install_routes(app: FastAPI, page: str, counters: Counters, auth=None) -> No
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
-def drain_then_stop(counters: Counters, stop: threading.Event | object, timeout: float) -> None:
+class _Settable(Protocol):
+    """An event to set: a threading.Event, or LitServe's shutdown event (a multiprocessing manager's proxy)."""
+
+    def set(self) -> None: ...
+
+
+def drain_then_stop(counters: Counters, stop: _Settable, timeout: float) -> None:
     """After SIGTERM: refuse new requests (503), wait for those in flight (at most ``timeout`` s), then stop."""
     counters.draining.set()
 

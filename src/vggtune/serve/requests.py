@@ -48,10 +48,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         return to_rgb(im)
     except RequestError:
         raise
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError:  # raised only while MAX_IMAGE_PIXELS is set (not None)
         raise RequestError(
             413,
-            f"image is over Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+            f"image is over Pillow's decompression-bomb limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
             "pixels: send a smaller image",
         ) from None
     except UnidentifiedImageError:

@@ -6,13 +6,14 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from vggtune.data.discovery import DataSplit
 from vggtune.inspect.audit_report import ReportRow, write_report
 from vggtune.inspect.duplicates import Pair, pair_flags
-from vggtune.inspect.image_facts import ImageFacts
+from vggtune.inspect.image_facts import ImageFacts, OddRules
 from vggtune.inspect.label_issues import LabelIssues
 from vggtune.tasks.runs import write_csv, write_json
 
@@ -20,19 +21,30 @@ log = logging.getLogger(__name__)
 SUBSET_ORDER = {"train": 0, "all": 0, "val": 1, "test": 2}
 
 
+class AuditSettings(Protocol):
+    """The keys of :class:`vggtune.tasks.audit.Settings` that the files read (that module imports this one)."""
+
+    @property
+    def fix(self) -> str: ...
+    @property
+    def odd(self) -> OddRules: ...
+    @property
+    def report_rows(self) -> int: ...
+
+
 @dataclass
 class Findings:
     """Everything the checks found, over ``items`` (path, label, subset) in the order of ``pred_probs``."""
 
     split: DataSplit
-    items: list[tuple[Path, object, str]]
+    items: list[tuple[Path, int | tuple[int, ...], str]]
     pred_probs: np.ndarray
     issues: LabelIssues
     pairs: list[Pair]
     ood: np.ndarray
     outlier: np.ndarray
     facts: list[ImageFacts]
-    settings: object  # tasks.audit.Settings
+    settings: AuditSettings  # tasks.audit.Settings
 
     def path(self, i: int) -> str:
         """Image ``i``'s path as the CSV files give it: relative to the data root when it is under it."""
@@ -173,7 +185,7 @@ def write_findings(f: Findings, run_dir: Path, summary: dict) -> dict[str, str]:
 
 def _class_rows(f: Findings, odd: list[int]) -> list[tuple]:
     def per_class(indices) -> Counter:
-        counts = Counter()
+        counts: Counter[int] = Counter()
         for i in indices:
             label = f.items[i][1]
             counts.update(label if isinstance(label, tuple) else (label,))

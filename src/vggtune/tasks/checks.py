@@ -196,7 +196,7 @@ def check_resume_checkpoint(path: Path, arch: str) -> None:
         )
 
 
-def _read_checkpoint(path, key: str, *fix: str) -> dict:
+def _read_checkpoint(path, key: str, fix: str | None = None) -> dict:
     from vggtune.model.weights import read_checkpoint  # torch: only for a run given a checkpoint
 
-    return read_checkpoint(path, key, *fix)
+    return read_checkpoint(path, key) if fix is None else read_checkpoint(path, key, fix)

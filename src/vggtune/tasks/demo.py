@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -26,7 +27,8 @@ def around(train: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """
     prepare(cfg)
     summary = train(cfg)
-    scratch_cfg = scratch_config(cfg) if rank_zero_only.rank == 0 else None
+    # rank_zero_only.rank: set by Lightning at import, not declared on the function (lightning_utilities)
+    scratch_cfg = scratch_config(cfg) if rank_zero_only.rank == 0 else None  # type: ignore[attr-defined]
     if scratch_cfg is not None:
         log.info("Demo: now the same network from random init, on the same images, for comparison")
         report(summary, train(scratch_cfg), cfg.monitor, cfg.paths.run_dir)
@@ -38,7 +40,11 @@ def prepare(cfg: DictConfig) -> None:
     pretrain = (cfg.get("demo") or {}).get("pretrain")
     if pretrain:
         demo_weights(
-            cfg.model.weights, cfg.model.arch, cfg.data.image_size, seed=cfg.seed, **OmegaConf.to_container(pretrain)
+            cfg.model.weights,
+            cfg.model.arch,
+            cfg.data.image_size,
+            seed=cfg.seed,
+            **cast(dict, OmegaConf.to_container(pretrain)),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -65,7 +66,9 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     stream = cfg.data.get("stream")
     if stream:
-        storage = OmegaConf.to_container(cfg.data.storage_options) if cfg.data.get("storage_options") else None
+        storage = (
+            cast(dict, OmegaConf.to_container(cfg.data.storage_options)) if cfg.data.get("storage_options") else None
+        )
         data, pred = predict_stream(model, str(stream), cfg.data.subset, storage, batch_size, workers, tta, calibrate)
     elif labels:
         columns = {k: cfg.data.get(k) for k in ("path_column", "label_column", "split_column")}
@@ -154,7 +157,7 @@ def _calibration(
 ) -> dict:
     """ECE and NLL of these images without and with the checkpoint's temperature."""
     raw = pred.uncalibrated().probs
-    out = {
+    out: dict[str, object] = {
         "applied": applied and model.module.calibration is not None,
         "ece_bins": calibration.ECE_BINS,
         "ece": calibration.calibration_error(raw, targets),

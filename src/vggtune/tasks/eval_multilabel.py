@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -30,7 +31,7 @@ def evaluate_multilabel(
 ) -> dict:
     """eval of a multi-label model: subset accuracy, mAP, F1, per-label table and chart, wrong images."""
     names = model.class_names
-    targets = torch.stack([multi_hot(data.items[i][1], len(names)) for i in pred.indices])
+    targets = torch.stack([multi_hot(cast(tuple, data.items[i][1]), len(names)) for i in pred.indices])
     result = compute_multilabel_metrics(pred.probs, targets, names, thresholds)
     gain = {"mode": "none"}
     if tta != "none":
@@ -57,7 +58,7 @@ def evaluate_multilabel(
         targets,
         names,
         thresholds,
-        model.label_delim,
+        cast(str, model.label_delim),  # a multi-label model has one
     )
     _plot_per_label(run_dir / "per_label.png", pred.probs, targets, thresholds, names)
     m = result.metrics

@@ -99,7 +99,8 @@ def run(cfg: DictConfig) -> list[list]:
     base = Path(str(cfg.input)).expanduser()
     base = base if base.is_dir() else base.parent
     run_dir = Path(cfg.paths.run_dir)
-    rows, failures, used = [], [], set()
+    rows, failures = [], []
+    used: set[str] = set()
     # One image a batch: each image has its own size, and its heatmaps are mapped back to it.
     for x, indices, bad in image_batches(paths, net.transform, batch_size=1):
         failures += [(paths[i], reason) for i, reason in bad]

@@ -12,6 +12,7 @@ import logging
 import math
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
@@ -21,10 +22,13 @@ from omegaconf import DictConfig
 
 from vggtune.core.errors import UserError
 from vggtune.core.files import atomic_open
-from vggtune.model.finetune import apply_schedule
+from vggtune.model.finetune import Tunable, apply_schedule
 from vggtune.tasks.checks import check_lr_find, check_train
 from vggtune.tasks.runs import report_files, write_json
 from vggtune.tasks.train import build_module, resolve_recipe
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +67,13 @@ def lr_find(cfg: DictConfig) -> dict:
     )
     # Lightning skips the first 10 points, so a short test (under 12 steps) would get no suggestion.
     n = len(finder.results.get("lr", [])) if finder is not None else 0
-    suggestion = finder.suggestion(skip_begin=min(10, n // 4)) if n >= 3 else None
-    if suggestion is None or not math.isfinite(suggestion):
+    suggestion = finder.suggestion(skip_begin=min(10, n // 4)) if finder is not None and n >= 3 else None
+    if finder is None or suggestion is None or not math.isfinite(suggestion):
         raise UserError(
             "lr_find: the loss did not fall at any LR tried, so there is no suggestion: raise "
             "lr_find.num_training, or widen lr_find.min_lr / lr_find.max_lr"
         )
-    fig = finder.plot(suggest=True)
+    fig = cast("Figure", finder.plot(suggest=True))  # without ax=, a new figure (Lightning types it Optional)
     losses = [v for v in finder.results["loss"] if math.isfinite(v)]
     if losses:  # a diverged tail would flatten the part of the curve that matters
         fig.axes[0].set_ylim(min(losses) - 0.05 * abs(min(losses)), min(max(losses), 2 * losses[0]))
@@ -103,7 +107,8 @@ class _EpochZeroGroups(pl.Callback):
     """The schedule's epoch-0 trainable groups (and frozen BatchNorm), for the whole range test."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        apply_schedule(pl_module, pl_module.schedule, 0)
+        module = cast(Tunable, pl_module)
+        apply_schedule(module, module.schedule, 0)
 
 
 def _train_overrides() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig
@@ -108,7 +109,8 @@ def prediction_table(
     if model.multilabel:
         thresholds = model.thresholds(threshold or "auto")
         header = ["path", "labels", *(f"prob_{n}" for n in names), "error"]
-        return header, list(_multilabel_rows(inputs, pred, names, thresholds, model.label_delim))
+        delim = cast(str, model.label_delim)  # a multi-label model has one
+        return header, list(_multilabel_rows(inputs, pred, names, thresholds, delim))
     header = ["path", *(f"{c}_{i}" for i in range(1, top_k + 1) for c in ("class", "probability")), "error"]
     return header, list(_rows(inputs, pred, names, top_k))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +28,7 @@ def prepare(cfg: DictConfig) -> dict:
         cfg.data, stream=None, cache_images=False, cache_features=False, batch_size=1
     )  # nothing is batched here
     split, prep = datamodule.split, datamodule.preprocessing
-    storage = OmegaConf.to_container(cfg.data.storage_options) if cfg.data.get("storage_options") else None
+    storage = cast(dict, OmegaConf.to_container(cfg.data.storage_options)) if cfg.data.get("storage_options") else None
     log.info(
         "Data: %s (%s), %d classes; images: %s",
         split.root,

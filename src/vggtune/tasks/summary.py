@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import cast
 
 import torchinfo
 from omegaconf import DictConfig, OmegaConf
@@ -138,7 +139,7 @@ def _describe(n: dict, schedule: Schedule) -> str:
 def run(cfg: DictConfig) -> dict:
     """The ``vggtune summary`` task: print the summary and write it to the run folder."""
     resolve_recipe(cfg)  # as train does: e.g. the pooled head's hidden layer always trains
-    finetune = OmegaConf.to_container(cfg.finetune, resolve=True)
+    finetune = cast(dict, OmegaConf.to_container(cfg.finetune, resolve=True))  # of a DictConfig
     text, numbers = summarize(
         cfg.model.arch, cfg.model.num_classes, cfg.data.image_size, finetune, str(cfg.model.get("head", "vgg"))
     )

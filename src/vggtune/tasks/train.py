@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
@@ -143,7 +144,7 @@ def _summarize_fit(trainer: pl.Trainer, cfg: DictConfig, split, run_dir: Path) -
     summary = {
         "metrics": _final_metrics(trainer),
         "monitor": cfg.monitor,
-        "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "",
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", ""),  # a ModelCheckpoint's
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "epochs": int(done.get("run/epochs", trainer.current_epoch)),
         "class_names": split.classes,
@@ -194,13 +195,18 @@ def _use_feature_cache(
         )
     device = torch.device("cuda" if _uses_gpu(cfg) else "cpu")
     datamodule.use_cached_features(
-        module.model, schedule.train_fc, weights_identity(str(cfg.model.weights), cfg.seed), device, module.hparams.head
+        module.model,
+        schedule.train_fc,
+        weights_identity(str(cfg.model.weights), cfg.seed),
+        device,
+        module.hparams["head"],
     )
 
 
 def _fit(trainer: pl.Trainer, module: VGGClassifier, datamodule, ckpt_path: str | None) -> None:
     """``trainer.fit``, exiting 128 + signal number after an interruption saved its checkpoint."""
-    interrupt = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
+    # Trainer.callbacks: set by Lightning's CallbackConnector, not declared on the class (Lightning 2.6)
+    interrupt = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))  # type: ignore[attr-defined]
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C and SIGTERM into SystemExit once callbacks have run
@@ -265,7 +271,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         callbacks += tensorboard_callbacks(cfg) if has_tensorboard(loggers) else []
     else:  # Lightning's LearningRateMonitor refuses a Trainer without a logger: nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     if cfg.trainer.precision == "auto":
         kwargs["precision"] = "bf16-mixed" if _uses_gpu(cfg) and torch.cuda.is_bf16_supported() else "32-true"
     if _uses_gpu(cfg):
@@ -289,7 +295,7 @@ def _uses_gpu(cfg: DictConfig) -> bool:
 
 
 def _plain(node) -> dict | None:
-    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+    return cast(dict, OmegaConf.to_container(node, resolve=True)) if node is not None else None  # of a DictConfig
 
 
 def _drop_stale_interrupted(run_dir: Path) -> None:

@@ -37,7 +37,7 @@ class EpochSeed(pl.Callback):
     def state_dict(self) -> dict:
         if not batches_done_in_epoch(self._trainer):
             return {}
-        state = {"torch": torch.get_rng_state()}
+        state: dict[str, torch.Tensor | list[torch.Tensor]] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -68,7 +68,7 @@ class ReplicaCheck(pl.Callback):
         h = hashlib.sha256()
         for p in pl_module.parameters():
             h.update(p.detach().float().cpu().numpy().tobytes())
-        digests = [None] * trainer.world_size
+        digests: list[str | None] = [None] * trainer.world_size
         dist.all_gather_object(digests, h.hexdigest()[:16])
         identical = len(set(digests)) == 1
         trainer.callback_metrics["replicas/identical"] = torch.tensor(float(identical))

@@ -39,7 +39,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         if loss is None:
             return
         loss = loss.detach()
-        if self._where is None:
+        if self._where is None or self._bad_value is None:  # set together
             self._where = torch.full((3,), -1, dtype=torch.long, device=loss.device)
             self._bad_value = torch.zeros((), dtype=loss.dtype, device=loss.device)
         new = (~torch.isfinite(loss)) & (self._where[0] < 0)
@@ -53,7 +53,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._where is None:
+        if self._where is None or self._bad_value is None:
             return
         epoch, batch, step = self._where.tolist()  # the host sync, once every `every` steps
         if epoch >= 0:

@@ -213,7 +213,7 @@ class PlainProgress(ProgressBar):
         last = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         return f"epoch {trainer.current_epoch + 1}" + (f"/{last}" if last else "")
 
-    def _eta(self, trainer: pl.Trainer, n: int, total: Any, now: float) -> str:
+    def _eta(self, trainer: pl.Trainer, n: float, total: Any, now: float) -> str:
         """Time to the end of the run at this run's pace so far (validation included once an epoch has passed)."""
         if not isinstance(total, int) or not trainer.max_epochs or trainer.max_epochs < 1 or not self._steps_done:
             return ""

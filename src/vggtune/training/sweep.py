@@ -93,7 +93,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     """One row per job folder: its number, the overrides that vary, status and final metrics."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
-        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]  # a list of strings
         row = {"job": job.name, **dict(o.split("=", 1) for o in overrides if "=" in o)}
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():

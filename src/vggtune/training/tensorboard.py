@@ -181,7 +181,8 @@ class DataText(pl.Callback):
     @rank_zero_only
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = tensorboard_logger(trainer)
-        split = getattr(trainer.datamodule, "split", None)
+        # Trainer.datamodule: set by Lightning's DataConnector, not declared on the class (Lightning 2.6)
+        split = getattr(trainer.datamodule, "split", None)  # type: ignore[attr-defined]
         if logger is None or split is None:
             return
         from tensorboard.plugins.text.summary_v2 import text_pb

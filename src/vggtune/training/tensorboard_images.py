@@ -11,6 +11,8 @@ arrays for ``SummaryWriter.add_image``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -18,6 +20,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
 
+if TYPE_CHECKING:  # the callbacks' module; a LightningModule's own attributes type as Tensor | Module
+    from lightning.pytorch.utilities.parsing import AttributeDict
+
+    from vggtune.model.module import VGGClassifier
 from vggtune.training.figures import (
     confusion_matrix_figure,
     figure_to_array,
@@ -78,7 +84,7 @@ class _ValidationImage(pl.Callback):
         if logger is None or data is None:
             return
         title = f"validation, epoch {trainer.current_epoch}"
-        image = figure_to_array(self.draw(data, pl_module.class_names, title))
+        image = figure_to_array(self.draw(data, cast("VGGClassifier", pl_module).class_names, title))
         # The step Lightning gives this epoch's validation scalars, so images and curves line up.
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         logger.experiment.add_image(self.tag, image, step, dataformats="HWC")
@@ -112,13 +118,16 @@ class ConfusionMatrixImage(_ValidationImage):
     def reset(self, pl_module: pl.LightningModule) -> None:
         if self.matrix is None:
             # The module's outputs are well-formed; checking them would cost extra host syncs per batch.
-            self.matrix = MulticlassConfusionMatrix(len(pl_module.class_names), validate_args=False)
+            n = len(cast("VGGClassifier", pl_module).class_names)
+            self.matrix = MulticlassConfusionMatrix(n, validate_args=False)
         self.matrix.to(pl_module.device).reset()
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        assert self.matrix is not None  # reset() made it
         self.matrix.update(probs, target)  # on the device (a bincount, like the module's own val metrics)
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
+        assert self.matrix is not None
         return self.matrix.compute().cpu().numpy()  # torchmetrics sums over DDP ranks here
 
     def draw(self, data: np.ndarray, class_names: list[str], title: str):
@@ -139,16 +148,19 @@ class PerLabelScores(_ValidationImage):
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         if self.stats is None:
-            self.threshold = pl_module.metric_threshold
+            module = cast("VGGClassifier", pl_module)
+            self.threshold = module.metric_threshold
             self.stats = MultilabelStatScores(
-                len(pl_module.class_names), threshold=self.threshold, average=None, validate_args=False
+                len(module.class_names), threshold=self.threshold, average=None, validate_args=False
             )
         self.stats.to(pl_module.device).reset()
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
+        assert self.stats is not None  # reset() made it
         self.stats.update(probs, target.long())
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray:
+        assert self.stats is not None
         return self.stats.compute().cpu().numpy()  # summed over DDP ranks
 
     def draw(self, data: np.ndarray, class_names: list[str], title: str):
@@ -173,7 +185,9 @@ class PredictionGrid(_ValidationImage):
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         self._best = None
-        self._threshold = pl_module.metric_threshold if getattr(pl_module, "multilabel", False) else None
+        self._threshold = (
+            cast("VGGClassifier", pl_module).metric_threshold if getattr(pl_module, "multilabel", False) else None
+        )
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, images: torch.Tensor) -> None:
         if images.ndim != 4:
@@ -198,10 +212,10 @@ class PredictionGrid(_ValidationImage):
             return None
         best = self._best
         if trainer.world_size > 1:
-            best = {k: v.flatten(0, 1) for k, v in pl_module.all_gather(best).items()}
+            best = {k: v.flatten(0, 1) for k, v in cast(dict, pl_module.all_gather(best)).items()}  # dict in, dict out
         best = {k: v.cpu() for k, v in _top(best, self.n_images).items()}
         keep = best["score"] >= 0
-        prep = pl_module.hparams.preprocessing  # undo the checkpoint's own normalisation
+        prep = cast("AttributeDict", pl_module.hparams).preprocessing  # undo the checkpoint's own normalisation
         mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
         images = (best["image"][keep] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -87,6 +87,6 @@ def _wandb_netrc_key() -> bool:
     """Whether ``wandb login`` stored a key (it writes ~/.netrc, or $NETRC) for the W&B host."""
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False

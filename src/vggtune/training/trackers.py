@@ -56,7 +56,7 @@ def run_label(cfg: DictConfig, run_dir: Path) -> str:
 
 def _mlflow_arguments(cfg: DictConfig, node: DictConfig, run_dir: Path, resuming: bool) -> dict:
     uri = str(node.tracking_uri)
-    extra = {} if node.get("run_name") else {"run_name": run_label(cfg, run_dir)}
+    extra: dict[str, str | None] = {} if node.get("run_name") else {"run_name": run_label(cfg, run_dir)}
     if uri.startswith("sqlite:///") and node.get("artifact_location") is None:
         # MLflow's default is ./mlruns under whatever folder the run starts in: keep them beside the store.
         extra["artifact_location"] = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
@@ -70,7 +70,7 @@ def _wandb_arguments(cfg: DictConfig, node: DictConfig, run_dir: Path, resuming:
 
     if wandb.run is not None:  # left open by a run in this process that failed (a sweep's job): not this run's
         wandb.finish(exit_code=1)
-    extra = {} if node.get("name") else {"name": run_label(cfg, run_dir)}
+    extra: dict[str, str | None] = {} if node.get("name") else {"name": run_label(cfg, run_dir)}
     if resuming and node.get("id") is None:
         extra["id"] = _wandb_run_id(Path(str(node.save_dir)))
     return extra
@@ -98,14 +98,16 @@ def _mlflow_run_of(uri: str, experiment: str, run_dir: str) -> str | None:
 def _wandb_run_id(save_dir: Path) -> str | None:
     """The id of this run folder's latest W&B run (wandb/offline-run-<time>-<id>): a resume logs under the same id."""
     names = sorted(p.name for p in (save_dir / "wandb").glob("*run-*") if _WANDB_RUN_FOLDER.match(p.name))
-    return _WANDB_RUN_FOLDER.match(names[-1])["id"] if names else None
+    found = _WANDB_RUN_FOLDER.match(names[-1]) if names else None
+    return found["id"] if found else None
 
 
 def _keep_csv_rows(logger: CSVLogger) -> None:
     """Lightning's CSV writer deletes an existing metrics.csv when it starts (fabric's csv_logs
     ``_check_log_dir_exists``, Lightning 2.6): a resumed run puts the earlier rows back, ahead of its own."""
     path = Path(logger.log_dir) / "metrics.csv"
-    if not rank_zero_only.rank == 0 or not path.is_file():
+    # rank_zero_only.rank: set by Lightning at import, not declared on the function (lightning_utilities)
+    if not rank_zero_only.rank == 0 or not path.is_file():  # type: ignore[attr-defined]
         return
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -120,7 +122,7 @@ def _keep_csv_rows(logger: CSVLogger) -> None:
 def tracker_callbacks(cfg: DictConfig, loggers: list[Logger], run_dir: Path) -> list[pl.Callback]:
     """The params every tracker gets, and the best checkpoint as an artifact where the tracker keeps files."""
     upload = bool((cfg.get("logger") or {}).get("log_best_checkpoint", False))
-    callbacks = [TrackerParams({**flat_config(cfg), "run_dir": str(run_dir)})]
+    callbacks: list[pl.Callback] = [TrackerParams({**flat_config(cfg), "run_dir": str(run_dir)})]
     if upload and any(isinstance(lg, (MLFlowLogger, WandbLogger)) for lg in loggers):
         callbacks.append(BestCheckpointArtifact())
     return callbacks
@@ -190,7 +192,9 @@ class BestCheckpointArtifact(pl.Callback):
                 run = logger.experiment
                 score = float(score) if score is not None else None
                 artifact = wandb.Artifact(
-                    f"model-{run.id}", type="model", metadata={"monitor": best.monitor, "score": score}
+                    f"model-{run.id}",
+                    type="model",
+                    metadata={"monitor": getattr(best, "monitor", None), "score": score},
                 )
                 artifact.add_file(path, name=Path(path).name)
                 run.log_artifact(artifact, aliases=["best"])

@@ -42,7 +42,8 @@ def latency_ms(run: Run, image: torch.Tensor, repeats: int = 30, seconds: float 
     """p50 and p99 of one image's time (ms) over up to ``repeats`` runs or ``seconds``, after two warm-up runs."""
     for _ in range(2):
         run(image)
-    times, deadline = [], time.perf_counter() + seconds
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
     while len(times) < repeats and (len(times) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()
         run(image)

@@ -11,8 +11,10 @@ import difflib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torchmetrics import MetricCollection
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 class LabelledImages:
     """Images with the index of their true class in the model's class list."""
 
-    items: list[tuple[Path, int]]  # multi-label: (path, tuple of class indices)
+    items: list[tuple[Path, int | tuple[int, ...]]]  # multi-label: (path, tuple of class indices)
     source: str  # where they came from, in words
     unknown: dict[str, int] = field(default_factory=dict)  # class folders the model does not know -> images
 
@@ -82,9 +84,10 @@ def images_from_run(
             f"the training run {run_dir} has no {subset} images (trained with data.test_split=0?): "
             "pass data.subset=val, or data.root=<a folder of class folders>"
         )
+    labels: Sequence[tuple[Path, str | tuple[str, ...]]] = rows
     if label_delim is not None:
-        rows = [(path, split_labels(text, label_delim)) for path, text in rows]
-    labelled = _label(rows, class_names, f"the {subset} split of {run_dir}", label_delim is not None)
+        labels = [(path, split_labels(text, label_delim)) for path, text in rows]
+    labelled = _label(labels, class_names, f"the {subset} split of {run_dir}", label_delim is not None)
     if labelled.unknown:  # the run's own split can only hold the model's classes
         raise UserError(
             f"{split_file} names classes the checkpoint does not know ({', '.join(labelled.unknown)}): "
@@ -163,19 +166,20 @@ def images_from_csv(
 
 
 def _label(
-    rows: list[tuple[Path, str]], class_names: list[str], source: str, multilabel: bool = False
+    rows: Sequence[tuple[Path, str | tuple[str, ...]]], class_names: list[str], source: str, multilabel: bool = False
 ) -> LabelledImages:
     """Rows of (path, class name), or (path, tuple of label names) when ``multilabel``, as class indices.
 
     An image with a label the model does not know is left out, and the label counted in ``unknown``.
     """
     index = {name: i for i, name in enumerate(class_names)}
+    items: list[tuple[Path, int | tuple[int, ...]]]
     if multilabel:
         items = [(path, tuple(index[n] for n in names)) for path, names in rows if all(n in index for n in names)]
         unknown = Counter(n for _, names in rows for n in names if n not in index)
     else:
         items = [(path, index[name]) for path, name in rows if name in index]
-        unknown = Counter(name for _, name in rows if name not in index)
+        unknown = Counter(cast(str, name) for _, name in rows if name not in index)  # one name a row here
     return LabelledImages(items, source, dict(sorted(unknown.items())))
 
 

@@ -32,6 +32,9 @@ class ExportedClassifier(nn.Module):
     normalisation, the output and the softmax stay float32.
     """
 
+    pixel_mean: torch.Tensor  # buffers (register_buffer): declared for the type checker
+    pixel_std: torch.Tensor
+
     def __init__(
         self,
         net: nn.Module,
@@ -122,6 +125,7 @@ def _save_onnx(model: ExportedClassifier, example: torch.Tensor, path: Path) -> 
         dynamo=True,
         verbose=False,
     )
+    assert program is not None  # dynamo=True returns the program
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         # One file: every VGG is well under protobuf's 2 GB limit, and one file is easier to hand on.

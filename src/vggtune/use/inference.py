@@ -291,7 +291,8 @@ def predict_probabilities(
     of each image; ``calibrate`` divides the logits by the checkpoint's temperature. The bar is shown
     only on a terminal (tqdm's ``disable=None``), so logs and captured output stay clean.
     """
-    indices, chunks, failures = [], [], {}
+    indices, chunks = [], []
+    failures: dict[int, str] = {}
     transform = tta_transform(model.preprocessing, tta)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
         for images, idx, bad in image_batches(paths, transform, batch_size, num_workers):
