@@ -326,7 +326,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=60, help="training images per class")
     p.add_argument("--val", type=int, default=60, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--fix", default="relabel", help="audit.fix for cleaned_labels.csv: relabel | drop")
+    p.add_argument("--fix", default="auto", help="audit.fix for cleaned_labels.csv: auto | relabel | drop")
     p.add_argument("--copies", type=int, default=30, help="exact copies planted (and as many resized)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.95, 0.97, 0.98, 0.99, 0.995, 0.998])
     p.add_argument("--timing", action="store_true", help="only time the command (run it alone)")

@@ -107,12 +107,43 @@ def test_the_planted_copies_across_subsets_are_found_as_leaks(audit_run, planted
     assert cleaned[exact[1]]["drop"] == "1" and cleaned[exact[0]]["drop"] == "0"  # the val copy goes, not train's
 
 
-@pytest.mark.slow
-def test_cleaned_labels_relabel_the_wrong_row_and_train_reads_them_as_they_are(audit_run, planted, tmp_path):
+def test_cleaned_labels_relabel_confident_suggestions_and_drop_unsure_ones_by_default(audit_run, planted):
     run_dir, _ = audit_run
-    root, wrong, exact, _ = planted
+    root, _, exact, _ = planted
     cleaned = {r["path"]: r for r in _rows(run_dir / "cleaned_labels.csv")}
     assert len(cleaned) == len(_rows(root / "labels.csv"))
+    issues = _rows(run_dir / "label_issues.csv")
+    for issue in issues:
+        row = cleaned[issue["path"]]
+        if issue["path"] == exact[1]:
+            continue  # dropped as a copy whatever its label
+        if float(issue["suggested_prob"]) >= 0.9:  # audit.relabel_above's default
+            assert (row["label"], row["drop"]) == (issue["suggested"], "0")
+        else:
+            assert (row["label"], row["drop"]) == (issue["given"], "1") and "dropped" in row["reason"]
+    flagged = {r["path"] for r in issues}
+    assert all(
+        r["drop"] == "0" and r["label"] == r["given_label"] for p, r in cleaned.items() if p not in flagged | {exact[1]}
+    )
+    summary = json.loads((run_dir / "audit.json").read_text())
+    assert (summary["fix"], summary["relabel_above"]) == ("auto", 0.9)
+
+
+@pytest.mark.slow
+def test_cleaned_labels_relabel_the_wrong_row_and_train_reads_them_as_they_are(planted, tmp_path):
+    root, wrong, exact, _ = planted
+    run_dir = tmp_path / "audit"
+    proc = run_cli_here(
+        "audit",
+        f"data.labels={root / 'labels.csv'}",
+        *AUDIT,
+        "audit.fix=relabel",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cleaned = {r["path"]: r for r in _rows(run_dir / "cleaned_labels.csv")}
     assert (cleaned[wrong]["label"], cleaned[wrong]["given_label"], cleaned[wrong]["drop"]) == ("red", "green", "0")
     proc = run_cli_here(
         "train",
@@ -232,6 +263,14 @@ def test_the_report_opens_from_the_file_and_shows_each_tab_in_a_real_browser(aud
     exact_row = next(t for paths, t in pairs if paths == " ".join(exact))
     assert "exact" in exact_row and "leak across subsets" in exact_row
     assert len(table) == 4 and any(row.startswith("red") for row in table)
+
+
+def test_a_relabel_threshold_outside_0_1_is_one_line(tmp_path):
+    data = make_class_folders(tmp_path / "d", classes=2, per_class=6)
+    proc = run_cli_here(
+        "audit", f"data.root={data}", *AUDIT, "audit.relabel_above=1.5", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert_one_line_error(proc, "audit.relabel_above", "1.5")
 
 
 def test_a_stream_is_refused_with_one_line(tmp_path):

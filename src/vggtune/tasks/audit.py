@@ -39,7 +39,7 @@ from vggtune.tasks.runs import report_files, write_skipped
 from vggtune.use.inference import LoadedModel, load_model, pick_device
 
 log = logging.getLogger(__name__)
-FIXES = ("relabel", "drop")
+FIXES = ("auto", "relabel", "drop")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Settings:
     recipe: HeadRecipe
     near_duplicate: float
     fix: str
+    relabel_above: float
     odd: OddRules
     report_rows: int
 
@@ -63,9 +64,12 @@ def check_settings(audit: DictConfig) -> Settings:
         )
     if audit.fix not in FIXES:
         raise UserError(
-            f"audit.fix={audit.fix} is not a choice: relabel (cleaned_labels.csv takes the suggested "
-            "label) or drop (it marks the image drop=1)"
+            f"audit.fix={audit.fix} is not a choice: auto (cleaned_labels.csv takes the suggested label "
+            "when its probability is at least audit.relabel_above, drop=1 otherwise), relabel or drop"
         )
+    above = audit.relabel_above
+    if isinstance(above, bool) or not isinstance(above, (int, float)) or not 0 <= above <= 1:
+        raise UserError(f"audit.relabel_above must be a probability in [0, 1], got {above!r}")
     lr = audit.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise UserError(f"audit.lr must be a positive number, got {lr!r}")
@@ -83,6 +87,7 @@ def check_settings(audit: DictConfig) -> Settings:
         recipe,
         float(threshold),
         audit.fix,
+        float(above),
         odd,
         check_positive_int("audit.report_rows", audit.report_rows),
     )
@@ -209,6 +214,7 @@ def run(cfg: DictConfig) -> dict:
         "head_epochs": settings.recipe.epochs,
         "near_duplicate_threshold": settings.near_duplicate,
         "fix": settings.fix,
+        "relabel_above": settings.relabel_above,
         "out_of_fold_accuracy": _accuracy(labels, pred_probs, split.multilabel),
         "seconds": {"vectors": round(vectors_s, 2), "folds": round(folds_s, 2), "checks": round(checks_s, 2)},
         "skipped": len(split.skipped),

@@ -202,13 +202,23 @@ def _class_rows(f: Findings, odd: list[int]) -> list[tuple]:
 
 
 def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
-    """Every image with its label after the audit: the suggested label of a likely error (``audit.fix=relabel``)
-    or ``drop=1`` (``audit.fix=drop``); the val/test copy of an exact duplicate of another subset's image is
-    always marked ``drop=1``. ``data.labels=`` reads the file as it is, the split column included."""
-    reason = {
-        int(i): f"label issue (score {f.issues.quality[i]:.3g}, suggested {f.suggested(i)})" for i in f.issues.ranked
-    }
-    drop = set() if f.settings.fix == "relabel" else set(reason)
+    """Every image with its label after the audit. A likely error takes the suggested label (``audit.fix=relabel``),
+    is marked ``drop=1`` (``drop``), or (``auto``) takes it when the out-of-fold probability of the suggestion is at
+    least ``audit.relabel_above`` and is dropped otherwise: a confident suggestion is nearly always the true label, an
+    unsure one often marks a hard but rightly labelled image, which relabelling would make wrong (docs/audit.md).
+    The val/test copy of an exact duplicate of another subset's image is always marked ``drop=1``.
+    ``data.labels=`` reads the file as it is, the split column included."""
+    fix, above = f.settings.fix, f.settings.relabel_above
+    reason, relabel, drop = {}, set(), set()
+    for i in (int(i) for i in f.issues.ranked):
+        reason[i] = f"label issue (score {f.issues.quality[i]:.3g}, suggested {f.suggested(i)})"
+        confident = f.suggested_prob(i) >= above
+        if fix == "relabel" or (fix == "auto" and confident):
+            relabel.add(i)
+        else:
+            drop.add(i)
+            if fix == "auto":
+                reason[i] += f"; dropped: the suggestion's probability {f.suggested_prob(i):.2f} < {above}"
     subsets = [s for _, _, s in f.items]
     for p in f.pairs:
         if p.kind == "exact" and subsets[p.a] != subsets[p.b]:
@@ -218,13 +228,13 @@ def _write_cleaned(f: Findings, path: Path) -> tuple[int, int]:
             reason[later] = "; ".join(
                 filter(None, [reason.get(later), f"exact copy of {f.path(other)} ({subsets[other]})"])
             )
-    relabel = set(reason) - drop if f.settings.fix == "relabel" else set()
+    relabel = {i for i in relabel - drop if f.issues.suggested[i] != f.items[i][1]}
     rows = []
     for i, (_, _, subset) in enumerate(f.items):
-        label = f.suggested(i) if i in relabel and f.issues.suggested[i] != f.items[i][1] else f.label(i)
+        label = f.suggested(i) if i in relabel else f.label(i)
         rows.append((f.path(i), label, subset, int(i in drop), f.label(i), reason.get(i, "")))
     write_csv(path, ["path", "label", "subset", "drop", "given_label", "reason"], rows)
-    return len(drop), sum(1 for i in relabel if f.issues.suggested[i] != f.items[i][1])
+    return len(drop), len(relabel)
 
 
 def _report_rows(
