@@ -103,7 +103,7 @@ def test_jpeg_shards_hold_the_squares_as_jpegs_and_an_undecodable_file_is_listed
     shards, files = source.dataset("train", shuffle=False, augment=False, seed=7), info["subsets"]["train"]["files"]
     assert len(shards) == len(files)
     for i in range(len(shards)):
-        image, label, _, _ = shards[i]
+        image, label, *_ = shards[i]  # box, flip, look: the augmentation's draws
         buffer = io.BytesIO()  # the square, JPEG-encoded at that quality and decoded by PIL itself
         _square(prep.resize_size)(load_rgb(data / files[i][1])).save(buffer, format="JPEG", quality=95)
         assert label == info["classes"].index(files[i][2])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("vggtune.data.datamodule")  # the line a user reads is the data module's
+
 
 def lone_last_image(images: int, batch_size: int) -> bool:
     """Whether an epoch's last training batch would hold one image, which BatchNorm cannot train on (the
@@ -20,3 +24,19 @@ def batch_for_data(batch_size: int, n_train: int, world_size: int = 1, stream: b
     """
     share = n_train // world_size if stream else -(-n_train // world_size)
     return max(1, min(batch_size, share))
+
+
+def fit_batch_to_data(batch_size: int, n_train: int, world_size: int = 1, stream: bool = False) -> int:
+    """:func:`batch_for_data`, with one log line when it is smaller than ``batch_size``: one batch of all the
+    training images (on each device) per epoch."""
+    batch = batch_for_data(batch_size, n_train, world_size, stream)
+    if batch < batch_size:
+        per_device = f" ({batch} on each of {world_size} devices)" if world_size > 1 else ""
+        log.info(
+            "data.batch_size=%d is more than the %d training images%s: training on batches of %d, one per epoch",
+            batch_size,
+            n_train,
+            per_device,
+            batch,
+        )
+    return batch

@@ -15,7 +15,7 @@ from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
 from vggtune.data.augment import LookDrawer
 from vggtune.data.balance import loss_weights
-from vggtune.data.batching import batch_for_data, lone_last_image
+from vggtune.data.batching import fit_batch_to_data, lone_last_image
 from vggtune.data.datasets import BalancedSampler, EpochSampler, ImageListDataset, ResumableLoader, multi_hot
 from vggtune.data.discovery import DataSplit, discover
 from vggtune.data.exclude import apply_exclude
@@ -101,19 +101,17 @@ class ClassFolderDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.arch = arch
         self.preprocessing: Preprocessing = preprocessing(arch, image_size)
-        steps = dict(rotate=rotate, zoom=zoom, warp=warp, affine_p=affine_p, brightness=brightness, contrast=contrast)
-        steps["lighting_p"] = lighting_p
+        steps = dict(rotate=rotate, zoom=zoom, warp=warp, affine_p=affine_p)
+        steps |= dict(brightness=brightness, contrast=contrast, lighting_p=lighting_p)
         self.mixup, self.cutmix = check_alphas(mixup, cutmix)
         self.train_transform = train_transform(self.preprocessing, augment, crop_scale, flip, **steps)
         look = check_augment(augment, crop_scale, flip, **steps)  # the level's values where a key is null
         self.crop_scale, self.flip, self.on_device = look.crop_scale, look.flip, augment in DEVICE_LEVELS
-        # what the image cache and the stream draw after their crop and flip
-        self.look = LookDrawer(look, self.preprocessing.image_size)
+        self.look = LookDrawer(look, self.preprocessing.image_size)  # the cache's and stream's, after crop and flip
         self.eval_transform = eval_transform(self.preprocessing)
         self.cache_features, self.cache_images, self.cache_dir = bool(cache_features), cache_images, cache_dir
-        self.cache_workers = (
-            usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers", cache_workers)
-        )
+        workers = usable_cores() if cache_workers == "auto" else check_positive_int("data.cache_workers", cache_workers)
+        self.cache_workers = workers
         self._image_caches: dict[str, list] = {}  # subset -> its image files, once use_image_cache has run
         self._caches_ready: set[str] = set()  # the subsets whose cache file this process has seen complete
         self._on_device_transform = False
@@ -182,9 +180,8 @@ class ClassFolderDataModule(pl.LightningDataModule):
 
     def loss_weights(self) -> list[float] | None:
         """With ``balance=loss``: the weight of each class in the training loss (:func:`~vggtune.data.balance.loss_weights`)."""
-        if self.balance != "loss":
-            return None
-        return loss_weights(self.class_names, self.split.counts()["train"], self._class_weights)
+        wanted = self.balance == "loss"
+        return loss_weights(self.class_names, self.split.counts()["train"], self._class_weights) if wanted else None
 
     def use_cached_features(
         self, model: torch.nn.Module, train_fc: bool, weights_id: str, device: torch.device, head: str = "vgg"
@@ -281,19 +278,9 @@ class ClassFolderDataModule(pl.LightningDataModule):
 
     def _fit_batch_to_data(self) -> None:
         """Fewer training images (on each device) than ``batch_size``: one batch of all of them per epoch."""
-        n_train = len(self.split.subsets["train"])
         world = self.trainer.world_size if self.trainer is not None else 1
-        batch = batch_for_data(self.batch_size, n_train, world, stream=bool(self.stream))
-        if batch < self.batch_size:
-            per_device = f" ({batch} on each of {world} devices)" if world > 1 else ""
-            log.info(
-                "data.batch_size=%d is more than the %d training images%s: training on batches of %d, one per epoch",
-                self.batch_size,
-                n_train,
-                per_device,
-                batch,
-            )
-            self.batch_size = batch
+        n_train = len(self.split.subsets["train"])
+        self.batch_size = fit_batch_to_data(self.batch_size, n_train, world, stream=bool(self.stream))
 
     def _use_stream(self) -> None:
         run = str(self.trainer.default_root_dir) if self.trainer is not None else ""
