@@ -1,6 +1,6 @@
 """The wait before anything happens: ``vggtune`` start-up, this tree beside an earlier commit of it.
 
-    git archive <commit> src | tar -x -C /tmp/before       # done by --before: the code to compare with
+    git archive <commit> src conf | tar -x -C /tmp/before  # done by --before (conf/ into src/vggtune/conf)
     python bench/startup.py --before 669e419 --repeats 3 --out bench/results/startup-cpu-<date>.json
 
 Each repeat runs, for each version in turn (so that a busier minute of the machine hits both), in a
@@ -97,8 +97,13 @@ def main() -> None:
     data = transfer.write_split(WORK / "data-letters-b-20x160", "letters-b", 20, 160)  # 100 train, 800 val
     before = Path(tempfile.mkdtemp(dir=WORK, prefix="before-"))
     repo = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(repo), "archive", args.before, "src"], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", args.before, "src", "conf"], capture_output=True, check=True
+    )
     subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    # Its configs too, where the package finds them: else the editable install's finder serves vggtune.conf
+    # from this tree, whose keys the earlier code does not take.
+    (before / "conf").rename(before / "src" / "vggtune" / "conf")
     versions = {f"before ({args.before})": str(before / "src"), "after (this tree)": None}
 
     runs = []
