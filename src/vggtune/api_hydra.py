@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from vggtune.cli import CONFIG_MODULE, TASKS, _discard_empty_run, _find_user_error, _quiet_lightning
+from vggtune.cli import CONFIG_MODULE, TASKS, discard_empty_run, find_user_error, quiet_lightning
 from vggtune.core.errors import UserError
 from vggtune.preflight import prepare
 from vggtune.tasks.runs import restore_run_config
@@ -139,7 +139,7 @@ def run_task(task: str, overrides: list[str], function: str) -> tuple[Path, Any]
     outcome: dict[str, Any] = {}
 
     def job(cfg: DictConfig) -> None:
-        _quiet_lightning()
+        quiet_lightning()
         outcome["folder"] = Path(str(cfg.paths.run_dir)).absolute()
         try:
             outcome["result"] = getattr(importlib.import_module(TASKS[task][0]), function)(cfg)
@@ -147,8 +147,8 @@ def run_task(task: str, overrides: list[str], function: str) -> tuple[Path, Any]
             outcome["error"] = e
             if task == "train" and cfg.get("resume"):
                 restore_run_config(outcome["folder"])
-            if _find_user_error(e) is not None:
-                _discard_empty_run()
+            if find_user_error(e) is not None:
+                discard_empty_run()
 
     with hydra_session():
         hydra = GlobalHydra.instance().hydra
@@ -157,7 +157,7 @@ def run_task(task: str, overrides: list[str], function: str) -> tuple[Path, Any]
     error = outcome.get("error")
     if error is None:
         return outcome["folder"], outcome["result"]
-    user_error = _find_user_error(error)
+    user_error = find_user_error(error)
     if user_error is not None:
         raise UserError(str(user_error)) from None  # one line, without the chain of frames inside the task
     if isinstance(error, SystemExit):  # training stopped by Ctrl-C (the kernel's interrupt) after saving

@@ -126,12 +126,12 @@ def _run_hydra(task: str, args: list[str], debug: bool) -> None:
         except Exception as e:  # noqa: BLE001 - turned into one line when it is the user's to fix
             if task == "train" and cfg.get("resume"):
                 restore_run_config(Path(cfg.paths.run_dir))
-            user_error = _find_user_error(e)
+            user_error = find_user_error(e)
             if _in_sweep() and not debug:  # one failed job must not end the others: record it and go on
                 return _failed_job(e, user_error)
             if user_error is None or debug:
                 raise
-            _discard_empty_run()
+            discard_empty_run()
             _fail(str(user_error))
 
     sys.argv = [original_argv[0], *args]
@@ -174,7 +174,7 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _discard_empty_run() -> None:
+def discard_empty_run() -> None:
     """Remove the run folder of a run refused before it produced anything (only Hydra's files in it).
 
     Also ``outputs/<task>/`` and ``outputs/`` when that leaves them empty, so that a first command
@@ -198,7 +198,7 @@ def _discard_empty_run() -> None:
 
 def _call_task(task: str, cfg: DictConfig):
     module = importlib.import_module(TASKS[task][0])
-    _quiet_lightning()
+    quiet_lightning()
     if os.environ.get("LOCAL_RANK", "0") != "0":
         # DDP ranks started by Lightning share rank zero's terminal: only warnings from them.
         for handler in logging.getLogger().handlers:
@@ -207,7 +207,7 @@ def _call_task(task: str, cfg: DictConfig):
     return module.run(cfg)
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Lightning adds its own console handler on import; Hydra's root handlers already print and log it."""
     logging.getLogger("lightning").handlers.clear()
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
@@ -221,7 +221,7 @@ def _quiet_lightning() -> None:
     tidy_lightning_messages()  # every task: its device lines and tips
 
 
-def _find_user_error(e: BaseException | None) -> UserError | None:
+def find_user_error(e: BaseException | None) -> UserError | None:
     """The UserError behind ``e``, also when Hydra's instantiate wrapped it."""
     seen = set()
     while e is not None and id(e) not in seen:
