@@ -9,9 +9,9 @@ Task: the recipe bench's "letters" transfer (``transfer.py``): vgg11_bn pretrain
 at 32 px, audited on letters A-E (``--train`` and ``--val`` images per class). In each seed a share
 (10%, 20%) of the *training* labels is flipped to another class at random, in a labels CSV (the files
 stay as they are). Flagged = ``label_issues.csv``; precision, recall and F1 against the flips. In the
-same run, on the same cached vectors: ranking by in-sample loss (one head trained on every label, the
-images with the highest loss, as many as the audit flagged: what fastai's ImageClassifierCleaner
-shows), and the audit's folds without the heads' L2 penalty.
+same run, on the same images and heads: ranking by in-sample loss (one head trained on every label,
+the images with the highest loss, as many as the audit flagged: what fastai's ImageClassifierCleaner
+shows), and the audit's folds on the other vectors (``audit.vectors``: conv or fc7).
 
 Retraining: ``vggtune train`` (its defaults, ``--epochs``) on the clean labels, the noisy ones and the
 audit's ``cleaned_labels.csv`` (its training rows; val keeps its true labels so that the three runs are
@@ -111,26 +111,74 @@ def noisy_rows(root: Path, noise: float, seed: int) -> tuple[list[list[str]], se
 
 
 def baselines(cfg, run_dir: Path, flips: set, flagged: int) -> dict:
-    """In-sample loss ranking and folds without the L2 penalty, on the audit's own cached vectors."""
-    from dataclasses import replace
-
+    """On the same images and heads: ranking by in-sample loss, the folds on the other vectors, and the audit's
+    own out-of-fold probabilities through cleanlab's default filter (``prune_by_noise_rate``)."""
     from vggtune.inspect.folds import in_sample, out_of_fold
     from vggtune.inspect.label_issues import by_loss, find_label_issues
-    from vggtune.tasks.audit import audit_split, check_settings, image_vectors, load_network
+    from vggtune.tasks.audit import VECTORS, audit_split, check_settings, image_vectors, load_network
 
     split = audit_split(cfg.data)
     settings = check_settings(cfg.audit)
     net, _, weights_id = load_network(cfg, split.classes)
-    x = image_vectors(net, split, weights_id, cfg)
     images = _rows(run_dir / "images.csv")
     y = np.array([split.classes.index(r["label"]) for r in images])
     paths = [r["path"] for r in images]
+    x = image_vectors(net, split, weights_id, cfg, settings.vectors)
     loss_top = by_loss(y, in_sample(x, y, len(split.classes), settings.recipe, cfg.seed), flagged)
-    no_l2 = out_of_fold(x, y, len(split.classes), settings.folds, replace(settings.recipe, l2=0.0), cfg.seed)
+    other = next(v for v in VECTORS if v != settings.vectors)
+    x_other = image_vectors(net, split, weights_id, cfg, other)
+    folds_other = out_of_fold(x_other, y, len(split.classes), settings.folds, settings.recipe, cfg.seed)
     return {
         "in_sample_loss": _prf({paths[i] for i in loss_top}, flips),
-        "folds_without_l2": _prf({paths[i] for i in find_label_issues(y, no_l2).ranked}, flips),
+        f"folds_on_{other}": _prf(
+            {paths[i] for i in find_label_issues(y, folds_other, filter_by=settings.filter_by).ranked}, flips
+        ),
+        "cleanlab_default_filter": _prf(
+            {
+                paths[i]
+                for i in find_label_issues(y, np.load(run_dir / "pred_probs.npy"), False, "prune_by_noise_rate").ranked
+            },
+            flips,
+        ),
     }
+
+
+def fastai_cleaner(rows: list[list[str]], root: Path, weights: Path, seed: int, epochs: int, count: int) -> list[str]:
+    """The peer as its users run it: fastai's ``fine_tune`` on the noisy labels (the same pretrained file,
+    ``--epochs``, batch 32), then the training images with the highest loss under that model, as
+    ``ImageClassifierCleaner`` lists them (``learn.dls[0].new(shuffle=False)``, ``get_preds(with_loss=True)``;
+    fastai/vision/widgets.py ``_get_iw_info``); the first ``count`` of them, the audit's flagged count."""
+    import contextlib
+    import io
+    import warnings
+
+    import pandas as pd
+    import torch
+    import torchvision
+    from fastai.vision import learner as fl
+    from fastai.vision.all import ImageDataLoaders, Resize, imagenet_stats, set_seed
+
+    def body(pretrained=True, **_):
+        m = torchvision.models.get_model(ARCH, weights=None)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        m.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.6.")}, strict=False)
+        return m
+
+    fl.model_meta[body] = {"cut": -2, "split": fl._vgg_split, "stats": imagenet_stats}  # as bench/recipe.py
+    df = pd.DataFrame([(p, label, s == "val") for p, label, s in rows], columns=["path", "label", "is_valid"])
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        set_seed(seed, reproducible=True)
+        dls = ImageDataLoaders.from_df(
+            df, path=root, fn_col=0, label_col=1, valid_col=2, item_tfms=Resize(SIZE), bs=32, seed=seed
+        )
+        learn = fl.vision_learner(dls, body)
+        with learn.no_bar(), learn.no_logging():
+            learn.fine_tune(epochs - 1, freeze_epochs=1)
+            dl = learn.dls[0].new(shuffle=False, drop_last=False)
+            _, _, losses = learn.get_preds(dl=dl, with_loss=True)
+    names = list(dl.items["path"])  # the training rows of df, in the order of the losses
+    return [names[i] for i in losses.argsort(descending=True)[:count].tolist()]
 
 
 def _train(labels: Path, root: Path, weights: Path, seed: int, epochs: int) -> float:
@@ -171,7 +219,7 @@ def label_noise(args, root: Path, weights: Path) -> list[dict]:
             labels = _write_labels(WORK / f"noisy-{noise}-{seed}.csv", rows)
             run_dir = WORK / f"audit-{noise}-{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            summary, cfg = _audit(root, labels, weights, run_dir, seed, [f"audit.fix={args.fix}"])
+            summary, cfg = _audit(root, labels, weights, run_dir, seed, [f"audit.fix={args.fix}", *args.overrides])
             flagged = {r["path"] for r in _rows(run_dir / "label_issues.csv")}
             r = {
                 "seed": seed,
@@ -179,6 +227,15 @@ def label_noise(args, root: Path, weights: Path) -> list[dict]:
                 "flips": len(flips),
                 "audit": _prf(flagged, flips),
                 **baselines(cfg, run_dir, flips, len(flagged)),
+                **(
+                    {
+                        "fastai_cleaner": _prf(
+                            set(fastai_cleaner(rows, root, weights, seed, args.epochs, len(flagged))), flips
+                        )
+                    }
+                    if args.fastai
+                    else {}
+                ),
                 "seconds": summary["seconds"],
             }
             if noise in args.retrain:
@@ -308,7 +365,9 @@ def _summarise(runs: list[dict]) -> list[dict]:
     table = []
     for noise in sorted({r["noise"] for r in runs}):
         rs = [r for r in runs if r["noise"] == noise]
-        for method in ("audit", "in_sample_loss", "folds_without_l2"):
+        for method in [
+            k for k in rs[0] if k in ("audit", "in_sample_loss", "fastai_cleaner") or k.startswith("folds_on_")
+        ]:
             row = {"noise": noise, "method": method}
             for k in ("precision", "recall", "f1"):
                 values = [r[method][k] for r in rs]
@@ -327,6 +386,10 @@ def main() -> None:
     p.add_argument("--val", type=int, default=60, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--fix", default="auto", help="audit.fix for cleaned_labels.csv: auto | relabel | drop")
+    p.add_argument(
+        "--fastai", action="store_true", help="the peer: fastai fine_tune + top losses (pip install -e '.[peer]')"
+    )
+    p.add_argument("--overrides", nargs="*", default=[], help="more audit overrides, e.g. audit.vectors=fc7")
     p.add_argument("--copies", type=int, default=30, help="exact copies planted (and as many resized)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.95, 0.97, 0.98, 0.99, 0.995, 0.998])
     p.add_argument("--timing", action="store_true", help="only time the command (run it alone)")

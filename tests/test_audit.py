@@ -92,8 +92,9 @@ def test_the_planted_wrong_label_is_found_with_the_right_suggestion(audit_run, p
     images = _rows(run_dir / "images.csv")
     assert probs.shape == (len(images), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     summary = json.loads((run_dir / "audit.json").read_text())
-    assert summary["folds"] == 5 and summary["head_epochs"] == 30 and "vgg11" in summary["network"]
-    assert "5 folds, a linear head of 30 epochs" in proc.stdout
+    assert summary["folds"] == 5 and summary["vectors"] == "conv" and summary["vector_size"] == 512
+    assert summary["head"] == "logistic regression, C=1" and "vgg11" in summary["network"]
+    assert "5 folds, a logistic regression (C=1) each on the conv vectors" in proc.stdout
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 
 from vggtune.core.errors import UserError
 from vggtune.inspect.duplicates import Pair, exact_pairs, near_pairs, pair_flags
+from vggtune.inspect.folds import HeadRecipe, in_sample, out_of_fold
 from vggtune.inspect.label_issues import by_loss, find_label_issues, outlier_scores
 
 
@@ -85,3 +86,72 @@ def test_the_vector_far_from_every_other_is_the_outlier():
     assert outlier.tolist() == [i == 17 for i in range(40)]
     assert scores.argmin() == 17 and ((scores >= 0) & (scores <= 1)).all()
     assert outlier_scores(features[:1])[1].tolist() == [False]  # one image: no neighbours to compare with
+
+
+def _blobs(per_class: int, dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), per_class)
+    centres = 3.0 * rng.normal(size=(3, dims))
+    return centres[y] + rng.normal(size=(len(y), dims)), y
+
+
+def test_each_row_comes_from_a_head_that_never_saw_its_label():
+    x, truth = _blobs(10, 60)  # 30 images in 60 dimensions: a head can fit any labelling of its own images
+    given = truth.copy()
+    given[3] = 2  # a class-0 image labelled 2
+    recipe = HeadRecipe()
+    own = in_sample(x, given, 3, recipe, seed=0)
+    oof = out_of_fold(x, given, 3, 5, recipe, seed=0)
+    assert own[3].argmax() == 2  # trained on its wrong label, the head vouches for it ...
+    assert oof[3].argmax() == 0 and oof[3, 2] < 0.2  # ... the head that held it out does not
+    assert oof.shape == (30, 3) and np.allclose(oof.sum(1), 1, atol=1e-5)
+    assert (oof.argmax(1) == truth).mean() >= 0.9
+    np.testing.assert_array_equal(oof, out_of_fold(x, given, 3, 5, recipe, seed=0))  # seeded
+
+
+def test_several_labels_per_image_get_one_probability_per_label_even_when_a_fold_lacks_one():
+    x, y = _blobs(8, 20, seed=1)
+    multi = np.zeros((len(y), 4), dtype=np.int64)
+    multi[np.arange(len(y)), y] = 1
+    multi[0, 3] = 1  # label 3 on one image only: most folds' heads never see it
+    probs = out_of_fold(x, multi, 4, 4, HeadRecipe(), seed=0, multilabel=True)
+    assert probs.shape == (24, 4) and ((probs >= 0) & (probs <= 1)).all()
+    assert ((probs[:, :3] >= 0.5) == multi[:, :3].astype(bool)).mean() >= 0.9
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("c", 0, "audit.c must be a positive number"),
+        ("vectors", "fc8", "audit.vectors=fc8 is not a choice"),
+        ("filter_by", "loss", "audit.filter_by=loss is not a choice"),
+    ],
+)
+def test_a_wrong_head_setting_is_one_line(key, value, message):
+    from omegaconf import OmegaConf
+
+    from vggtune.config_errors import compose_task
+    from vggtune.tasks.audit import check_settings
+
+    audit = compose_task("audit", []).audit
+    OmegaConf.update(audit, key, value)
+    with pytest.raises(UserError, match=message) as e:
+        check_settings(audit)
+    assert "\n" not in str(e.value)
+
+
+def test_the_default_filter_flags_cleanlabs_count_of_the_least_confident_labels():
+    import cleanlab.filter
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(3), 20)
+    probs = rng.dirichlet(np.ones(3) * 0.5, size=60) * 0.5 + 0.5 * _confident(truth, 3)
+    given = truth.copy()
+    given[[1, 22, 45, 50]] = [1, 2, 0, 1]
+    count = int(cleanlab.filter.find_label_issues(given, probs).sum())  # cleanlab's default, prune_by_noise_rate
+    issues = find_label_issues(given, probs)
+    assert count > 0 and len(issues.ranked) == count
+    assert set(issues.ranked) == set(np.argsort(probs[np.arange(60), given])[:count])
+    assert list(issues.quality[issues.ranked]) == sorted(issues.quality[issues.ranked])
+    theirs = find_label_issues(given, probs, filter_by="prune_by_noise_rate").ranked
+    assert set(theirs) == set(np.flatnonzero(cleanlab.filter.find_label_issues(given, probs)))

@@ -47,8 +47,10 @@ def cache_key(
     train_fc: bool,
     subsets: dict[str, list[tuple[Path, int | tuple[int, ...]]]],
     head: str = "vgg",
+    pooling: str | None = None,
 ) -> str:
-    """A hash of everything the cached outputs depend on."""
+    """A hash of everything the cached outputs depend on (``pooling``: a trunk that pools the conv block its
+    own way, e.g. the audit's ``mean``)."""
     files = {
         s: [(str(p), list(label) if isinstance(label, tuple) else int(label), *_file_stamp(p)) for p, label in items]
         for s, items in subsets.items()
@@ -64,6 +66,8 @@ def cache_key(
     }
     if head != "vgg":  # the trunk's pooling differs (keys of earlier caches stay as they were)
         identity["head"] = head
+    if pooling is not None:
+        identity["pooling"] = pooling
     if weights == "imagenet":
         identity["weights_url"] = imagenet_weights(arch).url
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]

@@ -101,7 +101,7 @@ def write_report(
     counts = summary["counts"]
     about = (
         f"{summary['images']} images, {len(summary['classes'])} classes, from {summary['data_root']}. "
-        f"Probabilities: {summary['folds']} folds, a head of {summary['head_epochs']} epochs on the vectors of "
+        f"Probabilities: {summary['folds']} folds, a {summary['head']} each on the {summary['vectors']} vectors of "
         f"{summary['network']} (out-of-fold accuracy {summary['out_of_fold_accuracy']:.3f}). Near copies: cosine "
         f"similarity at least {summary['near_duplicate_threshold']}. Each list shows its first {len(issues)}, "
         f"{len(pairs)}, {len(outliers)} rows; the CSV files beside this page hold them all."

@@ -152,6 +152,12 @@ def frozen_trunk(model: VGG, train_fc: bool) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*pooled, model.classifier[:6]), model.classifier[6]
 
 
+def mean_pooled_convs(model: VGG) -> nn.Module:
+    """The last conv block's output averaged over its positions: 512 values per image at any image size
+    (``vggtune audit``'s vectors; VGG's own ``avgpool`` copies a 1 x 1 map of a small image 49 times)."""
+    return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+
 def guess_arch(state: dict) -> str | None:
     """Which VGG a state dict comes from, by counting its conv layers; None if it is not a VGG."""
     convs = [k for k, v in state.items() if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4]

@@ -31,8 +31,8 @@ from vggtune.data.workers import resolve_workers
 from vggtune.inspect.duplicates import exact_pairs, near_pairs
 from vggtune.inspect.folds import HeadRecipe, check_folds, out_of_fold
 from vggtune.inspect.image_facts import OddRules, all_facts
-from vggtune.inspect.label_issues import find_label_issues, import_cleanlab, outlier_scores
-from vggtune.model.arch import frozen_trunk, preprocessing
+from vggtune.inspect.label_issues import FILTERS, find_label_issues, import_cleanlab, outlier_scores
+from vggtune.model.arch import frozen_trunk, mean_pooled_convs, preprocessing
 from vggtune.model.module import VGGClassifier
 from vggtune.tasks.audit_files import Findings, write_findings
 from vggtune.tasks.runs import report_files, write_skipped
@@ -40,6 +40,7 @@ from vggtune.use.inference import LoadedModel, load_model, pick_device
 
 log = logging.getLogger(__name__)
 FIXES = ("auto", "relabel", "drop")
+VECTORS = ("conv", "fc7")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,9 @@ class Settings:
     """The ``audit`` keys, checked."""
 
     folds: int
+    vectors: str
     recipe: HeadRecipe
+    filter_by: str
     near_duplicate: float
     fix: str
     relabel_above: float
@@ -70,21 +73,28 @@ def check_settings(audit: DictConfig) -> Settings:
     above = audit.relabel_above
     if isinstance(above, bool) or not isinstance(above, (int, float)) or not 0 <= above <= 1:
         raise UserError(f"audit.relabel_above must be a probability in [0, 1], got {above!r}")
-    lr = audit.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise UserError(f"audit.lr must be a positive number, got {lr!r}")
-    if isinstance(audit.l2, bool) or not isinstance(audit.l2, (int, float)) or audit.l2 < 0:
-        raise UserError(f"audit.l2 must be a number of at least 0, got {audit.l2!r}")
-    recipe = HeadRecipe(
-        check_positive_int("audit.epochs", audit.epochs),
-        float(lr),
-        float(audit.l2),
-        check_positive_int("audit.batch_size", audit.batch_size),
-    )
+    c = audit.c
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0:
+        raise UserError(
+            f"audit.c must be a positive number (the heads' inverse L2 strength, 1.0 by default), got {c!r}"
+        )
+    if audit.filter_by not in FILTERS:
+        raise UserError(
+            f"audit.filter_by={audit.filter_by} is not a choice: {', '.join(FILTERS)} (cleanlab's filter_by, "
+            "or lowest_self_confidence, the default)"
+        )
+    if audit.vectors not in VECTORS:
+        raise UserError(
+            f"audit.vectors={audit.vectors} is not a choice: conv (the last conv block, averaged over its "
+            "positions) or fc7 (what the network's last layer reads)"
+        )
+    recipe = HeadRecipe(float(c))
     odd = OddRules(int(audit.odd.min_side), float(audit.odd.max_aspect), float(audit.odd.min_std))
     return Settings(
         audit.folds,
+        audit.vectors,
         recipe,
+        audit.filter_by,
         float(threshold),
         audit.fix,
         float(above),
@@ -143,15 +153,22 @@ def load_network(cfg: DictConfig, classes: list[str]) -> tuple[LoadedModel, str,
     return net, f"{cfg.model.arch} with weights {weights}", weights_identity(weights, cfg.seed)
 
 
-def image_vectors(net: LoadedModel, split: DataSplit, weights_id: str, cfg: DictConfig) -> np.ndarray:
-    """The vector the last layer reads for every image, in subset order; read from the feature cache
-    ``data.cache_dir`` or computed once and stored there (the key train's linear probe uses)."""
+def image_vectors(
+    net: LoadedModel, split: DataSplit, weights_id: str, cfg: DictConfig, kind: str = "fc7"
+) -> np.ndarray:
+    """One vector per image, in subset order: ``conv``, the last conv block averaged over its positions (512
+    values), or ``fc7``, what the last layer reads (the key train's linear probe uses). Read from the feature
+    cache ``data.cache_dir``, or computed once and stored there."""
     arch = str(net.module.hparams.get("arch", cfg.model.arch))
     head = str(net.module.hparams.get("head", "vgg"))
     num_labels = len(split.classes) if split.multilabel else None
     images = {s: ImageListDataset(items, net.transform, num_labels=num_labels) for s, items in split.subsets.items()}
-    key = cache_key(arch, weights_id, net.preprocessing, False, split.subsets, head)
-    trunk, _ = frozen_trunk(net.module.model, train_fc=False)
+    if kind == "conv":
+        key = cache_key(arch, weights_id, net.preprocessing, True, split.subsets, head, pooling="mean")
+        trunk = mean_pooled_convs(net.module.model)
+    else:
+        key = cache_key(arch, weights_id, net.preprocessing, False, split.subsets, head)
+        trunk, _ = frozen_trunk(net.module.model, train_fc=False)
     batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
     stored = cached_datasets(
         cfg.data.cache_dir, key, trunk, images, batch_size, resolve_workers(cfg.data.num_workers), net.device
@@ -180,7 +197,7 @@ def run(cfg: DictConfig) -> dict:
     )
 
     start = time.perf_counter()
-    vectors = image_vectors(net, split, weights_id, cfg)
+    vectors = image_vectors(net, split, weights_id, cfg, settings.vectors)
     vectors_s = time.perf_counter() - start
     log.info("Vectors of %d images (%d values each) in %.1f s", *vectors.shape, vectors_s)
     start = time.perf_counter()
@@ -189,13 +206,14 @@ def run(cfg: DictConfig) -> dict:
     )
     folds_s = time.perf_counter() - start
     log.info(
-        "Out-of-fold probabilities: %d folds, a linear head of %d epochs each on the vectors, %.1f s",
+        "Out-of-fold probabilities: %d folds, a logistic regression (C=%g) each on the %s vectors, %.1f s",
         settings.folds,
-        settings.recipe.epochs,
+        settings.recipe.c,
+        settings.vectors,
         folds_s,
     )
     given = [label for _, label, _ in items]
-    issues = find_label_issues(given, pred_probs, split.multilabel)
+    issues = find_label_issues(given, pred_probs, split.multilabel, settings.filter_by)
 
     start = time.perf_counter()
     facts = all_facts([path for path, _, _ in items])
@@ -209,9 +227,11 @@ def run(cfg: DictConfig) -> dict:
         "classes": split.classes,
         "data_root": str(split.root),
         "network": network,
+        "vectors": settings.vectors,
         "vector_size": int(vectors.shape[1]),
         "folds": settings.folds,
-        "head_epochs": settings.recipe.epochs,
+        "head": f"logistic regression, C={settings.recipe.c:g}",
+        "filter_by": settings.filter_by,
         "near_duplicate_threshold": settings.near_duplicate,
         "fix": settings.fix,
         "relabel_above": settings.relabel_above,
