@@ -10,8 +10,10 @@ at 32 px, audited on letters A-E (``--train`` and ``--val`` images per class). I
 (10%, 20%) of the *training* labels is flipped to another class at random, in a labels CSV (the files
 stay as they are). Flagged = ``label_issues.csv``; precision, recall and F1 against the flips. In the
 same run, on the same images and heads: ranking by in-sample loss (one head trained on every label,
-the images with the highest loss, as many as the audit flagged: what fastai's ImageClassifierCleaner
-shows), and the audit's folds on the other vectors (``audit.vectors``: conv or fc7).
+the images with the highest loss, as many as the audit flagged), the audit's folds on the other vectors
+(``audit.vectors``: conv or fc7), its probabilities through cleanlab's default filter, and with
+``--fastai`` the peer as its users run it (``fine_tune`` on the noisy labels, then the training images
+by their loss, as fastai's ImageClassifierCleaner lists them; given the audit's count).
 
 Retraining: ``vggtune train`` (its defaults, ``--epochs``) on the clean labels, the noisy ones and the
 audit's ``cleaned_labels.csv`` (its training rows; val keeps its true labels so that the three runs are
@@ -365,9 +367,7 @@ def _summarise(runs: list[dict]) -> list[dict]:
     table = []
     for noise in sorted({r["noise"] for r in runs}):
         rs = [r for r in runs if r["noise"] == noise]
-        for method in [
-            k for k in rs[0] if k in ("audit", "in_sample_loss", "fastai_cleaner") or k.startswith("folds_on_")
-        ]:
+        for method in [k for k, v in rs[0].items() if isinstance(v, dict) and "f1" in v]:  # each way of flagging
             row = {"noise": noise, "method": method}
             for k in ("precision", "recall", "f1"):
                 values = [r[method][k] for r in rs]
