@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
@@ -34,12 +34,12 @@ from vggtune.inspect.image_facts import OddRules, all_facts
 from vggtune.inspect.label_issues import find_label_issues, import_cleanlab, outlier_scores
 from vggtune.model.arch import frozen_trunk, preprocessing
 from vggtune.model.module import VGGClassifier
+from vggtune.schema.check import check_value, declared
 from vggtune.tasks.audit_files import Findings, write_findings
 from vggtune.tasks.runs import report_files, write_skipped
 from vggtune.use.inference import LoadedModel, load_model, pick_device
 
 log = logging.getLogger(__name__)
-FIXES = ("auto", "relabel", "drop")
 
 
 @dataclass(frozen=True)
@@ -56,40 +56,19 @@ class Settings:
 
 
 def check_settings(audit: DictConfig) -> Settings:
-    """The ``audit`` config group as values, or a UserError naming the key that is wrong."""
-    threshold = audit.near_duplicate
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise UserError(
-            f"audit.near_duplicate must be a cosine similarity in (0, 1] (of the images' 16 x 16 grey copies), got {threshold!r}"
-        )
-    if audit.fix not in FIXES:
-        raise UserError(
-            f"audit.fix={audit.fix} is not a choice: auto (cleaned_labels.csv takes the suggested label "
-            "when its probability is at least audit.relabel_above, drop=1 otherwise), relabel or drop"
-        )
-    above = audit.relabel_above
-    if isinstance(above, bool) or not isinstance(above, (int, float)) or not 0 <= above <= 1:
-        raise UserError(f"audit.relabel_above must be a probability in [0, 1], got {above!r}")
-    lr = audit.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise UserError(f"audit.lr must be a positive number, got {lr!r}")
-    if isinstance(audit.l2, bool) or not isinstance(audit.l2, (int, float)) or audit.l2 < 0:
-        raise UserError(f"audit.l2 must be a number of at least 0, got {audit.l2!r}")
-    recipe = HeadRecipe(
-        check_positive_int("audit.epochs", audit.epochs),
-        float(lr),
-        float(audit.l2),
-        check_positive_int("audit.batch_size", audit.batch_size),
-    )
+    """The ``audit`` config group as values, or a UserError naming the key that is wrong (as vggtune.schema declares it)."""
+    for name in (n for n in declared("audit") if n.startswith("audit.")):
+        check_value(name, OmegaConf.select(audit, name.removeprefix("audit.")), task="audit")
+    recipe = HeadRecipe(int(audit.epochs), float(audit.lr), float(audit.l2), int(audit.batch_size))
     odd = OddRules(int(audit.odd.min_side), float(audit.odd.max_aspect), float(audit.odd.min_std))
     return Settings(
-        audit.folds,
+        int(audit.folds),
         recipe,
-        float(threshold),
-        audit.fix,
-        float(above),
+        float(audit.near_duplicate),
+        str(audit.fix),
+        float(audit.relabel_above),
         odd,
-        check_positive_int("audit.report_rows", audit.report_rows),
+        int(audit.report_rows),
     )
 
 
