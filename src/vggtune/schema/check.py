@@ -4,6 +4,8 @@ keyword of the Python API, a constructor's argument)."""
 
 from __future__ import annotations
 
+import functools
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,16 +32,19 @@ TASKS: dict[str, tuple[dict[str, Key], tuple[str, ...]]] = {
 }
 
 
+@functools.cache
 def declared(task: str) -> dict[str, Key]:
-    """Every key declared for ``task``'s composed config, by its full dotted name; empty for a task not declared yet."""
+    """Every key declared for ``task``'s composed config, by its full dotted name (do not change the dict: it is
+    shared); empty for a task that is not declared."""
     own, groups = TASKS.get(task, ({}, ()))
     return {**{f"{g}.{name}": key for g in groups for name, key in GROUPS[g].items()}, **own}
 
 
 def check_config(cfg: DictConfig, task: str) -> None:
     """A UserError for the first declared key of ``cfg`` whose value its declaration does not accept."""
+    parents: dict[str, object] = {}  # each node looked up once: a few ms for train's hundred keys
     for name, key in declared(task).items():
-        found, value = _value(cfg, name)
+        found, value = _value(cfg, name, parents)
         if found:
             key.check(name, value)
 
@@ -49,14 +54,17 @@ def check_value(name: str, value, task: str = "train"):
     return declared(task)[name].check(name, value)
 
 
-def _value(cfg: DictConfig, name: str) -> tuple[bool, object]:
+def _value(cfg: DictConfig, name: str, parents: dict | None = None) -> tuple[bool, object]:
     """Whether ``cfg`` has a value for ``name`` that can be read now, and that value (interpolations resolved).
 
     A missing value (``???``) is the command line's to report; an interpolation of Hydra's run-time
     (``${hydra:runtime.output_dir}``) cannot be resolved before the run starts: neither is checked here.
     """
     parent, _, leaf = name.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    parents = {} if parents is None else parents
+    if parent not in parents:
+        parents[parent] = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    node = parents[parent]
     if not isinstance(node, DictConfig) or leaf not in node or OmegaConf.is_missing(node, leaf):
         return False, None
     try:
