@@ -14,7 +14,8 @@ from vggtune.schema.kinds import Key
 from vggtune.schema.tasks import AUDIT, EMBED, EXPLAIN, LR_FIND, PREPARE, SUMMARY, TRAIN
 from vggtune.schema.using import BENCHMARK, EVAL, EXPORT, PREDICT, SERVE
 
-_TRAIN_GROUPS = ("data", "model", "finetune", "optim", "scheduler", "callbacks", "logger", "trainer", "paths")
+# In the order they are checked: the first wrong key is the one reported (the schedules' before the data's).
+_TRAIN_GROUPS = ("trainer", "optim", "scheduler", "finetune", "model", "data", "callbacks", "logger", "paths")
 # task -> (its own keys, the config groups it composes)
 TASKS: dict[str, tuple[dict[str, Key], tuple[str, ...]]] = {
     "train": (TRAIN, _TRAIN_GROUPS),
