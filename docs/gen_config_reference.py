@@ -1,8 +1,11 @@
-"""Write docs/reference/config.md, the configuration reference, from the YAML files in conf/.
+"""Write docs/reference/config.md, the configuration reference, from conf/ and the declarations in vggtune.schema.
 
 Every task config (conf/<task>.yaml) and every config group (conf/<group>/<option>.yaml) with each key, its
-default and its comment. The comments in conf/ are the documentation: the comment lines right above a key
-and the comment after its value. PyYAML (which reads the values) drops comments, so the lines are read here.
+default (from the YAML, which Hydra composes), what it accepts and what it does. A key vggtune reads is declared
+in vggtune.schema (src/vggtune/schema/): its declaration says what it accepts and does, and the same words are
+in the error for a value it does not accept. A key passed through to Lightning (``trainer.*``, the callbacks'
+and loggers' arguments) is documented by the comment lines right above it in conf/ and the comment after its
+value. PyYAML (which reads the values) drops comments, so the lines are read here.
 
     python docs/gen_config_reference.py           # rewrites docs/reference/config.md
     python docs/gen_config_reference.py --check   # exit 1 if the checked-in page is not what this writes
@@ -18,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from vggtune.schema.check import declared
+from vggtune.schema.groups import GROUPS
+from vggtune.schema.kinds import Key as Declaration
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -155,10 +162,10 @@ class Page:
         self.lines: list[str] = []
         self.missing: list[str] = []
 
-    def table(self, where: str, rows: list[tuple[str, str, str]]) -> None:
-        self.lines += ["| key | default | what it does |", "|---|---|---|"]
-        for key, value, comment in rows:
-            self.lines.append(f"| `{key}` | {value} | {_text(comment)} |")
+    def table(self, where: str, rows: list[tuple[str, str, str, str]]) -> None:
+        self.lines += ["| key | default | accepts | what it does |", "|---|---|---|---|"]
+        for key, value, accepts, comment in rows:
+            self.lines.append(f"| `{key}` | {value} | {_text(accepts)} | {_text(comment)} |")
             if not comment and key.rsplit(".", 1)[-1] not in HYDRA_KEYS:
                 self.missing.append(f"{where}: {key}")
         self.lines.append("")
@@ -168,7 +175,9 @@ class Page:
         if config.defaults:
             self.lines += [f"Defaults: {_defaults_line(config.defaults)}.", ""]
         keys = [k for k in config.keys.values() if k.leaf or k.comment]
-        self.table(f"{config.name}.yaml", [(".".join(k.path), _value(k), k.comment) for k in keys])
+        own = declared(config.name)
+        rows = [(".".join(k.path), _value(k), *_documented(k, own.get(".".join(k.path)))) for k in keys]
+        self.table(f"{config.name}.yaml", rows)
 
     def group(self, group: str, options: dict[str, ConfigFile], default: str | None) -> None:
         how = f"`{group}={default}` unless you choose" if default else f"none unless you choose `{group}=...`"
@@ -183,9 +192,16 @@ class Page:
         self.table(f"{group}/", _group_rows(group, options))
 
 
-def _group_rows(group: str, options: dict[str, ConfigFile]) -> list[tuple[str, str, str]]:
-    """One row per key of any option: one value if every option has it alike, else each option's; the
-    comment of whichever options have one."""
+def _documented(key: Key, declaration: Declaration | None) -> tuple[str, str]:
+    """What a key accepts and does: from its declaration in vggtune.schema, else (Lightning's) its comment in conf/."""
+    if declaration is None:
+        return "", key.comment
+    return declaration.describe(), declaration.doc
+
+
+def _group_rows(group: str, options: dict[str, ConfigFile]) -> list[tuple[str, str, str, str]]:
+    """One row per key of any option: one value if every option has it alike, else each option's; what it
+    accepts and does from its declaration, or the comment of whichever options have one."""
     paths = list(dict.fromkeys(p for option in options.values() for p in option.keys))
     rows = []
     for path in paths:
@@ -203,7 +219,12 @@ def _group_rows(group: str, options: dict[str, ConfigFile]) -> list[tuple[str, s
         else:
             comment = " ".join(f"{name}: {text}" for name, text in comments.items())
         full = path if options[next(iter(keys))].package == "_global_" else (group, *path)
-        rows.append((".".join(full), value, comment))
+        name = ".".join(full)
+        declaration = GROUPS.get(group, {}).get(".".join(path)) if full != path else declared("train").get(name)
+        if declaration is not None:
+            rows.append((name, value, declaration.describe(), declaration.doc))
+        else:
+            rows.append((name, value, "", comment))
     return rows
 
 
@@ -219,9 +240,11 @@ def build() -> Page:
         "<!-- Generated from conf/ by docs/gen_config_reference.py: edit the comments in conf/, then run"
         " python docs/gen_config_reference.py -->",
         "",
-        "Every key of every command and config group, with its default and the comment beside it in `conf/`,"
-        " from which this page is generated ([Configuration](../configuration.md) says how groups and"
-        " overrides work). Override a key with `key=value`, choose a group's option with `group=option`, and"
+        "Every key of every command and config group, with its default in `conf/`, and what it accepts and"
+        " does from its declaration in `vggtune.schema` (for keys passed through to Lightning: the comment"
+        " beside it in `conf/`), from which this page is generated ([Configuration](../configuration.md) says"
+        " how groups and overrides work). A value a key does not accept is refused before anything runs, with"
+        " the words of its accepts column. Override a key with `key=value`, choose a group's option with `group=option`, and"
         " print what a command would run with `vggtune <command> --cfg job`. `???` marks a key you must give.",
         "",
         "Keys Hydra reads itself: " + "; ".join(f"`{k}`: {v}" for k, v in HYDRA_KEYS.items()) + ".",

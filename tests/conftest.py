@@ -152,6 +152,7 @@ class ProcessState:
 
         import torch
         from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
 
         os.chdir(self.cwd)
         os.environ.clear()
@@ -170,6 +171,7 @@ class ProcessState:
             logger.handlers[:], logger.filters[:] = handlers, filters
             logger.propagate, logger.disabled = propagate, disabled
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # a job's Hydra node, which Hydra leaves set after the run (test_api checks)
 
     def snapshot(self) -> dict:
         """The state now, comparable with ``==`` (tests/test_proxies.py checks that a run leaves it as it was)."""

@@ -123,8 +123,8 @@ def test_several_labels_per_image_get_one_probability_per_label_even_when_a_fold
     "key, value, message",
     [
         ("c", 0, "audit.c must be a positive number"),
-        ("vectors", "fc8", "audit.vectors=fc8 is not a choice"),
-        ("filter_by", "loss", "audit.filter_by=loss is not a choice"),
+        ("vectors", "fc8", "audit.vectors must be one of conv, fc7"),
+        ("filter_by", "loss", "audit.filter_by must be one of lowest_self_confidence"),
     ],
 )
 def test_a_wrong_head_setting_is_one_line(key, value, message):

@@ -19,7 +19,18 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # api_hydra, api_inputs) sit on top. The root's ``vggtune.train`` and ``vggtune.load`` are the API's,
 # imported on first use by its module ``__getattr__`` (PEP 562): not an import of the root's, since
 # importing the root does not run it (test_the_root_package_loads_the_api_only_when_asked).
-LAYERS = {"core": 0, "model": 1, "data": 2, "training": 3, "use": 3, "inspect": 3, "serve": 4, "tasks": 5, "": 6}
+LAYERS = {
+    "core": 0,
+    "schema": 1,
+    "model": 2,
+    "data": 3,
+    "training": 4,
+    "use": 4,
+    "inspect": 4,
+    "serve": 5,
+    "tasks": 6,
+    "": 7,
+}
 
 
 def _modules() -> dict[str, Path]:

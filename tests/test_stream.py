@@ -253,7 +253,7 @@ def test_a_folder_that_is_not_a_stream_and_a_size_that_does_not_fit(tmp_path, st
     proc = run_cli_here("prepare", f"data.root={data}", f"output={stream / 'shards'}", *SMALL, cwd=tmp_path)
     assert_one_line_error(proc, "already holds files")
     proc = run_cli_here("prepare", f"data.root={data}", f"output={tmp_path / 'x'}", "format=png", cwd=tmp_path)
-    assert_one_line_error(proc, "format=png is not a stream format")
+    assert_one_line_error(proc, "format must be one of uint8, jpeg", "format=png")
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ def test_activation_memory_is_the_distinct_tensors_of_a_forward_pass(vgg11):
 
 def test_bad_values_give_one_line(tmp_path):
     assert_one_line_error(
-        run_cli_here("summary", "model.num_classes=0", cwd=tmp_path), "model.num_classes", "at least 1"
+        run_cli_here("summary", "model.num_classes=0", cwd=tmp_path), "model.num_classes", "1 or more"
     )
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
     assert_one_line_error(run_cli_here("summary", "model=vgg17", cwd=tmp_path), "unknown model 'vgg17'", "vgg16_bn")

@@ -144,7 +144,7 @@ def test_images_every_n_epochs_0_writes_no_images_but_the_rest(tmp_path, tiny_da
 
 def test_a_negative_image_frequency_is_refused_in_one_line(tmp_path, tiny_data):
     proc = run_cli_here("train", f"data.root={tiny_data}", *TINY, "logger.images_every_n_epochs=-1", cwd=tmp_path)
-    assert_one_line_error(proc, "logger.images_every_n_epochs", "at least 0")
+    assert_one_line_error(proc, "logger.images_every_n_epochs", "0 or more")
 
 
 def test_images_are_due_every_n_epochs_and_after_the_last():

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from vggtune import __version__
 from vggtune.core.errors import RunComplete, UserError
+from vggtune.schema.check import check_config
 from vggtune.tasks.runs import restore_run_config
 from vggtune.training.messages import tidy_lightning_messages
 from vggtune.training.sweep import SWEEP_ERROR_FILE, SweepSummary
@@ -197,6 +198,7 @@ def discard_empty_run() -> None:
 
 
 def _call_task(task: str, cfg: DictConfig):
+    check_config(cfg, task)  # again for a sweep's jobs, which the command line's checks did not see; before torch loads
     module = importlib.import_module(TASKS[task][0])
     quiet_lightning()
     if os.environ.get("LOCAL_RANK", "0") != "0":

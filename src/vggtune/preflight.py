@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vggtune.config_errors import compose_task, composition_error, config_groups, first_line, flat_items, missing_option
 from vggtune.core.errors import RunComplete, UserError
 from vggtune.data.discovery import MISSING_ROOT
+from vggtune.schema.check import check_config, declared
 from vggtune.tasks.checks import check_lr_find, check_train, complete_run
 from vggtune.tasks.runs import RESUME_BACKUP, back_up_run_config
 from vggtune.training.sweep import check_sweep_strategy, launcher_overrides
@@ -122,7 +123,7 @@ def _check_sweep(task: str, overrides: list[str]) -> list[str]:
     variants = [fixed] + [[*fixed, f"{o.get_key_element()}={v}"] for o in relevant for v in o.sweep_string_iterator()]
     launcher = "basic"
     for variant in variants:
-        cfg = check_overrides(task, variant)
+        cfg = check_overrides(task, variant, values=False)  # a job's values: its own error, in the sweep's summary
         launcher = cfg.hydra.runtime.choices.get("hydra/launcher", "basic")
         if "trainer" in cfg:
             check_sweep_strategy(cfg.trainer.get("strategy"), cfg.trainer.get("devices"), launcher)
@@ -154,8 +155,9 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
         )
 
 
-def check_overrides(task: str, overrides: list[str]) -> DictConfig:
-    """The composed config (with Hydra's node); a UserError for an unknown key, option or wrong type."""
+def check_overrides(task: str, overrides: list[str], values: bool = True) -> DictConfig:
+    """The composed config (with Hydra's node); a UserError for an unknown key, option or wrong type, and (``values``)
+    for a value its declaration in vggtune.schema does not accept."""
     try:
         cfg = compose_task(task, overrides, hydra_node=True)
     except MissingConfigException as e:
@@ -165,6 +167,8 @@ def check_overrides(task: str, overrides: list[str]) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(composition_error(task, e, overrides)) from None
     _check_types(task, overrides)
+    if values:
+        check_config(cfg, task)
     return cfg
 
 
@@ -202,12 +206,13 @@ def _check_missing(cfg: DictConfig, task: str) -> None:
 
 
 def _check_types(task: str, overrides: list[str]) -> None:
-    """An override must keep the type of a key whose default is a number or a boolean."""
-    groups = config_groups()
+    """An override of a key that vggtune.schema does not declare (Lightning's, passed through) must keep the type
+    of its default where that is a number or a boolean; declared keys are checked by their declarations."""
+    groups, ours = config_groups(), declared(task)
     defaults = compose_task(task, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in groups])
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
-        if override.package is not None or key.startswith("hydra") or "/" in key or override.is_delete():
+        if override.package is not None or key.startswith("hydra") or "/" in key or override.is_delete() or key in ours:
             continue
         default = OmegaConf.select(defaults, key, throw_on_missing=False, default=None)
         value = override.value()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from vggtune.core.errors import UserError
 
-PROGRESS_MODES = ("auto", "bar", "plain")  # callbacks.progress_bar.mode
-
 
 def check_positive_int(name: str, value, allow_zero: bool = False) -> int:
     """``value`` if it is a whole number of at least 1 (or 0 with ``allow_zero``), else a UserError naming ``name``."""
@@ -26,20 +24,3 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{name} must be true or false, got {value!r}")
     return value
-
-
-def check_progress_options(mode: str, refresh_seconds: float, every_n_steps: int) -> None:
-    """One line naming the key, for a value that the progress callback cannot use."""
-    if mode not in PROGRESS_MODES:
-        raise UserError(
-            f"callbacks.progress_bar.mode={mode} is not a mode: choose auto (a bar on a terminal, "
-            "plain lines otherwise), bar or plain"
-        )
-    if not is_number(refresh_seconds) or not refresh_seconds >= 0:
-        raise UserError(
-            f"callbacks.progress_bar.refresh_seconds must be a number of seconds, 0 or more, got {refresh_seconds!r}"
-        )
-    if not is_number(every_n_steps, whole=True) or every_n_steps < 1:
-        raise UserError(
-            f"callbacks.progress_bar.every_n_steps must be a whole number of steps, 1 or more, got {every_n_steps!r}"
-        )

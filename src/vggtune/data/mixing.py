@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from vggtune.core.checks import is_number
-from vggtune.core.errors import UserError
+from vggtune.schema.check import check_value
 
 
 def check_alphas(mixup, cutmix) -> tuple[float, float]:
-    """``data.mixup`` and ``data.cutmix``: 0 (off) or the positive alpha of the Beta distribution of the shares."""
-    for name, alpha, example in (("data.mixup", mixup, 0.2), ("data.cutmix", cutmix, 1.0)):
-        if not is_number(alpha) or not alpha >= 0:
-            raise UserError(
-                f"{name} is the alpha of the Beta distribution each batch's mixing share is drawn "
-                f"from: 0 (off) or a positive number such as {name}={example}; got {alpha!r}"
-            )
-    return float(mixup), float(cutmix)
+    """``data.mixup`` and ``data.cutmix`` as floats, if their declarations (vggtune.schema) accept them."""
+    return float(check_value("data.mixup", mixup)), float(check_value("data.cutmix", cutmix))
 
 
 class BatchMixer:

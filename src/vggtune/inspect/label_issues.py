@@ -35,19 +35,6 @@ class LabelIssues:
     suggested: list  # per image: the class index (or, multi-label, the tuple of labels) the probabilities favour
 
 
-# cleanlab's own choices of cleanlab.filter.find_label_issues(filter_by=...), and ours (see find_label_issues).
-FILTERS = (
-    "lowest_self_confidence",
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-)
-
-
 def find_label_issues(
     labels, pred_probs: np.ndarray, multilabel: bool = False, filter_by: str = "lowest_self_confidence"
 ) -> LabelIssues:

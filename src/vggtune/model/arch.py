@@ -16,8 +16,8 @@ from torch import nn
 from torchvision.models import VGG
 
 from vggtune.core.errors import UserError
-
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+from vggtune.schema.check import check_value
+from vggtune.schema.groups import ARCHS
 
 # Layer groups from the top of the network down; a group's index is its depth, which sets its
 # learning rate (base * lr_decay ** depth) and the order in which gradual unfreezing reaches it.
@@ -25,8 +25,6 @@ GROUPS = ("head", "fc", "block5", "block4", "block3", "block2", "block1")
 BLOCKS = ("block1", "block2", "block3", "block4", "block5")  # the conv blocks, input side first
 
 _CONV_LAYERS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
-# vgg: VGG's own fc6/fc7 (pretrained) and a new last layer | pooled: fastai's head, all new.
-HEADS = ("vgg", "pooled")
 
 
 def check_arch(arch: str) -> str:
@@ -74,9 +72,7 @@ def preprocessing(arch: str, image_size: int | None = None) -> Preprocessing:
 
 def check_head(head: str) -> str:
     """Return ``head`` if it names a head design, else raise a UserError listing them."""
-    if head not in HEADS:
-        raise UserError(f"model.head must be one of {', '.join(HEADS)}, got {head!r}")
-    return head
+    return check_value("model.head", head)
 
 
 class ConcatPool(nn.Module):

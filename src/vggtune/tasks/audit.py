@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vggtune.core.checks import check_positive_int
 from vggtune.core.errors import UserError
@@ -31,16 +31,15 @@ from vggtune.data.workers import resolve_workers
 from vggtune.inspect.duplicates import exact_pairs, near_pairs
 from vggtune.inspect.folds import HeadRecipe, check_folds, out_of_fold
 from vggtune.inspect.image_facts import OddRules, all_facts
-from vggtune.inspect.label_issues import FILTERS, find_label_issues, import_cleanlab, outlier_scores
+from vggtune.inspect.label_issues import find_label_issues, import_cleanlab, outlier_scores
 from vggtune.model.arch import frozen_trunk, mean_pooled_convs, preprocessing
 from vggtune.model.module import VGGClassifier
+from vggtune.schema.check import check_value, declared
 from vggtune.tasks.audit_files import Findings, write_findings
 from vggtune.tasks.runs import report_files, write_skipped
 from vggtune.use.inference import LoadedModel, load_model, pick_device
 
 log = logging.getLogger(__name__)
-FIXES = ("auto", "relabel", "drop")
-VECTORS = ("conv", "fc7")
 
 
 @dataclass(frozen=True)
@@ -59,47 +58,21 @@ class Settings:
 
 
 def check_settings(audit: DictConfig) -> Settings:
-    """The ``audit`` config group as values, or a UserError naming the key that is wrong."""
-    threshold = audit.near_duplicate
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise UserError(
-            f"audit.near_duplicate must be a cosine similarity in (0, 1] (of the images' 16 x 16 grey copies), got {threshold!r}"
-        )
-    if audit.fix not in FIXES:
-        raise UserError(
-            f"audit.fix={audit.fix} is not a choice: auto (cleaned_labels.csv takes the suggested label "
-            "when its probability is at least audit.relabel_above, drop=1 otherwise), relabel or drop"
-        )
-    above = audit.relabel_above
-    if isinstance(above, bool) or not isinstance(above, (int, float)) or not 0 <= above <= 1:
-        raise UserError(f"audit.relabel_above must be a probability in [0, 1], got {above!r}")
-    c = audit.c
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0:
-        raise UserError(
-            f"audit.c must be a positive number (the heads' inverse L2 strength, 1.0 by default), got {c!r}"
-        )
-    if audit.filter_by not in FILTERS:
-        raise UserError(
-            f"audit.filter_by={audit.filter_by} is not a choice: {', '.join(FILTERS)} (cleanlab's filter_by, "
-            "or lowest_self_confidence, the default)"
-        )
-    if audit.vectors not in VECTORS:
-        raise UserError(
-            f"audit.vectors={audit.vectors} is not a choice: conv (the last conv block, averaged over its "
-            "positions) or fc7 (what the network's last layer reads)"
-        )
-    recipe = HeadRecipe(float(c))
+    """The ``audit`` config group as values, or a UserError naming the key that is wrong (as vggtune.schema declares it)."""
+    for name in (n for n in declared("audit") if n.startswith("audit.")):
+        check_value(name, OmegaConf.select(audit, name.removeprefix("audit.")), task="audit")
+    recipe = HeadRecipe(float(audit.c))
     odd = OddRules(int(audit.odd.min_side), float(audit.odd.max_aspect), float(audit.odd.min_std))
     return Settings(
-        audit.folds,
-        audit.vectors,
+        int(audit.folds),
+        str(audit.vectors),
         recipe,
-        audit.filter_by,
-        float(threshold),
-        audit.fix,
-        float(above),
+        str(audit.filter_by),
+        float(audit.near_duplicate),
+        str(audit.fix),
+        float(audit.relabel_above),
         odd,
-        check_positive_int("audit.report_rows", audit.report_rows),
+        int(audit.report_rows),
     )
 
 

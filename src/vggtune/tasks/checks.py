@@ -6,73 +6,25 @@ and the Python API skip the command line).
 
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from vggtune.core.checks import check_progress_options, is_number
 from vggtune.core.errors import UserError
 from vggtune.model.resume import epochs_done
+from vggtune.schema.check import TASKS, check_config, check_value
+from vggtune.schema.tasks import MULTILABEL_MONITORS
 from vggtune.training.tracker_checks import check_loggers
 
 log = logging.getLogger(__name__)
 
-MONITORS = ("val/acc", "val/bal_acc", "val/f1", "val/loss", "val/acc_top5", "val/acc_best")
-MULTILABEL_MONITORS = ("val/map", "val/acc", "val/f1", "val/f1_tuned", "val/loss", "val/acc_best")
-
 
 def check_train(cfg: DictConfig) -> None:
-    """Values of ``vggtune train`` that would otherwise fail minutes later, or not at all."""
-    epochs = cfg.trainer.get("max_epochs")
-    if not is_number(epochs, whole=True) or epochs < 1:
-        raise UserError(
-            f"trainer.max_epochs must be a whole number, 1 or more (the learning-rate and freeze "
-            f"schedules are laid out over it), got {epochs!r}"
-        )
-    lr = cfg.optim.get("lr")
-    if not is_number(lr) or lr <= 0:
-        raise UserError(f"optim.lr must be a positive number, e.g. optim.lr=1e-3, got {lr!r}")
-    known = MONITORS + tuple(m for m in MULTILABEL_MONITORS if m not in MONITORS)
-    if cfg.monitor not in known:
-        hint = difflib.get_close_matches(str(cfg.monitor), known, n=1)
-        did_you_mean = f" (did you mean monitor={hint[0]}?)" if hint else ""
-        raise UserError(
-            f"monitor={cfg.monitor} is not a metric vggtune train logs{did_you_mean}: choose one of "
-            f"{', '.join(MONITORS)} (several labels per image: {', '.join(MULTILABEL_MONITORS)})"
-        )
-    check_threshold(cfg.get("threshold", "auto"))
-    if cfg.monitor_mode not in ("max", "min"):
-        raise UserError(f"monitor_mode must be max or min, got {cfg.monitor_mode!r}")
-    warmup = OmegaConf.select(cfg, "scheduler.warmup_fraction", default=None)
-    if warmup is not None and (not is_number(warmup) or not 0 <= warmup < 1):
-        raise UserError(
-            f"scheduler.warmup_fraction is the share of the run spent warming up: a number from 0 "
-            f"to below 1, got {warmup!r}"
-        )
-    pct = OmegaConf.select(cfg, "scheduler.pct_start", default=None)
-    if pct is not None and (not is_number(pct) or not 0 < pct < 1):
-        raise UserError(
-            f"scheduler.pct_start is the share of the run the learning rate rises for: a number above 0 "
-            f"and below 1, got {pct!r}"
-        )
-    # Here, not at the top: they import torch and torchvision (seconds), which `--cfg job` and --help never need.
-    from vggtune.data.mixing import check_alphas
-    from vggtune.model.arch import check_head
-
-    check_head(str(cfg.model.get("head", "vgg")))
-    smoothing = cfg.model.get("label_smoothing", 0.0)
-    if not is_number(smoothing) or not 0 <= smoothing < 1:
-        raise UserError(
-            f"model.label_smoothing is the share of each training target spread over all classes: a "
-            f"number from 0 (off) to below 1, e.g. model.label_smoothing=0.1; got {smoothing!r}"
-        )
-    check_alphas(cfg.data.get("mixup", 0.0), cfg.data.get("cutmix", 0.0))
-    bar = OmegaConf.select(cfg, "callbacks.progress_bar", default=None)
-    if bar is not None and str(bar.get("_target_", "")).startswith("vggtune."):
-        check_progress_options(bar.get("mode", "auto"), bar.get("refresh_seconds", 1.0), bar.get("every_n_steps", 50))
+    """Values of ``vggtune train`` (and ``lr_find``) that would otherwise fail minutes later, or not at all: each
+    key against its declaration (vggtune.schema), then the trackers and the checkpoint to resume from."""
+    check_config(cfg, str(cfg.get("task_name", "train")) if cfg.get("task_name") in TASKS else "train")
     check_loggers(cfg)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), str(cfg.model.arch))
@@ -101,13 +53,8 @@ def complete_run(cfg: DictConfig) -> str | None:
 
 def check_threshold(value) -> float | None:
     """``threshold``: ``auto`` (None: chosen per label on the validation images) or a probability in (0, 1)."""
-    if value == "auto" or value is None:
+    if value is None or check_value("threshold", value) == "auto":
         return None
-    if not is_number(value) or not 0 < value < 1:
-        raise UserError(
-            f"threshold must be auto (each label's own, chosen on the validation images) or a "
-            f"probability above 0 and below 1, e.g. threshold=0.5; got {value!r}"
-        )
     return float(value)
 
 
@@ -171,12 +118,12 @@ def _multilabel_monitor(cfg: DictConfig) -> None:
 
 
 def check_lr_find(cfg: DictConfig) -> None:
-    """The range test's own keys (before a run folder is made)."""
-    opts = cfg.lr_find
-    if not (is_number(opts.min_lr) and is_number(opts.max_lr) and 0 < opts.min_lr < opts.max_lr):
-        raise UserError(f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {opts.min_lr} and {opts.max_lr}")
-    if not is_number(opts.num_training, whole=True) or opts.num_training < 5:
-        raise UserError(f"lr_find.num_training must be a whole number of steps, at least 5, got {opts.num_training!r}")
+    """The range test's own keys (before a run folder is made): each as declared, and min_lr below max_lr."""
+    check_config(cfg, "lr_find")
+    if not cfg.lr_find.min_lr < cfg.lr_find.max_lr:
+        raise UserError(
+            f"lr_find.min_lr must be above 0 and below lr_find.max_lr, got {cfg.lr_find.min_lr} and {cfg.lr_find.max_lr}"
+        )
 
 
 def check_resume_checkpoint(path: Path, arch: str) -> None:

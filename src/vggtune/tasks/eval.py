@@ -9,9 +9,7 @@ from typing import cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
-from vggtune.data.transforms import check_tta
 from vggtune.data.workers import resolve_workers
 from vggtune.model import calibration
 from vggtune.tasks.checks import check_threshold
@@ -50,9 +48,9 @@ def evaluate(cfg: DictConfig) -> dict:
     Returns the ``metrics.json`` content.
     """
     run_dir = Path(cfg.paths.run_dir)
-    batch_size = check_positive_int("data.batch_size", cfg.data.batch_size)
+    batch_size = int(cfg.data.batch_size)  # every key was checked against vggtune.schema before the task
     workers = resolve_workers(cfg.data.num_workers)
-    tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
+    tta, calibrate = str(cfg.tta), bool(cfg.calibrate)
     labels = cfg.data.get("labels")
     if cfg.data.root is None or labels or cfg.data.get("stream"):
         check_subset(cfg.data.subset)  # before the model loads: a typo should not cost that wait

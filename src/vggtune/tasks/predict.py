@@ -10,9 +10,7 @@ from typing import cast
 import torch
 from omegaconf import DictConfig
 
-from vggtune.core.checks import check_bool, check_positive_int
 from vggtune.core.errors import UserError
-from vggtune.data.transforms import check_tta
 from vggtune.data.workers import resolve_workers
 from vggtune.tasks.checks import check_threshold
 from vggtune.tasks.runs import keep_copy, output_path, rel, report_files, write_csv
@@ -28,10 +26,9 @@ def predict(cfg: DictConfig) -> Path:
     CSV accounts for every file found. Returns the path of the CSV.
     """
     run_dir = Path(cfg.paths.run_dir)
-    top_k = check_positive_int("top_k", cfg.top_k)
-    batch_size = check_positive_int("batch_size", cfg.batch_size)
+    top_k, batch_size = int(cfg.top_k), int(cfg.batch_size)  # checked against vggtune.schema before the task
     workers = resolve_workers(cfg.num_workers, "num_workers")
-    tta, calibrate = check_tta(cfg.get("tta", "none")), check_bool("calibrate", cfg.get("calibrate", True))
+    tta, calibrate = str(cfg.tta), bool(cfg.calibrate)
     threshold = check_threshold(cfg.get("threshold", "auto"))  # before the model loads
     out = output_path(cfg.output, run_dir, "predictions.csv")
     paths = find_images(cfg.input)

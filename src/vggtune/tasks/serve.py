@@ -12,13 +12,11 @@ import socket
 
 from omegaconf import DictConfig
 
-from vggtune.core.checks import check_bool, check_positive_int, is_number
 from vggtune.core.errors import UserError
-from vggtune.data.transforms import check_tta
+from vggtune.schema.check import check_config
 from vggtune.tasks.checks import check_threshold
 
 log = logging.getLogger(__name__)
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to
 
 
 def settings_from(cfg: DictConfig) -> dict:
@@ -27,15 +25,9 @@ def settings_from(cfg: DictConfig) -> dict:
         import litserve  # noqa: F401 - only checking that the optional extra is installed
     except ImportError:
         raise UserError("vggtune serve needs LitServe: pip install 'vggtune[serve]'") from None
-    if str(cfg.host) not in HOSTS:
-        raise UserError(f"host must be one of {', '.join(HOSTS)} (what LitServe binds to), got {cfg.host!r}")
-    port = check_positive_int("port", cfg.port)
-    if not 1024 <= port <= 65535:
-        raise UserError(f"port must be between 1024 and 65535, got {port}")
+    check_config(cfg, "serve")  # each key as vggtune.schema declares it
+    port = int(cfg.port)
     _check_port_free(str(cfg.host), port)
-    for key in ("batch_timeout", "timeout", "drain_timeout"):
-        if not is_number(cfg[key]) or cfg[key] < 0:
-            raise UserError(f"{key} must be a number of seconds (0 or more), got {cfg[key]!r}")
     if float(cfg.batch_timeout) >= float(cfg.timeout) > 0:
         raise UserError(f"batch_timeout ({cfg.batch_timeout}) must be less than timeout ({cfg.timeout})")
     api_servers = cfg.get("api_servers")
@@ -45,44 +37,25 @@ def settings_from(cfg: DictConfig) -> dict:
         "host": str(cfg.host),
         "port": port,
         "device": str(cfg.device),
-        "workers_per_device": check_positive_int("workers_per_device", cfg.workers_per_device),
-        "api_servers": None if api_servers is None else check_positive_int("api_servers", api_servers),
-        "max_batch_size": check_positive_int("max_batch_size", cfg.max_batch_size),
+        "workers_per_device": int(cfg.workers_per_device),
+        "api_servers": None if api_servers is None else int(api_servers),
+        "max_batch_size": int(cfg.max_batch_size),
         "batch_timeout": float(cfg.batch_timeout),
         "timeout": float(cfg.timeout) or False,
         "drain_timeout": float(cfg.drain_timeout),
-        "top_k": check_positive_int("top_k", cfg.top_k),
-        "calibrate": check_bool("calibrate", cfg.calibrate),
-        "tta": check_tta(cfg.tta),
+        "top_k": int(cfg.top_k),
+        "calibrate": bool(cfg.calibrate),
+        "tta": str(cfg.tta),
         "threshold": check_threshold(cfg.get("threshold", "auto")) or "auto",
-        "max_request_mb": check_positive_int("max_request_mb", cfg.max_request_mb),
-        "max_pixels": check_positive_int("max_pixels", cfg.max_pixels),
+        "max_request_mb": int(cfg.max_request_mb),
+        "max_pixels": int(cfg.max_pixels),
         "log_level": str(cfg.log_level),
-        "max_queue": _check_max_queue(cfg.get("max_queue")),
-        "api_key": _check_api_key(cfg.get("api_key")),
+        "max_queue": int(cfg.max_queue) if cfg.get("max_queue") else None,  # 0 or null: no bound, as LitServe queues
+        "api_key": cfg.get("api_key"),
         "backend": cfg.get("backend"),
         "precision": str(cfg.get("precision", "fp32")),
         "chosen": None,
     }
-
-
-def _check_max_queue(value) -> int | None:
-    if value is None or (is_number(value, whole=True) and value == 0):
-        return None  # no bound, as LitServe queues
-    if not is_number(value, whole=True) or value < 0:
-        raise UserError(f"max_queue must be a whole number of requests (0 or null: no bound), got {value!r}")
-    return int(value)
-
-
-def _check_api_key(key) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key.strip():
-        raise UserError(
-            f"api_key must be a non-empty string (quote one that YAML would read as a number: "
-            f"api_key=\"'0123'\"), or null for none; got {key!r}"
-        )
-    return key
 
 
 def exposure_warning(settings: dict) -> str | None:

@@ -27,8 +27,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vggtune.core.checks import check_progress_options
 from vggtune.model.resume import batches_done_in_epoch
+from vggtune.schema.check import check_value
 
 # Lightning's loggers get handlers of their own (and stop propagating) when Lightning is imported before
 # logging is configured, as in a script that builds a Trainer itself: redirect those too.
@@ -37,7 +37,8 @@ _REDIRECTED_LOGGERS = ("", "lightning.pytorch", "lightning.fabric")
 
 def progress_bar(mode: str = "auto", refresh_seconds: float = 1.0, every_n_steps: int = 50) -> ProgressBar:
     """The progress callback for ``mode``: ``bar`` (terminal), ``plain`` (lines), ``auto`` (bar when stdout is a terminal)."""
-    check_progress_options(mode, refresh_seconds, every_n_steps)
+    for key, value in (("mode", mode), ("refresh_seconds", refresh_seconds), ("every_n_steps", every_n_steps)):
+        check_value(f"callbacks.progress_bar.{key}", value)
     if mode == "auto":
         mode = "bar" if _is_terminal(sys.stdout) else "plain"
     return TimedBar(refresh_seconds) if mode == "bar" else PlainProgress(every_n_steps)
@@ -54,7 +55,7 @@ class TimedBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn by wall time instead of every N steps, with log lines kept out of it."""
 
     def __init__(self, refresh_seconds: float = 1.0):
-        check_progress_options("bar", refresh_seconds, 1)
+        check_value("callbacks.progress_bar.refresh_seconds", refresh_seconds)
         super().__init__(refresh_rate=1)
         self.refresh_seconds = float(refresh_seconds)
         self._last_draw = float("-inf")
@@ -127,7 +128,7 @@ class PlainProgress(ProgressBar):
 
     def __init__(self, every_n_steps: int = 50):
         super().__init__()
-        check_progress_options("plain", 1.0, every_n_steps)
+        check_value("callbacks.progress_bar.every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
         self._enabled = True
         self._fit_start = self._epoch_start = self._window_start = self._last_step_end = 0.0

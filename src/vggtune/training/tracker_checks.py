@@ -11,13 +11,12 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from vggtune.core.checks import check_bool
 from vggtune.core.errors import UserError
 from vggtune.core.proxies import fresh_opener
+from vggtune.schema.check import check_value
 
 # Trackers that need a package vggtune does not depend on: option -> (module, pip extra).
 EXTRAS = {"mlflow": ("mlflow", "vggtune[mlflow]"), "wandb": ("wandb", "vggtune[wandb]")}
-WANDB_MODES = ("offline", "online", "disabled")
 # How long the check of a tracking server waits: MLflow itself retries a refused connection for minutes.
 SERVER_CHECK_SECONDS = 10
 
@@ -29,13 +28,12 @@ def chosen(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 def check_loggers(cfg: DictConfig) -> None:
-    """Before a run folder is made: each tracker's package is installed, its server answers, its keys make sense."""
+    """Before a run folder is made: each tracker's package is installed, its server answers, W&B online has a key
+    (the keys' values are checked against their declarations in vggtune.schema)."""
     trackers = chosen(cfg)
     for name in trackers:
         if name in EXTRAS:
             _require(name, *EXTRAS[name])
-    if "log_best_checkpoint" in (cfg.get("logger") or {}):
-        check_bool("logger.log_best_checkpoint", cfg.logger.log_best_checkpoint)
     if "mlflow" in trackers:
         check_tracking_uri(str(trackers["mlflow"].get("tracking_uri")))
     if "wandb" in trackers:
@@ -71,11 +69,7 @@ def check_tracking_uri(uri: str) -> None:
 
 def check_wandb_mode(mode: str) -> None:
     """``offline`` or ``disabled`` need nothing; ``online`` needs an API key, or wandb would ask for one and wait."""
-    if mode not in WANDB_MODES:
-        raise UserError(
-            f"logger.wandb.mode={mode} is not a W&B mode: choose offline (files in the run folder, "
-            f"`wandb sync` later), online or disabled"
-        )
+    check_value("logger.wandb.mode", mode)
     if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _wandb_netrc_key():
         raise UserError(
             "logger.wandb.mode=online needs your W&B API key: export WANDB_API_KEY=<key> "
