@@ -69,6 +69,7 @@ def audit_run(planted, tmp_path_factory):
         "audit",
         f"data.labels={root / 'labels.csv'}",
         *AUDIT,
+        "audit.fix=auto",
         f"data.cache_dir={work / 'cache'}",
         f"hydra.run.dir={work / 'run'}",
         cwd=work,
@@ -108,7 +109,7 @@ def test_the_planted_copies_across_subsets_are_found_as_leaks(audit_run, planted
     assert cleaned[exact[1]]["drop"] == "1" and cleaned[exact[0]]["drop"] == "0"  # the val copy goes, not train's
 
 
-def test_cleaned_labels_relabel_confident_suggestions_and_drop_unsure_ones_by_default(audit_run, planted):
+def test_fix_auto_relabels_confident_suggestions_and_drops_unsure_ones(audit_run, planted):
     run_dir, _ = audit_run
     root, _, exact, _ = planted
     cleaned = {r["path"]: r for r in _rows(run_dir / "cleaned_labels.csv")}
@@ -131,19 +132,19 @@ def test_cleaned_labels_relabel_confident_suggestions_and_drop_unsure_ones_by_de
 
 
 @pytest.mark.slow
-def test_cleaned_labels_relabel_the_wrong_row_and_train_reads_them_as_they_are(planted, tmp_path):
+def test_cleaned_labels_relabel_the_wrong_row_by_default_and_train_reads_them_as_they_are(planted, tmp_path):
     root, wrong, exact, _ = planted
     run_dir = tmp_path / "audit"
     proc = run_cli_here(
         "audit",
         f"data.labels={root / 'labels.csv'}",
         *AUDIT,
-        "audit.fix=relabel",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "audit.json").read_text())["fix"] == "relabel"  # the default
     cleaned = {r["path"]: r for r in _rows(run_dir / "cleaned_labels.csv")}
     assert (cleaned[wrong]["label"], cleaned[wrong]["given_label"], cleaned[wrong]["drop"]) == ("red", "green", "0")
     proc = run_cli_here(

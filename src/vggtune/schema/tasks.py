@@ -108,7 +108,7 @@ AUDIT = {
     ),
     "audit.fix": Key(
         OneOf(*FIXES),
-        "cleaned_labels.csv: auto (a likely error takes the suggested label when the out-of-fold probability of the suggestion is at least relabel_above, and is marked drop=1 otherwise) | relabel (always the suggested label) | drop (always drop=1). docs/audit.md: the unsure suggestions are where relabelling makes new errors. The val/test copy of an exact duplicate of another subset's image is marked drop=1 either way.",
+        "cleaned_labels.csv: relabel (a likely error takes the suggested label) | auto (the suggested label when its out-of-fold probability is at least relabel_above, drop=1 otherwise) | drop (always drop=1). bench/audit.py, retraining on it after 20% flipped labels, 3 seeds: relabel won back 0.64 and 0.61 of what the noise cost (60 and 20 a class), auto 0.86 and 0.39. The val/test copy of an exact duplicate of another subset's image is marked drop=1 either way.",
     ),
     "audit.relabel_above": Key(
         Number(0, 1), "audit.fix=auto: the out-of-fold probability a suggestion needs to replace the label"
