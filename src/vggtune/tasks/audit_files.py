@@ -181,7 +181,7 @@ def write_findings(f: Findings, run_dir: Path, summary: dict) -> dict[str, str]:
         "cleaned_labels.csv": f"every image with its label after the audit ({relabelled} relabelled, {dropped} marked "
         "drop=1): train on it with data.labels=",
         "images.csv": "path, subset, label of each row of pred_probs.npy",
-        "audit.json": "the network, folds, epochs, counts and timings",
+        "audit.json": "the network, vectors, folds, head, counts and timings",
     }
 
 
