@@ -385,7 +385,9 @@ def main() -> None:
     p.add_argument("--train", type=int, default=60, help="training images per class")
     p.add_argument("--val", type=int, default=60, help="validation images per class")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--fix", default="auto", help="audit.fix for cleaned_labels.csv: auto | relabel | drop")
+    p.add_argument(
+        "--fix", default="relabel", help="audit.fix for cleaned_labels.csv: relabel (its default) | auto | drop"
+    )
     p.add_argument(
         "--fastai", action="store_true", help="the peer: fastai fine_tune + top losses (pip install -e '.[peer]')"
     )
