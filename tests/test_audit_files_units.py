@@ -48,7 +48,7 @@ def _findings(tmp_path: Path, fix: str = "relabel", report_rows: int = 50) -> Fi
     0 cat/a train, 1 cat/b train (a dog labelled cat: issue, suggested dog at p=0.8),
     2 dog/c train, 3 dog/d val (an exact copy of 2: a leak), 4 fox/e test (a cat labelled fox: issue,
     suggested cat at p=0.4; 10 x 10 px: tiny), 5 outside the root, train, fox (cleanlab's outlier; a near copy
-    of 0 with another label: a conflict). 0 and 1 are a near pair with no flag."""
+    of 0 with another label, as similar as an exact copy: a conflict). 0 and 1 are a near pair with no flag."""
     root = tmp_path / "data"
     colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (0, 0, 200), (90, 90, 90), (250, 250, 0)]
     names = ["cat/a.png", "cat/b.png", "dog/c.png", "dog/d.png", "fox/e.png"]
@@ -72,7 +72,7 @@ def _findings(tmp_path: Path, fix: str = "relabel", report_rows: int = 50) -> Fi
     )
     quality = probs[np.arange(6), labels]
     issues = LabelIssues(np.array([4, 1]), quality, [int(i) for i in probs.argmax(1)])
-    pairs = [Pair(0, 1, "near", 0.97), Pair(0, 5, "near", 0.95), Pair(2, 3, "exact", 1.0)]
+    pairs = [Pair(0, 1, "near", 0.97), Pair(0, 5, "near", 1.0), Pair(2, 3, "exact", 1.0)]
     ood = np.array([0.9, 0.8, 0.7, 0.7, 0.5, 0.1])
     outlier = np.array([False, False, False, False, False, True])
     facts = [_facts() for _ in range(6)]
@@ -125,7 +125,7 @@ def test_each_csv_lists_the_planted_findings_most_important_first(written, tmp_p
     assert [float(r["score"]) for r in issues] == [0.3, 0.1]  # the given label's probability
 
     pairs = _csv(run / "duplicates.csv")
-    # flagged pairs first (the exact one before the near one), then the rest by similarity
+    # flagged pairs first (at equal similarity, the exact one before the near one), then the rest by similarity
     assert [(r["path_a"], r["path_b"], r["kind"], r["leak"], r["label_conflict"]) for r in pairs] == [
         ("dog/c.png", "dog/d.png", "exact", "1", "0"),
         ("cat/a.png", outside, "near", "0", "1"),
@@ -301,11 +301,12 @@ def test_the_report_has_a_tab_per_finding_with_rows_in_their_order_thumbnails_an
     assert np.asarray(thumb.convert("RGB")).mean(axis=(0, 1)) == pytest.approx([90, 90, 90], abs=4)
 
     pairs = page.sections["duplicates"]
-    assert pairs["rows"] == ["dog/c.png dog/d.png", f"cat/a.png {outside}", "cat/a.png cat/b.png"]
+    # flagged first, then by similarity (ties in the order found: unlike duplicates.csv, not exact first)
+    assert pairs["rows"] == [f"cat/a.png {outside}", "dog/c.png dog/d.png", "cat/a.png cat/b.png"]
     notes = [t for t in pairs["text"] if t.startswith(("exact", "near"))]
     assert notes == [
+        "near, cosine 1.000: different labels",
         "exact, cosine 1.000: leak across subsets",
-        "near, cosine 0.950: different labels",
         "near, cosine 0.970",
     ]
     assert page.sections["outliers"]["rows"] == [outside, "fox/e.png"]
@@ -324,7 +325,7 @@ def test_the_report_shows_the_first_report_rows_of_each_list(tmp_path):
     write_findings(f, run, summary)
     page = _page(run / "report.html")
     assert page.sections["issues"]["rows"] == ["fox/e.png"]
-    assert page.sections["duplicates"]["rows"] == ["dog/c.png dog/d.png"]
+    assert page.sections["duplicates"]["rows"] == [f"cat/a.png {(tmp_path / 'elsewhere' / 'f.png').as_posix()}"]
     assert len(page.sections["outliers"]["rows"]) == 1
     assert ("issues", "Label issues (2)") in page.tabs  # the count is of every finding, not of the rows shown
     assert len(_csv(run / "label_issues.csv")) == 2
