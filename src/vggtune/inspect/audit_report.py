@@ -72,11 +72,11 @@ def _pairs(pairs: list[tuple[ReportRow, ReportRow, str]]) -> str:
         return '<p class="empty">No exact or near copies at this threshold.</p>'
     out = []
     for k, (a, b, note) in enumerate(pairs, 1):
-        flag = ' class="flag"' if ":" in note else ""
+        what = "what flag" if ":" in note else "what"  # one class attribute: a browser ignores a second one
         paths = html.escape(f"{a.shown} {b.shown}")
         out.append(
             f'<div class="row pair" data-paths="{paths}"><span class="rank">{k}</span><div class="side">{_image(a)}{_who(a)}</div>'
-            f'<div class="side">{_image(b)}{_who(b)}</div><div class="what"{flag}>{html.escape(note)}</div></div>'
+            f'<div class="side">{_image(b)}{_who(b)}</div><div class="{what}">{html.escape(note)}</div></div>'
         )
     return "\n".join(out)
 
