@@ -216,18 +216,48 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 
 def pytest_collection_finish(session):
     """Move everything imported so far (torch, Lightning, every test module: about half a million objects) out
-    of the collector's sight: :func:`_free_models`' full collection after each test then looks at what that
-    test made only (measured: 0.4-0.6 s of CPU per test before, under a millisecond after)."""
+    of the collector's sight, so that the full collection after each test (:func:`pytest_runtest_teardown`)
+    looks at what that test made only."""
     gc.collect()
     gc.freeze()
 
 
-@pytest.fixture(autouse=True)
-def _free_models():
-    """Collect each test's models now: a Trainer and its module keep each other alive in reference
-    cycles, and 0.5 GB models waiting for Python's occasional full collection add up to an OOM kill."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each test's teardown, collect what it made now: a Trainer and its module keep each other alive in
+    reference cycles, and 0.5 GB models waiting for Python's occasional full collection add up to an OOM kill.
+    Then freeze what survived (modules the test imported, caches, module-scoped fixtures), so that the next
+    collection skips it too.
+
+    Measured on the quick tier under xdist, two workers: these collections took 124 s of the tier's 273 s of
+    test time, each one walking the ~700,000 objects of a worker that had imported more after collection
+    (litserve, onnx, scikit-learn...); freezing after each test takes most of that away (CONTRIBUTING, "Quick or
+    slow"). A frozen object that later becomes cyclic garbage (a module-scoped run's
+    Trainer, after its module) is only freed once unfrozen, so when the process has grown by GROWTH_BEFORE_FULL
+    since the last full collection, everything is unfrozen and collected once."""
     yield
-    gc.collect()
+    global _rss_after_full
+    rss = _rss()
+    if rss is None or _rss_after_full is None or rss - _rss_after_full > GROWTH_BEFORE_FULL:
+        gc.unfreeze()
+        gc.collect()
+        _rss_after_full = _rss()
+    else:
+        gc.collect()
+    gc.freeze()
+
+
+GROWTH_BEFORE_FULL = 2 << 30  # bytes of resident memory: four VGG16s' weights
+_rss_after_full: int | None = None
+
+
+def _rss() -> int | None:
+    """This process's resident memory in bytes (Linux), or None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def listener() -> Iterator:
     """An HTTP server on 127.0.0.1 and a free port that records the request lines it gets (its ``seen``)."""
     server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
     server.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
