@@ -114,6 +114,21 @@ def test_a_tilde_in_path_valued_keys_means_the_home_folder(tmp_path):
     assert_one_line_error(training, str(home / "pictures"))  # found and read: it holds no class folders
 
 
+def test_python_dash_m_is_the_command(monkeypatch, capsys):
+    # ``python -m vggtune`` runs vggtune/__main__.py as __main__: the same entry point as the console script
+    import runpy
+
+    from vggtune import __version__
+
+    monkeypatch.setattr("sys.argv", ["vggtune", "--version"])
+    runpy.run_module("vggtune", run_name="__main__", alter_sys=False)
+    assert capsys.readouterr().out.strip() == f"vggtune {__version__}"
+    monkeypatch.setattr("sys.argv", ["vggtune", "--help"])
+    runpy.run_module("vggtune", run_name="__main__", alter_sys=False)
+    usage = capsys.readouterr().out
+    assert "train" in usage and "audit" in usage
+
+
 @pytest.mark.slow
 def test_help_lists_tasks(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
