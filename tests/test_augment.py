@@ -71,15 +71,17 @@ def test_a_levels_keys_are_its_own_unless_given():
         1.0,
         10,
         1.1,
+        0,
         0.2,
         0.2,
-        0.2,
-    )  # fastai's aug_transforms() defaults, without a crop
+    )  # fastai's aug_transforms() defaults, without a crop and without the warp (issue 30's ablation)
     assert (crop.crop_scale, crop.rotate, crop.zoom, crop.warp, crop.brightness) == (0.35, 0, 1.0, 0, 0)
     mine = check_augment("light", crop_scale=0.8, flip=False, rotate=0, contrast=0.1)
     assert (mine.crop_scale, mine.flip, mine.rotate, mine.zoom, mine.contrast) == (0.8, False, 0, 1.1, 0.1)
-    tf = train_transform(preprocessing("vgg11", 32), "light")
-    assert {type(t).__name__ for t in tf.transforms} >= {"RandomApply", "RandomPerspective", "RandomHorizontalFlip"}
+    steps = {type(t).__name__ for t in train_transform(preprocessing("vgg11", 32), "light").transforms}
+    assert steps >= {"RandomApply", "RandomHorizontalFlip"} and "RandomPerspective" not in steps
+    warped = train_transform(preprocessing("vgg11", 32), "light", warp=0.2).transforms
+    assert "RandomPerspective" in {type(t).__name__ for t in warped}  # data.warp=0.2 brings fastai's warp back
 
 
 @pytest.mark.parametrize(

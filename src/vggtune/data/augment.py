@@ -40,7 +40,8 @@ class Augment:
     rotation and zoom (together) and the warp each apply with probability ``affine_p``;
     ``brightness``, ``contrast``: factors drawn in [1 - b, 1 + b], each with probability ``lighting_p``.
     fastai's ``aug_transforms()`` is flip, rotate 10, zoom 1.1, warp 0.2, brightness and contrast
-    0.2 (its ``max_lighting``), with both probabilities 0.75.
+    0.2 (its ``max_lighting``), with both probabilities 0.75; ``light`` is that without the warp
+    (torchvision's perspective only moves the corners inward, so every warped image gets fill borders).
     """
 
     crop_scale: float = 1.0

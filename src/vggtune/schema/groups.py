@@ -62,7 +62,7 @@ DATA = {
     ),
     "augment": Key(
         OneOf(*AUGMENT_LEVELS),
-        'none (default) | light: fastai\'s aug_transforms() set (mirror flip, rotation up to 10 degrees, zoom up to 1.1, warp 0.2, brightness and contrast 0.2; no crop) | crop: a random resized crop keeping 35% of the area or more, and the flip (the earlier light) | strong: any crop, flip, TrivialAugment, random erasing. Measured (docs/recipe.md, bench/README.md "Augmentation"): on 5-epoch fine-tunes of small data sets, none wins.',
+        'none (default) | light: fastai\'s aug_transforms() set (mirror flip, rotation up to 10 degrees, zoom up to 1.1, brightness and contrast 0.2; no crop, and no warp: data.warp=0.2 adds a warp) | crop: a random resized crop keeping 35% of the area or more, and the flip (the earlier light) | strong: any crop, flip, TrivialAugment, random erasing. Measured (docs/recipe.md, bench/README.md "Augmentation"): on 5-epoch fine-tunes of small data sets, none wins.',
     ),
     "crop_scale": Key(
         Number(0, 1, low_open=True),
@@ -72,11 +72,15 @@ DATA = {
     "flip": Key(FLAG, "a mirrored letter is another letter"),
     "rotate": Key(
         Number(0, 180),
-        "After the crop and flip (torchvision v2; the image cache and the stream draw the same on the device): rotation in [-rotate, rotate] degrees and zoom in [1, zoom] together, then a perspective warp (RandomPerspective's distortion_scale), each with probability affine_p; then brightness and contrast factors in [1 - x, 1 + x], each with probability lighting_p. light: 10, 1.1, 0.2, 0.75, 0.2, 0.2, 0.75; crop: 0 (zoom 1: off). degrees either way (light: 10)",
+        "After the crop and flip (torchvision v2; the image cache and the stream draw the same on the device): rotation in [-rotate, rotate] degrees and zoom in [1, zoom] together, then a perspective warp (RandomPerspective's distortion_scale), each with probability affine_p; then brightness and contrast factors in [1 - x, 1 + x], each with probability lighting_p. light: 10, 1.1, 0 (off), 0.75, 0.2, 0.2, 0.75; crop: 0 (zoom 1: off). degrees either way (light: 10)",
         null=True,
     ),
     "zoom": Key(Number(1, 4), "zoom in [1, zoom], with the rotation (light: 1.1)", null=True),
-    "warp": Key(Number(0, 1), "RandomPerspective's distortion_scale (light: 0.2)", null=True),
+    "warp": Key(
+        Number(0, 1),
+        "RandomPerspective's distortion_scale: it pulls the corners in, leaving fill borders (light: 0, off; measured: bench/README.md)",
+        null=True,
+    ),
     "affine_p": Key(Number(0, 1), "probability of the rotation+zoom, and of the warp (light: 0.75)", null=True),
     "brightness": Key(Number(0, 0.99), "brightness factor in [1 - x, 1 + x] (light: 0.2)", null=True),
     "contrast": Key(Number(0, 0.99), "contrast factor in [1 - x, 1 + x] (light: 0.2)", null=True),
