@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import runpy
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from conftest import (
     run_cli_here,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vggtune import __version__
 
 
 def test_run_folder_has_every_promised_file(tiny_run):
@@ -116,10 +119,6 @@ def test_a_tilde_in_path_valued_keys_means_the_home_folder(tmp_path):
 
 def test_python_dash_m_is_the_command(monkeypatch, capsys):
     # ``python -m vggtune`` runs vggtune/__main__.py as __main__: the same entry point as the console script
-    import runpy
-
-    from vggtune import __version__
-
     monkeypatch.setattr("sys.argv", ["vggtune", "--version"])
     runpy.run_module("vggtune", run_name="__main__", alter_sys=False)
     assert capsys.readouterr().out.strip() == f"vggtune {__version__}"
